@@ -1,0 +1,132 @@
+"""HF checkpoint -> TensorRT-LLM checkpoint (`config.json` + `rank{r}.safetensors`).
+
+`convert(hf_dir, out_dir, dtype=..., tp=..., pp=...)` dispatches on `config.json["architectures"]`
+through ARCHITECTURES, plans every rank (strict accounting, see rules.py), then streams tensor by
+tensor into a temporary directory next to `out_dir` and renames it into place: `out_dir` either
+appears complete or not at all. The output is self-contained: tokenizer, chat template and
+generation config are copied, and `trtbuild.json` records the version, the options and the sha256
+of every source and output file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from trtbuild.convert.hf import HFCheckpoint, read_hf_dir
+from trtbuild.convert.layout import Mapping, rank_layout, validate_dims
+from trtbuild.convert.llama import LLAMA, MISTRAL
+from trtbuild.convert.qwen2 import QWEN2
+from trtbuild.convert.rules import Family, iter_rank, plan_ranks
+from trtbuild.convert.safetensors_io import StreamingWriter, sha256_file
+from trtbuild.errors import ConfigError
+from trtbuild.fsutil import check_output_dir, staging_dir
+
+ARCHITECTURES: dict[str, Family] = {
+    "LlamaForCausalLM": LLAMA,
+    "MistralForCausalLM": MISTRAL,
+    "Qwen2ForCausalLM": QWEN2,
+}
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+# Files that make the checkpoint self-contained for tokenisation and generation defaults.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "generation_config.json",
+)
+
+MANIFEST = "trtbuild.json"
+
+
+def family_for(hf_config: dict) -> Family:
+    """The family for `config.json["architectures"]`, or a ConfigError naming what is supported."""
+    archs = hf_config.get("architectures") or []
+    if not isinstance(archs, list) or len(archs) != 1:
+        raise ConfigError(f"config.json must name exactly one architecture, got {archs!r}")
+    if archs[0] not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {archs[0]!r} (supported: {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[archs[0]]
+
+
+def resolve_dtype(dtype: str, hf_config: dict) -> str:
+    """'auto' takes the checkpoint's dtype, with float32 mapped to float16 as TensorRT-LLM does."""
+    if dtype == "auto":
+        src = hf_config.get("dtype") or hf_config.get("torch_dtype") or "float16"
+        return src if src in ("float16", "bfloat16") else "float16"
+    if dtype not in DTYPES:
+        raise ConfigError(f"unsupported dtype {dtype!r} (choose from auto, {', '.join(DTYPES)})")
+    return dtype
+
+
+def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp: int = 1,
+            force: bool = False) -> Path:
+    """Convert `hf_dir` into a TensorRT-LLM checkpoint at `out_dir`; return `out_dir`."""
+    import torch
+
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    _check_output_path(hf_dir, out_dir, force)
+    ckpt = read_hf_dir(hf_dir)
+    family = family_for(ckpt.config)
+    dtype = resolve_dtype(dtype, ckpt.config)
+    mapping = Mapping(tp, pp)
+    dims = family.dims(ckpt.config)
+    validate_dims(dims, mapping)
+    config = family.trt_config(ckpt.config, dtype, mapping)
+    source = ckpt.open()
+    try:
+        plans = plan_ranks(family, ckpt.config, source, mapping)
+        with staging_dir(out_dir, force) as tmp:
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            for rank, steps in enumerate(plans):
+                layout = rank_layout(dims, mapping, rank)
+                writer = StreamingWriter(tmp / f"rank{rank}.safetensors",
+                                         {name: (dtype, shape) for name, shape in layout.items()})
+                try:
+                    for name, tensor in iter_rank(steps, source, dims, mapping, rank, getattr(torch, dtype)):
+                        writer.write(name, tensor)
+                except BaseException:
+                    writer.abort()
+                    raise
+                writer.close()
+            copied = _copy_tokenizer_files(hf_dir, tmp)
+            _write_manifest(tmp, ckpt, copied, {"dtype": dtype, "tp_size": tp, "pp_size": pp,
+                                                "architecture": family.name})
+    finally:
+        source.close()
+    return out_dir
+
+
+def _check_output_path(hf_dir: Path, out_dir: Path, force: bool) -> None:
+    src, dst = hf_dir.resolve(), out_dir.resolve()
+    if dst == src or src.is_relative_to(dst) or dst.is_relative_to(src):
+        raise ConfigError(f"output directory {out_dir} overlaps the input directory {hf_dir}")
+    check_output_dir(out_dir, force)
+
+
+def _copy_tokenizer_files(hf_dir: Path, dst: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (hf_dir / name).is_file():
+            shutil.copy2(hf_dir / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def _write_manifest(tmp: Path, ckpt: HFCheckpoint, copied: list[str], options: dict) -> None:
+    from trtbuild import __version__
+
+    indexes = sorted(ckpt.path.glob("*.index.json"))
+    source_files = [ckpt.path / "config.json", *indexes, *ckpt.weight_files, *(ckpt.path / n for n in copied)]
+    manifest = {
+        "trtbuild_version": __version__,
+        "created_unix": int(time.time()),
+        "options": options,
+        "source": {"path": str(ckpt.path.resolve()), "weight_format": ckpt.weight_format,
+                   "sha256": {p.name: sha256_file(p) for p in source_files}},
+        "sha256": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

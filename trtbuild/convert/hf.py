@@ -1,0 +1,187 @@
+"""Read a Hugging Face checkpoint directory: config.json plus a lazy, name-addressed tensor source.
+
+Weights come from `model.safetensors`, sharded safetensors (`model.safetensors.index.json`), or
+PyTorch `.bin` files (single or `pytorch_model.bin.index.json`). `.bin` files are pickles and are
+only ever opened with `torch.load(..., weights_only=True)`: a pickle that would run code is refused
+before anything in it executes. Safetensors are preferred when both exist.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from trtbuild.convert.safetensors_io import TensorEntry, read_index, read_tensor
+from trtbuild.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TensorSource(Protocol):
+    """Name-addressed, lazily read tensors."""
+
+    def names(self) -> list[str]: ...
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def get(self, name: str) -> torch.Tensor: ...
+    def files(self) -> list[Path]: ...
+    def close(self) -> None: ...
+
+
+class SafetensorsSource:
+    """One or more safetensors files; each tensor is read on demand with plain reads."""
+
+    def __init__(self, files: Iterable[Path]) -> None:
+        self._files = sorted(set(files))
+        self._where: dict[str, tuple[Path, TensorEntry]] = {}
+        for path in self._files:
+            for name, entry in read_index(path).items():
+                if name in self._where:
+                    raise CheckpointError(f"tensor {name!r} appears in both {self._where[name][0].name} and {path.name}")
+                self._where[name] = (path, entry)
+        self._handles: dict[Path, BinaryIO] = {}
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._where[name][1].shape
+
+    def get(self, name: str) -> torch.Tensor:
+        path, entry = self._where[name]
+        if path not in self._handles:
+            self._handles[path] = open(path, "rb")
+        return read_tensor(self._handles[path], entry)
+
+    def files(self) -> list[Path]:
+        return list(self._files)
+
+    def close(self) -> None:
+        for f in self._handles.values():
+            f.close()
+        self._handles.clear()
+
+
+class TorchBinSource:
+    """PyTorch `.bin` state dicts, loaded with weights_only=True (and mmap where the format allows)."""
+
+    def __init__(self, files: Iterable[Path]) -> None:
+        self._files = sorted(set(files))
+        self._tensors: dict[str, torch.Tensor] = {}
+        for path in self._files:
+            for name, t in _load_bin(path).items():
+                if name in self._tensors:
+                    raise CheckpointError(f"tensor {name!r} appears in more than one .bin file")
+                self._tensors[name] = t
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].shape)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def files(self) -> list[Path]:
+        return list(self._files)
+
+    def close(self) -> None:
+        self._tensors.clear()
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    import pickle
+
+    import torch
+
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy non-zip format
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path.name}: refused to unpickle (weights_only=True): {first}") from None
+    except Exception as e:
+        raise CheckpointError(f"{path.name}: not a readable PyTorch state dict: {e}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path.name}: does not hold a flat {{name: tensor}} state dict")
+    return sd
+
+
+class MetaSource:
+    """Shapes only, on the meta device: names and shapes of huge layouts without allocating weights."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], dtype: str = "bfloat16") -> None:
+        self._shapes = dict(shapes)
+        self._dtype = dtype
+
+    def names(self) -> list[str]:
+        return list(self._shapes)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    def get(self, name: str) -> torch.Tensor:
+        import torch
+
+        return torch.empty(self._shapes[name], dtype=getattr(torch, self._dtype), device="meta")
+
+    def files(self) -> list[Path]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class HFCheckpoint:
+    """A HF model directory: parsed config.json and the files its weights live in."""
+
+    path: Path
+    config: dict
+    weight_files: tuple[Path, ...]
+    weight_format: str  # "safetensors" | "bin"
+
+    def open(self) -> TensorSource:
+        if self.weight_format == "safetensors":
+            return SafetensorsSource(self.weight_files)
+        return TorchBinSource(self.weight_files)
+
+
+def read_hf_dir(path: Path) -> HFCheckpoint:
+    """Find config.json and the weight files of a HF directory; raise a clear error if absent."""
+    if not path.is_dir():
+        raise ConfigError(f"HF model directory not found: {path}")
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{path} has no config.json")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{cfg_path}: invalid JSON ({e})") from None
+    for fmt, single, index in (("safetensors", "model.safetensors", "model.safetensors.index.json"),
+                               ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (path / index).is_file():
+            return HFCheckpoint(path, config, _files_from_index(path, index), fmt)
+        if (path / single).is_file():
+            return HFCheckpoint(path, config, (path / single,), fmt)
+    raise ConfigError(f"{path} has no weights (model.safetensors[.index.json] or pytorch_model.bin[.index.json])")
+
+
+def _files_from_index(path: Path, index_name: str) -> tuple[Path, ...]:
+    try:
+        weight_map = json.loads((path / index_name).read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index_name}: not a valid shard index ({e})") from None
+    files = sorted({path / f for f in weight_map.values()})
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"{index_name} names shard files that do not exist: {', '.join(missing)}")
+    return tuple(files)

@@ -1,0 +1,168 @@
+"""Load a TensorRT-LLM checkpoint of any tp/pp layout into whole (unsharded) runtime weights.
+
+Every rank file must hold exactly the tensors `layout.rank_layout` names, with those shapes; shards
+are merged back (qkv per rank `[q_r; k_r; v_r]`, duplicated kv heads collapsed, row/column splits
+concatenated, the padded lm_head trimmed to the real vocabulary). The runtime keeps fused
+tensors: `qkv` = [q; k; v] over all heads and `fc_gate` = [fc; gate].
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trtbuild.convert.layout import Dims, Mapping, merge_qkv, pp_layers, rank_layout
+from trtbuild.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+RUNTIME_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the reference runtime needs from a checkpoint's config.json."""
+
+    architecture: str
+    dims: Dims
+    dtype: str  # storage dtype of the checkpoint
+    norm_epsilon: float
+    rotary_base: float
+    rotary_scaling: dict | None
+    max_position_embeddings: int
+    sliding_window: int | None
+    mapping: Mapping
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> ModelConfig:
+        arch = cfg.get("architecture")
+        if arch not in RUNTIME_ARCHITECTURES:
+            raise ConfigError(f"the reference runtime cannot run architecture {arch!r}")
+        if cfg.get("hidden_act", "silu") != "silu" or cfg.get("position_embedding_type") != "rope_gpt_neox":
+            raise ConfigError("the reference runtime needs hidden_act 'silu' and position_embedding_type 'rope_gpt_neox'")
+        if (cfg.get("quantization") or {}).get("quant_algo"):
+            raise ConfigError(f"quantized checkpoints are not supported ({cfg['quantization']['quant_algo']})")
+        try:
+            nh = int(cfg["num_attention_heads"])
+            dims = Dims(
+                hidden_size=int(cfg["hidden_size"]),
+                num_layers=int(cfg["num_hidden_layers"]),
+                num_heads=nh,
+                num_kv_heads=int(cfg.get("num_key_value_heads") or nh),
+                head_size=int(cfg.get("head_size") or int(cfg["hidden_size"]) // nh),
+                intermediate_size=int(cfg["intermediate_size"]),
+                vocab_size=int(cfg["vocab_size"]),
+                qkv_bias=bool(cfg.get("attn_bias")) or cfg.get("qwen_type") == "qwen2",
+            )
+            return cls(
+                architecture=arch,
+                dims=dims,
+                dtype=str(cfg["dtype"]),
+                norm_epsilon=float(cfg.get("norm_epsilon", 1e-5)),
+                rotary_base=float(cfg.get("rotary_base", 10000.0)),
+                rotary_scaling=cfg.get("rotary_scaling"),
+                max_position_embeddings=int(cfg.get("max_position_embeddings") or 2048),
+                sliding_window=cfg.get("sliding_window"),
+                mapping=Mapping.from_dict(cfg.get("mapping") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"checkpoint config.json is missing or has a bad field: {e}") from None
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    attn_norm: torch.Tensor  # [H]
+    qkv: torch.Tensor  # [(nh + 2 nkv) d, H]
+    qkv_bias: torch.Tensor | None  # [(nh + 2 nkv) d]
+    dense: torch.Tensor  # [H, nh d]
+    mlp_norm: torch.Tensor  # [H]
+    fc_gate: torch.Tensor  # [2 I, H]: rows [:I] = fc (activated), rows [I:] = gate (linear)
+    proj: torch.Tensor  # [H, I]
+
+
+@dataclass(frozen=True)
+class Weights:
+    embedding: torch.Tensor  # [V, H]
+    layers: tuple[LayerWeights, ...]
+    final_norm: torch.Tensor  # [H]
+    lm_head: torch.Tensor  # [V, H]
+
+
+def read_config(ckpt_dir: Path) -> ModelConfig:
+    path = Path(ckpt_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt_dir} is not a TensorRT-LLM checkpoint (no config.json)")
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+
+
+def _load_rank(ckpt_dir: Path, rank: int, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = ckpt_dir / f"rank{rank}.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint is missing {path.name}")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"corrupted safetensors file {path.name}: {e}") from None
+    names = set(tensors)
+    if "lm_head.weight" in expected and "lm_head.weight" not in names and "transformer.vocab_embedding.weight" in names:
+        tensors["lm_head.weight"] = tensors["transformer.vocab_embedding.weight"]  # shared embedding table
+        names.add("lm_head.weight")
+    missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{path.name}: missing {missing[:5]} / unexpected {extra[:5]} tensors")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise CheckpointError(f"{path.name}: {name} has shape {list(tensors[name].shape)}, expected {list(shape)}")
+    return tensors
+
+
+def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: str = "cpu") -> Weights:
+    """Read all rank files of `ckpt_dir` and merge them into whole tensors of `dtype` on `device`."""
+    import torch
+
+    ckpt_dir = Path(ckpt_dir)
+    d, m = cfg.dims, cfg.mapping
+    t = m.tp_size
+    ranks = [_load_rank(ckpt_dir, r, rank_layout(d, m, r)) for r in range(m.world_size)]
+
+    def put(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=device, dtype=dtype).contiguous()
+
+    layers: list[LayerWeights] = []
+    for p in range(m.pp_size):
+        shards = ranks[p * t:(p + 1) * t]
+        for i, _ in enumerate(pp_layers(d.num_layers, m.pp_size, p)):
+            pre = f"transformer.layers.{i}."
+
+            def cat(name: str, dim: int, shards=shards, pre=pre) -> torch.Tensor:
+                return torch.cat([s[pre + name] for s in shards], dim=dim)
+
+            qkv = torch.cat(merge_qkv([s[pre + "attention.qkv.weight"] for s in shards], d), dim=0)
+            bias = None
+            if d.qkv_bias:
+                bias = put(torch.cat(merge_qkv([s[pre + "attention.qkv.bias"] for s in shards], d), dim=0))
+            layers.append(LayerWeights(
+                attn_norm=put(shards[0][pre + "input_layernorm.weight"]),
+                qkv=put(qkv),
+                qkv_bias=bias,
+                dense=put(cat("attention.dense.weight", 1)),
+                mlp_norm=put(shards[0][pre + "post_layernorm.weight"]),
+                fc_gate=put(torch.cat([cat("mlp.fc.weight", 0), cat("mlp.gate.weight", 0)], dim=0)),
+                proj=put(cat("mlp.proj.weight", 1)),
+            ))
+    last = ranks[(m.pp_size - 1) * t:]
+    lm_head = torch.cat([s["lm_head.weight"] for s in last], dim=0)[: d.vocab_size]
+    return Weights(
+        embedding=put(ranks[0]["transformer.vocab_embedding.weight"]),
+        layers=tuple(layers),
+        final_norm=put(last[0]["transformer.ln_f.weight"]),
+        lm_head=put(lm_head),
+    )

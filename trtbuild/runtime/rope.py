@@ -1,0 +1,65 @@
+"""Rotary position embeddings (GPT-NeoX rotate-half layout) with linear, dynamic-NTK and llama3 scaling.
+
+The frequencies follow transformers' `ROPE_INIT_FUNCTIONS`, so the runtime matches HF models:
+- linear: inv_freq / factor;
+- dynamic (NTK): base scaled by ((factor * L / L0) - (factor - 1)) ** (d / (d - 2)) once the
+  sequence length L exceeds the original L0 (computed once per generation for its total length);
+- llama3: wavelength-dependent blend of inv_freq and inv_freq / factor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from trtbuild.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def inv_freq(dim: int, base: float, scaling: dict | None, max_positions: int, seq_len: int) -> torch.Tensor:
+    """[dim / 2] fp32 inverse frequencies for a sequence of up to `seq_len` positions."""
+    import torch
+
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    exponent = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    if kind == "dynamic":
+        factor = float(scaling["factor"])
+        original = int(scaling.get("original_max_position_embeddings") or max_positions)
+        if seq_len > original:
+            base = base * ((factor * seq_len / original) - (factor - 1)) ** (dim / (dim - 2))
+    freq = 1.0 / (base ** exponent)
+    if kind in ("default", "dynamic"):
+        return freq
+    if kind == "linear":
+        return freq / float(scaling["factor"])
+    if kind == "llama3":
+        return _llama3(freq, scaling)
+    raise ConfigError(f"unsupported rope scaling type {kind!r}")
+
+
+def _llama3(freq: torch.Tensor, s: dict) -> torch.Tensor:
+    import torch
+
+    factor = float(s["factor"])
+    low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
+    old_len = float(s.get("original_max_position_embeddings", 8192))
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / freq
+    scaled = torch.where(wavelen > low_wavelen, freq / factor, freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def cos_sin_table(dim: int, base: float, scaling: dict | None, max_positions: int, seq_len: int,
+                  dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each [seq_len, dim], for positions 0..seq_len-1 (rotate-half layout)."""
+    import torch
+
+    f = inv_freq(dim, base, scaling, max_positions, seq_len)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), f)  # [S, d/2]
+    emb = torch.cat([angles, angles], dim=-1)  # [S, d]
+    return emb.cos().to(device=device, dtype=dtype), emb.sin().to(device=device, dtype=dtype)

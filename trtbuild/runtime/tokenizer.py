@@ -1,0 +1,31 @@
+"""The checkpoint's own tokenizer and end ids (the converter copies them into the checkpoint)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trtbuild.errors import ConfigError
+
+
+def load_tokenizer(ckpt_dir: Path, required: bool = True):
+    """The HF tokenizer stored in `ckpt_dir` (no network); None if absent and not `required`."""
+    if not any((Path(ckpt_dir) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        if not required:
+            return None
+        raise ConfigError(f"{ckpt_dir} has no tokenizer files; pass --input-ids instead of --prompt/--stop")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(ckpt_dir), local_files_only=True)
+
+
+def default_end_ids(ckpt_dir: Path, tokenizer=None) -> tuple[int, ...]:
+    """All EOS ids from generation_config.json, else the tokenizer's EOS; () when neither exists."""
+    path = Path(ckpt_dir) / "generation_config.json"
+    if path.is_file():
+        eos = json.loads(path.read_text()).get("eos_token_id")
+        if eos is not None:
+            return tuple(eos) if isinstance(eos, list) else (int(eos),)
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        return (int(tokenizer.eos_token_id),)
+    return ()
