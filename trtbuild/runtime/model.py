@@ -56,7 +56,7 @@ class Model:
         self.cfg, self.w, self.dtype, self.device = cfg, weights, dtype, device
         d = cfg.dims
         self.nh, self.nkv, self.hd = d.num_heads, d.num_kv_heads, d.head_size
-        self._rope_len = 0
+        self._rope_len, self._rope_key = 0, 0
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
@@ -76,13 +76,20 @@ class Model:
                        torch.zeros(shape, dtype=self.dtype, device=self.device))
 
     def rope(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables [>= seq_len, d]; rebuilt only when a longer sequence is needed."""
-        if self._rope is None or seq_len > self._rope_len:
-            c = self.cfg
-            n = max(seq_len, 1)
+        """cos/sin tables [>= seq_len, d] for a forward pass reaching `seq_len` positions.
+
+        Static scalings grow one cached table. Dynamic NTK depends on the length itself (as in
+        transformers: recomputed for every longer pass, reset for a short one), so a pass beyond
+        max_position_embeddings gets a table computed for exactly its length.
+        """
+        c = self.cfg
+        kind = (c.rotary_scaling or {}).get("rope_type", "default")
+        key = seq_len if kind == "dynamic" and seq_len > c.max_position_embeddings else 0
+        if self._rope is None or key != self._rope_key or seq_len > self._rope_len:
+            n = seq_len if key else max(seq_len, 2 * self._rope_len if self._rope_key == 0 else 0, 256)
             self._rope = cos_sin_table(self.hd, c.rotary_base, c.rotary_scaling, c.max_position_embeddings,
-                                       n, self.dtype, self.device)
-            self._rope_len = n
+                                       key or seq_len, n, self.dtype, self.device)
+            self._rope_len, self._rope_key = n, key
         return self._rope
 
     @torch.inference_mode()

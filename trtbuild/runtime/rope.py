@@ -3,7 +3,8 @@
 The frequencies follow transformers' `ROPE_INIT_FUNCTIONS`, so the runtime matches HF models:
 - linear: inv_freq / factor;
 - dynamic (NTK): base scaled by ((factor * L / L0) - (factor - 1)) ** (d / (d - 2)) once the
-  sequence length L exceeds the original L0 (computed once per generation for its total length);
+  sequence length L exceeds L0 = max_position_embeddings (Model.rope rebuilds the table per
+  length, as transformers does; keys already cached keep the frequencies they got);
 - llama3: wavelength-dependent blend of inv_freq and inv_freq / factor.
 """
 
@@ -19,16 +20,15 @@ if TYPE_CHECKING:
 
 
 def inv_freq(dim: int, base: float, scaling: dict | None, max_positions: int, seq_len: int) -> torch.Tensor:
-    """[dim / 2] fp32 inverse frequencies for a sequence of up to `seq_len` positions."""
+    """[dim / 2] fp32 inverse frequencies for a forward pass reaching `seq_len` positions."""
     import torch
 
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
     exponent = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     if kind == "dynamic":
         factor = float(scaling["factor"])
-        original = int(scaling.get("original_max_position_embeddings") or max_positions)
-        if seq_len > original:
-            base = base * ((factor * seq_len / original) - (factor - 1)) ** (dim / (dim - 2))
+        if seq_len > max_positions:  # transformers scales against max_position_embeddings
+            base = base * ((factor * seq_len / max_positions) - (factor - 1)) ** (dim / (dim - 2))
     freq = 1.0 / (base ** exponent)
     if kind in ("default", "dynamic"):
         return freq
@@ -55,11 +55,11 @@ def _llama3(freq: torch.Tensor, s: dict) -> torch.Tensor:
 
 
 def cos_sin_table(dim: int, base: float, scaling: dict | None, max_positions: int, seq_len: int,
-                  dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin), each [seq_len, dim], for positions 0..seq_len-1 (rotate-half layout)."""
+                  rows: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each [rows, dim], for positions 0..rows-1 of a pass reaching `seq_len` positions."""
     import torch
 
     f = inv_freq(dim, base, scaling, max_positions, seq_len)
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), f)  # [S, d/2]
+    angles = torch.outer(torch.arange(rows, dtype=torch.float32), f)  # [rows, d/2]
     emb = torch.cat([angles, angles], dim=-1)  # [S, d]
     return emb.cos().to(device=device, dtype=dtype), emb.sin().to(device=device, dtype=dtype)

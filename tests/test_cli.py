@@ -1,0 +1,178 @@
+"""The CLI edge: help, lazy imports, and every bad input -> one-line error, exit 1, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from conftest import make_hf_model
+from trtbuild.cli import cli
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_help_and_version():
+    for flag in ("-h", "--help"):
+        r = run(flag)
+        assert r.exit_code == 0 and "convert" in r.output and "generate" in r.output and "demo-model" in r.output
+    assert "--tp" in run("convert", "-h").output
+    assert run("--version").output.strip() == "trtbuild, version 0.1.0"
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from trtbuild.cli import cli; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _edit_weights(hf: Path, fn) -> None:
+    sd = load_file(str(hf / "model.safetensors"))
+    fn(sd)
+    save_file(sd, str(hf / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _bad_input(tmp_path: Path, case: str) -> tuple[list[str], str]:
+    hf = tmp_path / "hf"
+    make_hf_model(hf)
+    args = [hf, "-o", tmp_path / "out"]
+    if case == "missing tensor":
+        _edit_weights(hf, lambda sd: sd.pop("model.layers.1.mlp.up_proj.weight"))
+        return args, "missing tensor(s) in checkpoint: model.layers.1.mlp.up_proj.weight"
+    if case == "extra tensor":
+        _edit_weights(hf, lambda sd: sd.__setitem__("model.layers.0.mystery.weight", torch.zeros(2)))
+        return args, "unconverted tensor(s) in checkpoint (no rule consumes them): model.layers.0.mystery.weight"
+    if case == "wrong shape":
+        _edit_weights(hf, lambda sd: sd.__setitem__("model.layers.2.self_attn.o_proj.weight", torch.zeros(64, 32)))
+        return args, "tensor 'model.layers.2.self_attn.o_proj.weight' has shape [64, 32], expected [64, 64]"
+    if case == "unknown architecture":
+        cfg = json.loads((hf / "config.json").read_text())
+        cfg["architectures"] = ["GPT2LMHeadModel"]
+        (hf / "config.json").write_text(json.dumps(cfg))
+        return args, "unknown architecture 'GPT2LMHeadModel'"
+    if case == "tp does not divide heads":
+        return args + ["--tp", "3"], "tp=3 does not divide num_attention_heads=8"
+    if case == "truncated safetensors":
+        data = (hf / "model.safetensors").read_bytes()
+        (hf / "model.safetensors").write_bytes(data[: len(data) // 2])
+        return args, "corrupted safetensors file model.safetensors"
+    if case == "garbage safetensors":
+        (hf / "model.safetensors").write_bytes(b"\xff" * 64)
+        return args, "corrupted safetensors file model.safetensors"
+    if case == "output exists":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "keep.txt").write_text("user data")
+        return args, "output directory"
+    raise AssertionError(case)
+
+
+CASES = ["missing tensor", "extra tensor", "wrong shape", "unknown architecture", "tp does not divide heads",
+         "truncated safetensors", "garbage safetensors", "output exists"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_one_line_error_exit_1_nothing_left(tmp_path, case):
+    args, message = _bad_input(tmp_path, case)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = run("convert", *args)
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output dir, no staging dir
+    if case == "output exists":
+        assert (tmp_path / "out" / "keep.txt").read_text() == "user data"
+        assert "already exists (use --force" in lines[0]
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_bin_pickle_is_refused_and_never_runs(tmp_path):
+    hf = tmp_path / "hf"
+    model = make_hf_model(hf)
+    (hf / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    sd = dict(model.state_dict())
+    sd["model.norm.weight"] = _Evil(marker)
+    with open(hf / "pytorch_model.bin", "wb") as f:
+        torch.save(sd, f)
+    # sanity: an unrestricted unpickler really runs this file's code (on a copy with another marker)
+    probe = tmp_path / "probe"
+    with open(tmp_path / "probe.bin", "wb") as f:
+        pickle.dump({"x": _Evil(probe)}, f)
+    pickle.loads((tmp_path / "probe.bin").read_bytes())
+    assert probe.exists()
+    (tmp_path / "probe.bin").unlink()
+    probe.unlink()
+    r = run("convert", hf, "-o", tmp_path / "out")
+    assert r.exit_code == 1
+    line = r.output.strip()
+    assert "\n" not in line and line.startswith("Error: pytorch_model.bin: refused to unpickle (weights_only=True)")
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_force_replaces_only_after_success(tmp_path):
+    make_hf_model(tmp_path / "hf")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    bad = run("convert", tmp_path / "hf", "-o", out, "--tp", "3", "--force")
+    assert bad.exit_code == 1 and (out / "old.txt").read_text() == "old"  # failed run keeps the old dir
+    ok = run("convert", tmp_path / "hf", "-o", out, "--force", "--dtype", "float32")
+    assert ok.exit_code == 0, ok.output
+    assert not (out / "old.txt").exists() and (out / "rank0.safetensors").is_file()
+
+
+def test_output_inside_input_is_refused(tmp_path):
+    make_hf_model(tmp_path / "hf")
+    r = run("convert", tmp_path / "hf", "-o", tmp_path / "hf" / "sub")
+    assert r.exit_code == 1 and "overlaps the input directory" in r.output
+
+
+def test_generate_json_with_input_ids(tmp_path):
+    make_hf_model(tmp_path / "hf")
+    assert run("convert", tmp_path / "hf", "-o", tmp_path / "c", "--dtype", "float32").exit_code == 0
+    r = run("generate", tmp_path / "c", "--input-ids", "5,17,33", "--input-ids", "8,9", "--max-tokens", "6",
+            "--ignore-eos", "--json")
+    assert r.exit_code == 0, r.output
+    objs = [json.loads(line) for line in r.output.strip().splitlines()]
+    assert len(objs) == 2
+    for o in objs:
+        assert len(o["output_ids"]) == 6 and o["num_steps"] == 5 and o["tokens_per_step"] == 1.0
+        assert o["finish_reason"] == "length" and o["text"] is None  # no tokenizer files in this checkpoint
+
+
+@pytest.mark.parametrize("args,code,msg", [
+    (["--prompt", "hi", "--input-ids", "1"], 2, "give either --prompt or --input-ids"),
+    ([], 2, "give either --prompt or --input-ids"),
+    (["--prompt", "hi"], 1, "has no tokenizer files"),
+    (["--input-ids", "1,x"], 2, "expected comma-separated token ids"),
+    (["--input-ids", "1,500"], 1, "token id 500 outside the vocabulary [0, 101)"),
+    (["--input-ids", "1", "--top-p", "0"], 2, "--top-p"),
+])
+def test_generate_bad_input(tmp_path, args, code, msg):
+    make_hf_model(tmp_path / "hf")
+    assert run("convert", tmp_path / "hf", "-o", tmp_path / "c", "--dtype", "float32").exit_code == 0
+    r = run("generate", tmp_path / "c", *args)
+    assert r.exit_code == code and msg in r.output, r.output
+
+
+def test_generate_on_missing_checkpoint(tmp_path):
+    r = run("generate", tmp_path / "nope", "--input-ids", "1")
+    assert r.exit_code == 1 and "is not a TensorRT-LLM checkpoint" in r.output
