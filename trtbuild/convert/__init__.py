@@ -81,6 +81,7 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
         plans = plan_ranks(family, ckpt.config, source, mapping)
         with staging_dir(out_dir, force) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            digests: dict[str, str] = {}
             for rank, steps in enumerate(plans):
                 layout = rank_layout(dims, mapping, rank)
                 writer = StreamingWriter(tmp / f"rank{rank}.safetensors",
@@ -92,9 +93,10 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
                     writer.abort()
                     raise
                 writer.close()
+                digests[f"rank{rank}.safetensors"] = writer.sha256  # hashed while written
             copied = _copy_tokenizer_files(hf_dir, tmp)
-            _write_manifest(tmp, ckpt, copied, {"dtype": dtype, "tp_size": tp, "pp_size": pp,
-                                                "architecture": family.name})
+            _write_manifest(tmp, ckpt, copied, digests, {"dtype": dtype, "tp_size": tp, "pp_size": pp,
+                                                         "architecture": family.name})
     finally:
         source.close()
     return out_dir
@@ -116,7 +118,8 @@ def _copy_tokenizer_files(hf_dir: Path, dst: Path) -> list[str]:
     return copied
 
 
-def _write_manifest(tmp: Path, ckpt: HFCheckpoint, copied: list[str], options: dict) -> None:
+def _write_manifest(tmp: Path, ckpt: HFCheckpoint, copied: list[str], digests: dict[str, str],
+                    options: dict) -> None:
     from trtbuild import __version__
 
     indexes = sorted(ckpt.path.glob("*.index.json"))
@@ -127,6 +130,6 @@ def _write_manifest(tmp: Path, ckpt: HFCheckpoint, copied: list[str], options: d
         "options": options,
         "source": {"path": str(ckpt.path.resolve()), "weight_format": ckpt.weight_format,
                    "sha256": {p.name: sha256_file(p) for p in source_files}},
-        "sha256": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+        "sha256": {p.name: digests.get(p.name) or sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

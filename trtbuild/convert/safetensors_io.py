@@ -9,6 +9,7 @@ produced: the output is a standard safetensors file (checked by `safe_open` in t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -97,8 +98,18 @@ class StreamingWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # the format pads the header to 8-byte alignment
         self._f = open(path, "wb")
-        self._f.write(struct.pack("<Q", len(raw)) + raw)
+        self._hash = hashlib.sha256()
+        self._emit(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
+
+    def _emit(self, data) -> None:
+        self._hash.update(data)
+        self._f.write(data)
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of everything written so far (the whole file once closed)."""
+        return self._hash.hexdigest()
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         exp_name, dtype, shape = self._order[self._next]
@@ -112,7 +123,7 @@ class StreamingWriter:
 
         t = tensor.detach().contiguous().cpu()
         if t.numel():
-            self._f.write(memoryview(t.view(-1).view(torch.uint8).numpy()))
+            self._emit(memoryview(t.view(-1).view(torch.uint8).numpy()))
         self._next += 1
 
     def close(self) -> None:
@@ -132,8 +143,6 @@ def _itemsize(dtype: str) -> int:
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     """Hex sha256 of a file, read in 4 MiB chunks."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -1,9 +1,13 @@
 """The reference Llama-family forward pass over merged TensorRT-LLM weights, with a static KV cache.
 
-Small on purpose: no nn.Module tree, one loop over layer weight records, fused qkv and fc/gate
-matmuls, RoPE applied to q and k in one op, GQA by folding the query groups into the sequence
-axis (no kv repeat). Semantics are TensorRT-LLM's: `fc` is the SiLU-activated branch, `gate` the
-linear one; RMSNorm is computed in fp32 as transformers does.
+Small on purpose: no nn.Module tree, one loop over layer records, fused qkv and fc/gate matmuls,
+RoPE applied to q and k together, GQA by folding the query groups into the sequence axis (no kv
+repeat). Semantics are TensorRT-LLM's: `fc` is the SiLU-activated branch, `gate` the linear one.
+
+Decoding one token is a chain of matrix-vector products bound by memory bandwidth, so on CPU the
+weights are prepacked once for oneDNN (`Linear`), which streams them about twice as fast as
+`F.linear`'s default kernel on these machines; elsewhere (CUDA, or a CPU/dtype oneDNN cannot pack)
+`F.linear` is used.
 
 Shapes: B batch, T new tokens this call, S cache slots, H hidden, nh/nkv heads, d head size.
 The caller owns the token -> slot bookkeeping: `start` is the first cache slot written by this
@@ -19,16 +23,19 @@ import torch
 import torch.nn.functional as F
 
 from trtbuild.errors import ConfigError
-from trtbuild.runtime.checkpoint import LayerWeights, ModelConfig, Weights, load_weights, read_config
+from trtbuild.runtime.checkpoint import ModelConfig, Weights, load_weights, read_config
 from trtbuild.runtime.rope import cos_sin_table
 
 
 @dataclass
 class KVCache:
-    """Per-layer key and value slots: k, v each [L, B, nkv, S, d]."""
+    """Per-layer key and value slots: k, v each [L, B, nkv, S, d]; `layers[i]` = (k[i], v[i])."""
 
     k: torch.Tensor
     v: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
 
     @property
     def capacity(self) -> int:
@@ -36,9 +43,57 @@ class KVCache:
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, w.shape, w, eps)
-    return F.rms_norm(x.float(), w.shape, None, eps).to(x.dtype) * w
+    return F.rms_norm(x, w.shape, w, eps)
+
+
+_PACKABLE: dict[torch.dtype, bool] = {}
+
+
+def can_pack(dtype: torch.dtype, device: str) -> bool:
+    """Whether oneDNN can prepack `dtype` linear weights here (probed once per dtype)."""
+    if device != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if dtype not in _PACKABLE:
+        try:
+            w, x = torch.randn(8, 16, dtype=dtype), torch.randn(2, 16, dtype=dtype)
+            y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 1),
+                                                   None, "none", [], "")
+            _PACKABLE[dtype] = bool(torch.allclose(y.float(), F.linear(x, w).float(), atol=1e-2, rtol=1e-2))
+        except (RuntimeError, AttributeError):  # e.g. fp16 needs avx512_fp16 / avx_ne_convert
+            _PACKABLE[dtype] = False
+    return _PACKABLE[dtype]
+
+
+class Linear:
+    """y = x @ w.T (+ b); w [out, in] is prepacked for oneDNN when `pack` (the raw copy is dropped)."""
+
+    __slots__ = ("w", "b", "packed")
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, pack: bool) -> None:
+        self.b = b
+        self.packed = pack
+        self.w = torch.ops.mkldnn._reorder_linear_weight(w, 1) if pack else w
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "none", [], "")
+        return F.linear(x, self.w, self.b)
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """residual + x @ w.T (+ b), the add fused into the matmul when packed."""
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.w, self.b, "add")
+        return residual + F.linear(x, self.w, self.b)
+
+
+@dataclass(frozen=True)
+class Layer:
+    attn_norm: torch.Tensor  # [H]
+    qkv: Linear  # H -> (nh + 2 nkv) d
+    dense: Linear  # nh d -> H
+    mlp_norm: torch.Tensor  # [H]
+    fc_gate: Linear  # H -> 2 I
+    proj: Linear  # I -> H
 
 
 def resolve_device(device: str | None) -> str:
@@ -52,31 +107,43 @@ def resolve_device(device: str | None) -> str:
 class Model:
     """A loaded checkpoint ready to run: `forward` over new tokens with a KV cache."""
 
-    def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, device: str) -> None:
-        self.cfg, self.w, self.dtype, self.device = cfg, weights, dtype, device
+    def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, device: str,
+                 pack: bool | None = None) -> None:
+        self.cfg, self.dtype, self.device = cfg, dtype, device
+        self.packed = can_pack(dtype, device) if pack is None else pack
+        self.embedding, self.final_norm = weights.embedding, weights.final_norm
+        self.lm_head = Linear(weights.lm_head, None, self.packed)
+        self.layers = [Layer(lw.attn_norm, Linear(lw.qkv, lw.qkv_bias, self.packed),
+                             Linear(lw.dense, None, self.packed), lw.mlp_norm,
+                             Linear(lw.fc_gate, None, self.packed), Linear(lw.proj, None, self.packed))
+                       for lw in weights.layers]
         d = cfg.dims
         self.nh, self.nkv, self.hd = d.num_heads, d.num_kv_heads, d.head_size
         self._rope_len, self._rope_key = 0, 0
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def load(cls, ckpt_dir: Path, dtype: str | None = None, device: str | None = None) -> Model:
-        """Load `ckpt_dir`; dtype defaults to float32 on CPU and the checkpoint's dtype on CUDA."""
+    def load(cls, ckpt_dir: Path, dtype: str | None = None, device: str | None = None,
+             pack: bool | None = None) -> Model:
+        """Load `ckpt_dir`; dtype defaults to float32 on CPU and the checkpoint's dtype on CUDA.
+
+        `pack`: prepack weights for oneDNN (default: wherever that works, i.e. on CPU).
+        """
         cfg = read_config(Path(ckpt_dir))
         device = resolve_device(device)
         name = dtype or ("float32" if device == "cpu" else cfg.dtype)
         if name not in ("float32", "float16", "bfloat16"):
             raise ConfigError(f"unsupported runtime dtype {name!r}")
         tdtype = getattr(torch, name)
-        return cls(cfg, load_weights(Path(ckpt_dir), cfg, tdtype, device), tdtype, device)
+        return cls(cfg, load_weights(Path(ckpt_dir), cfg, tdtype, device), tdtype, device, pack)
 
     def new_cache(self, batch: int, slots: int) -> KVCache:
-        shape = (len(self.w.layers), batch, self.nkv, slots, self.hd)
+        shape = (len(self.layers), batch, self.nkv, slots, self.hd)
         return KVCache(torch.zeros(shape, dtype=self.dtype, device=self.device),
                        torch.zeros(shape, dtype=self.dtype, device=self.device))
 
     def rope(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables [>= seq_len, d] for a forward pass reaching `seq_len` positions.
+        """(cos, sin_signed) tables [>= seq_len, d] for a forward pass reaching `seq_len` positions.
 
         Static scalings grow one cached table. Dynamic NTK depends on the length itself (as in
         transformers: recomputed for every longer pass, reset for a short one), so a pass beyond
@@ -87,47 +154,53 @@ class Model:
         key = seq_len if kind == "dynamic" and seq_len > c.max_position_embeddings else 0
         if self._rope is None or key != self._rope_key or seq_len > self._rope_len:
             n = seq_len if key else max(seq_len, 2 * self._rope_len if self._rope_key == 0 else 0, 256)
-            self._rope = cos_sin_table(self.hd, c.rotary_base, c.rotary_scaling, c.max_position_embeddings,
-                                       key or seq_len, n, self.dtype, self.device)
+            cos, sin = cos_sin_table(self.hd, c.rotary_base, c.rotary_scaling, c.max_position_embeddings,
+                                     key or seq_len, n, self.dtype, self.device)
+            half = self.hd // 2
+            self._rope = cos, torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)  # sin_signed, see _layer
             self._rope_len, self._rope_key = n, key
         return self._rope
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
                 mask: torch.Tensor, logits_for: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens, positions: [B, T]; mask: [B, 1, T, start + T] bool.
+        """tokens, positions: [B, T]; mask: [B, 1, T, start + T] bool (query token t, cache slot s).
 
         Returns logits [B, T, V] in fp32, or [B, V] at the per-row token index `logits_for` [B].
         """
         B, T = tokens.shape
         cos, sin = self.rope(int(positions.max()) + 1)
         cos, sin = cos[positions].unsqueeze(2), sin[positions].unsqueeze(2)  # [B, T, 1, d]
-        x = F.embedding(tokens, self.w.embedding)  # [B, T, H]
-        for i, lw in enumerate(self.w.layers):
-            x = self._layer(i, lw, x, cos, sin, cache, start, mask)
+        x = F.embedding(tokens, self.embedding)  # [B, T, H]
+        g = self.nh // self.nkv
+        if g > 1 and T > 1:  # one mask row per folded query row (T = 1 broadcasts as is)
+            mask = mask.unsqueeze(2).expand(B, 1, g, T, start + T).reshape(B, 1, g * T, start + T)
+        for i, layer in enumerate(self.layers):
+            x = self._layer(i, layer, x, cos, sin, cache, start, mask)
         if logits_for is not None:
             x = x[torch.arange(B, device=x.device), logits_for]  # [B, H]
-        x = rms_norm(x, self.w.final_norm, self.cfg.norm_epsilon)
-        return F.linear(x, self.w.lm_head).float()
+        return self.lm_head(rms_norm(x, self.final_norm, self.cfg.norm_epsilon)).float()
 
-    def _layer(self, i: int, lw: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def _layer(self, i: int, lw: Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                cache: KVCache, start: int, mask: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         nh, nkv, hd = self.nh, self.nkv, self.hd
-        qkv = F.linear(rms_norm(x, lw.attn_norm, self.cfg.norm_epsilon), lw.qkv, lw.qkv_bias)
+        qkv = lw.qkv(rms_norm(x, lw.attn_norm, self.cfg.norm_epsilon))
         qk = qkv[..., : (nh + nkv) * hd].view(B, T, nh + nkv, hd)
-        half = hd // 2
-        rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
-        qk = qk * cos + rotated * sin  # [B, T, nh + nkv, d]
+        # rotate-half: x*cos + cat(-x2, x1)*sin == x*cos + roll(x, d/2)*sin_signed, sin_signed = cat(-s1, s2)
+        qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin  # [B, T, nh + nkv, d]
         end = start + T
-        cache.k[i, :, :, start:end] = qk[:, :, nh:].transpose(1, 2)
-        cache.v[i, :, :, start:end] = qkv[..., (nh + nkv) * hd:].view(B, T, nkv, hd).transpose(1, 2)
+        k_cache, v_cache = cache.layers[i]  # [B, nkv, S, d]
+        k_cache[:, :, start:end] = qk[:, :, nh:].transpose(1, 2)
+        v_cache[:, :, start:end] = qkv[..., (nh + nkv) * hd:].view(B, T, nkv, hd).transpose(1, 2)
         g = nh // nkv
         # fold the g query heads that share a kv head into the sequence axis: [B, nkv, g*T, d]
-        q = qk[:, :, :nh].reshape(B, T, nkv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, nkv, g * T, hd)
-        m = mask if g == 1 else mask.unsqueeze(2).expand(B, 1, g, T, end).reshape(B, 1, g * T, end)
-        o = F.scaled_dot_product_attention(q, cache.k[i, :, :, :end], cache.v[i, :, :, :end], attn_mask=m)
+        if T == 1:
+            q = qk[:, 0, :nh].view(B, nkv, g, hd)
+        else:
+            q = qk[:, :, :nh].reshape(B, T, nkv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, nkv, g * T, hd)
+        o = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask)
         o = o.view(B, nkv, g, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, nh * hd)
-        x = x + F.linear(o, lw.dense)
-        fc, gate = F.linear(rms_norm(x, lw.mlp_norm, self.cfg.norm_epsilon), lw.fc_gate).chunk(2, dim=-1)
-        return x + F.linear(F.silu(fc) * gate, lw.proj)
+        x = lw.dense.add_to(x, o)
+        fc, gate = lw.fc_gate(rms_norm(x, lw.mlp_norm, self.cfg.norm_epsilon)).chunk(2, dim=-1)
+        return lw.proj.add_to(x, F.silu(fc) * gate)

