@@ -79,3 +79,16 @@ def demo_ckpt(demo_hf: Path, tmp_path_factory) -> Path:
     from trtbuild.convert import convert
 
     return convert(demo_hf, tmp_path_factory.mktemp("smollm2") / "ckpt")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `gpu` tests without CUDA and `trtllm` tests without TensorRT-LLM; nothing else is skipped."""
+    import importlib.util
+
+    has_cuda = torch.cuda.is_available()
+    has_trtllm = importlib.util.find_spec("tensorrt_llm") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "trtllm" in item.keywords and not has_trtllm:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT-LLM"))

@@ -105,3 +105,12 @@ def test_max_tokens_and_batch_of_different_lengths_equals_one_by_one(model):
 def test_invalid_requests(model, req, msg):
     with pytest.raises(GenerationError, match=msg):
         generate(model, [req])
+
+
+def test_onednn_packed_and_plain_linears_agree(tmp_path):
+    make_hf_model(tmp_path / "hf", "Qwen2ForCausalLM", seed=4)
+    ckpt = convert(tmp_path / "hf", tmp_path / "c", dtype="float32", tp=2)
+    packed, plain = Model.load(ckpt, pack=True), Model.load(ckpt, pack=False)
+    assert packed.packed and not plain.packed
+    reqs = [Request(P, 10), Request((7, 7, 1), 10)]
+    assert generate(packed, reqs) == generate(plain, reqs)

@@ -55,8 +55,8 @@ class Step:
     shape: tuple[int, ...]
 
 
-def _resolve(family: Family, hf_config: dict, source_names: set[str]) -> dict[str, tuple[str, ...]]:
-    """Per-family source substitutions: a tied lm_head reads the embedding when lm_head is absent."""
+def _tied_substitutions(hf_config: dict, source_names: set[str]) -> dict[str, tuple[str, ...]]:
+    """A tied lm_head reads the embedding when the checkpoint does not store lm_head itself."""
     subs: dict[str, tuple[str, ...]] = {}
     if hf_config.get("tie_word_embeddings", False) and "lm_head.weight" not in source_names:
         subs["lm_head.weight"] = ("model.embed_tokens.weight",)
@@ -71,7 +71,7 @@ def plan_ranks(family: Family, hf_config: dict, source: TensorSource, mapping: M
     """The full conversion plan, one list of steps per rank, validated before any tensor is read."""
     dims = family.dims(hf_config)
     names = set(source.names())
-    subs = _resolve(family, hf_config, names)
+    subs = _tied_substitutions(hf_config, names)
     rules = [(r, _template_regex(r.target)) for r in family.rules]
     whole = rank_layout(dims, Mapping(1, 1), 0)  # unsplit shapes by target name (global layer index)
     plans: list[list[Step]] = []
