@@ -47,9 +47,10 @@ def make_model(d: Path) -> None:
 
 
 def measure(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one child process."""
+    """(wall seconds, peak RSS MiB) of one child process, started with no dirty pages pending."""
+    os.sync()  # otherwise one run pays for the previous run's writeback: timings swing 0.3 s .. 3 s
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from trtbuild.convert.hf import HFCheckpoint, read_hf_dir
@@ -65,8 +66,6 @@ def resolve_dtype(dtype: str, hf_config: dict) -> str:
 def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp: int = 1,
             force: bool = False) -> Path:
     """Convert `hf_dir` into a TensorRT-LLM checkpoint at `out_dir`; return `out_dir`."""
-    import torch
-
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     _check_output_path(hf_dir, out_dir, force)
     ckpt = read_hf_dir(hf_dir)
@@ -76,30 +75,39 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
     dims = family.dims(ckpt.config)
     validate_dims(dims, mapping)
     config = family.trt_config(ckpt.config, dtype, mapping)
+    options = {"dtype": dtype, "tp_size": tp, "pp_size": pp, "architecture": family.name}
     source = ckpt.open()
     try:
         plans = plan_ranks(family, ckpt.config, source, mapping)
-        with staging_dir(out_dir, force) as tmp:
+        # hashing the sources (GIL released) overlaps the conversion, which reads the same files
+        with ThreadPoolExecutor(1) as pool, staging_dir(out_dir, force) as tmp:
+            source_hashes = pool.submit(lambda: {p.name: sha256_file(p) for p in _source_files(ckpt)})
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-            digests: dict[str, str] = {}
-            for rank, steps in enumerate(plans):
-                layout = rank_layout(dims, mapping, rank)
-                writer = StreamingWriter(tmp / f"rank{rank}.safetensors",
-                                         {name: (dtype, shape) for name, shape in layout.items()})
-                try:
-                    for name, tensor in iter_rank(steps, source, dims, mapping, rank, getattr(torch, dtype)):
-                        writer.write(name, tensor)
-                except BaseException:
-                    writer.abort()
-                    raise
-                writer.close()
-                digests[f"rank{rank}.safetensors"] = writer.sha256  # hashed while written
-            copied = _copy_tokenizer_files(hf_dir, tmp)
-            _write_manifest(tmp, ckpt, copied, digests, {"dtype": dtype, "tp_size": tp, "pp_size": pp,
-                                                         "architecture": family.name})
+            digests = {f"rank{r}.safetensors": _write_rank(tmp / f"rank{r}.safetensors", steps, source, dims,
+                                                             mapping, r, dtype)
+                       for r, steps in enumerate(plans)}
+            for p in _tokenizer_files(hf_dir):
+                shutil.copy2(p, tmp / p.name)
+            _write_manifest(tmp, ckpt, source_hashes.result(), digests, options)
     finally:
         source.close()
     return out_dir
+
+
+def _write_rank(path: Path, steps: list, source, dims, mapping: Mapping, rank: int, dtype: str) -> str:
+    """Stream one rank file; return its sha256 (computed while writing)."""
+    import torch
+
+    layout = rank_layout(dims, mapping, rank)
+    writer = StreamingWriter(path, {name: (dtype, shape) for name, shape in layout.items()})
+    try:
+        for name, tensor in iter_rank(steps, source, dims, mapping, rank, getattr(torch, dtype)):
+            writer.write(name, tensor)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return writer.sha256
 
 
 def _check_output_path(hf_dir: Path, out_dir: Path, force: bool) -> None:
@@ -109,27 +117,25 @@ def _check_output_path(hf_dir: Path, out_dir: Path, force: bool) -> None:
     check_output_dir(out_dir, force)
 
 
-def _copy_tokenizer_files(hf_dir: Path, dst: Path) -> list[str]:
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (hf_dir / name).is_file():
-            shutil.copy2(hf_dir / name, dst / name)
-            copied.append(name)
-    return copied
+def _tokenizer_files(hf_dir: Path) -> list[Path]:
+    return [hf_dir / n for n in TOKENIZER_FILES if (hf_dir / n).is_file()]
 
 
-def _write_manifest(tmp: Path, ckpt: HFCheckpoint, copied: list[str], digests: dict[str, str],
+def _source_files(ckpt: HFCheckpoint) -> list[Path]:
+    indexes = sorted(ckpt.path.glob("*.index.json"))
+    return [ckpt.path / "config.json", *indexes, *ckpt.weight_files, *_tokenizer_files(ckpt.path)]
+
+
+def _write_manifest(tmp: Path, ckpt: HFCheckpoint, source_hashes: dict[str, str], digests: dict[str, str],
                     options: dict) -> None:
     from trtbuild import __version__
 
-    indexes = sorted(ckpt.path.glob("*.index.json"))
-    source_files = [ckpt.path / "config.json", *indexes, *ckpt.weight_files, *(ckpt.path / n for n in copied)]
     manifest = {
         "trtbuild_version": __version__,
         "created_unix": int(time.time()),
         "options": options,
         "source": {"path": str(ckpt.path.resolve()), "weight_format": ckpt.weight_format,
-                   "sha256": {p.name: sha256_file(p) for p in source_files}},
+                   "sha256": source_hashes},
         "sha256": {p.name: digests.get(p.name) or sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

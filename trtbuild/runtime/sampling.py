@@ -53,8 +53,8 @@ def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
         x = x.masked_fill(x < kth, float("-inf"))
     if p.top_p < 1.0:
         sorted_x, order = torch.sort(x, descending=True)
-        cum = sorted_x.softmax(-1).cumsum(-1)
-        drop = cum - sorted_x.softmax(-1) >= p.top_p  # mass before this token already reaches top_p
+        probs = sorted_x.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= p.top_p  # mass before this token already reaches top_p
         x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     return x
 
