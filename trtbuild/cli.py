@@ -78,7 +78,7 @@ def _ids(text: str) -> tuple[int, ...]:
               help="0 = greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 = off.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed for sampling (per request).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None, help="Seed for sampling (per request).")
 @click.option("--end-id", "end_ids", type=int, multiple=True,
               help="End token id (repeatable); default: every EOS id in generation_config.json.")
 @click.option("--ignore-eos", is_flag=True, help="Generate max-tokens tokens regardless of end ids.")
@@ -117,8 +117,8 @@ def generate(ckpt_dir: Path, prompts: tuple[str, ...], input_ids: tuple[str, ...
             click.echo(json.dumps({"output_ids": list(r.output_ids), "text": text,
                                    "finish_reason": r.finish_reason, "num_steps": r.num_steps,
                                    "tokens_per_step": r.tokens_per_step}))
-        else:
-            click.echo(text)
+        else:  # without tokenizer files there is no text: print the ids
+            click.echo(text if tok is not None else ",".join(map(str, r.output_ids)))
 
 
 @cli.command("demo-model")

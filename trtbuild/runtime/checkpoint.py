@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trtbuild.convert.layout import Dims, Mapping, merge_qkv, pp_layers, rank_layout
+from trtbuild.convert.rope_scaling import check_scaling
 from trtbuild.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -38,6 +39,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict) -> ModelConfig:
+        if not isinstance(cfg, dict):
+            raise ConfigError("checkpoint config.json must be a JSON object")
+        if "architecture" not in cfg and "architectures" in cfg:
+            raise ConfigError("this is a Hugging Face model directory, not a TensorRT-LLM checkpoint: "
+                              "run `trtbuild convert` on it first")
         arch = cfg.get("architecture")
         if arch not in RUNTIME_ARCHITECTURES:
             raise ConfigError(f"the reference runtime cannot run architecture {arch!r}")
@@ -63,9 +69,9 @@ class ModelConfig:
                 dtype=str(cfg["dtype"]),
                 norm_epsilon=float(cfg.get("norm_epsilon", 1e-5)),
                 rotary_base=float(cfg.get("rotary_base", 10000.0)),
-                rotary_scaling=cfg.get("rotary_scaling"),
+                rotary_scaling=check_scaling(cfg.get("rotary_scaling")),
                 max_position_embeddings=int(cfg.get("max_position_embeddings") or 2048),
-                sliding_window=cfg.get("sliding_window"),
+                sliding_window=int(cfg["sliding_window"]) if cfg.get("sliding_window") else None,
                 mapping=Mapping.from_dict(cfg.get("mapping") or {}),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -97,7 +103,7 @@ def read_config(ckpt_dir: Path) -> ModelConfig:
         raise CheckpointError(f"{ckpt_dir} is not a TensorRT-LLM checkpoint (no config.json)")
     try:
         return ModelConfig.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from None
 
 

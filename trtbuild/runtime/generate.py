@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trtbuild.convert.rope_scaling import max_sequence_length
 from trtbuild.errors import GenerationError
 from trtbuild.runtime.model import Model
 from trtbuild.runtime.sampling import SamplingParams, sample
@@ -45,6 +46,7 @@ def validate(model: Model, requests: list[Request]) -> None:
     if not requests:
         raise GenerationError("no requests to generate")
     vocab = model.cfg.dims.vocab_size
+    limit = max_sequence_length(model.cfg.max_position_embeddings, model.cfg.rotary_scaling)
     for i, r in enumerate(requests):
         if not r.prompt:
             raise GenerationError(f"request {i}: empty prompt")
@@ -55,6 +57,9 @@ def validate(model: Model, requests: list[Request]) -> None:
             raise GenerationError(f"request {i}: token id {bad[0]} outside the vocabulary [0, {vocab})")
         if any(len(w) == 0 for w in r.stop_words):
             raise GenerationError(f"request {i}: empty stop word")
+        if len(r.prompt) + r.max_new_tokens > limit:
+            raise GenerationError(f"request {i}: prompt ({len(r.prompt)} tokens) + max_new_tokens "
+                                  f"({r.max_new_tokens}) exceeds the model's {limit} positions")
 
 
 def attention_mask(q_lo: int, q_hi: int, pads: torch.Tensor, window: int | None) -> torch.Tensor:

@@ -16,12 +16,14 @@ call, `mask[b, 0, t, s]` says whether new token t of row b may attend to slot s.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from trtbuild.convert.rope_scaling import scaling_kind
 from trtbuild.errors import ConfigError
 from trtbuild.runtime.checkpoint import ModelConfig, Weights, load_weights, read_config
 from trtbuild.runtime.rope import cos_sin_table
@@ -37,9 +39,6 @@ class KVCache:
     def __post_init__(self) -> None:
         self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
 
-    @property
-    def capacity(self) -> int:
-        return self.k.shape[3]
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -97,10 +96,17 @@ class Layer:
 
 
 def resolve_device(device: str | None) -> str:
+    """'auto' -> cuda when available else cpu; 'cpu', 'cuda' and 'cuda:N' are checked."""
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available")
+    if device == "cpu":
+        return device
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
     return device
 
 
@@ -150,15 +156,18 @@ class Model:
         max_position_embeddings gets a table computed for exactly its length.
         """
         c = self.cfg
-        kind = (c.rotary_scaling or {}).get("rope_type", "default")
-        key = seq_len if kind == "dynamic" and seq_len > c.max_position_embeddings else 0
+        dynamic = scaling_kind(c.rotary_scaling) == "dynamic" and seq_len > c.max_position_embeddings
+        key = seq_len if dynamic else 0  # 0: the one static table
         if self._rope is None or key != self._rope_key or seq_len > self._rope_len:
-            n = seq_len if key else max(seq_len, 2 * self._rope_len if self._rope_key == 0 else 0, 256)
+            if dynamic:
+                rows = seq_len
+            else:  # grow the static table geometrically
+                rows = max(seq_len, 256, 2 * self._rope_len if self._rope_key == 0 else 0)
             cos, sin = cos_sin_table(self.hd, c.rotary_base, c.rotary_scaling, c.max_position_embeddings,
-                                     key or seq_len, n, self.dtype, self.device)
+                                     seq_len, rows, self.dtype, self.device)
             half = self.hd // 2
             self._rope = cos, torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)  # sin_signed, see _layer
-            self._rope_len, self._rope_key = n, key
+            self._rope_len, self._rope_key = rows, key
         return self._rope
 
     @torch.inference_mode()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from trtbuild.convert.rope_scaling import scaling_kind
 from trtbuild.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ def inv_freq(dim: int, base: float, scaling: dict | None, max_positions: int, se
     """[dim / 2] fp32 inverse frequencies for a forward pass reaching `seq_len` positions."""
     import torch
 
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    kind = scaling_kind(scaling)
     exponent = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     if kind == "dynamic":
         factor = float(scaling["factor"])
@@ -43,8 +44,8 @@ def _llama3(freq: torch.Tensor, s: dict) -> torch.Tensor:
     import torch
 
     factor = float(s["factor"])
-    low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
-    old_len = float(s.get("original_max_position_embeddings", 8192))
+    low, high = float(s["low_freq_factor"]), float(s["high_freq_factor"])
+    old_len = float(s["original_max_position_embeddings"])
     low_wavelen, high_wavelen = old_len / low, old_len / high
     wavelen = 2 * math.pi / freq
     scaled = torch.where(wavelen > low_wavelen, freq / factor, freq)

@@ -47,7 +47,7 @@ class SamplingParams:
 
 def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     """logits [V] fp32 -> tempered logits with filtered-out tokens at -inf."""
-    x = logits / p.temperature
+    x = (logits - logits.max()) / p.temperature  # <= 0: a tiny temperature cannot overflow to inf
     if 0 < p.top_k < x.shape[-1]:
         kth = torch.topk(x, p.top_k).values[-1]
         x = x.masked_fill(x < kth, float("-inf"))

@@ -23,9 +23,15 @@ def default_end_ids(ckpt_dir: Path, tokenizer=None) -> tuple[int, ...]:
     """All EOS ids from generation_config.json, else the tokenizer's EOS; () when neither exists."""
     path = Path(ckpt_dir) / "generation_config.json"
     if path.is_file():
-        eos = json.loads(path.read_text()).get("eos_token_id")
-        if eos is not None:
-            return tuple(eos) if isinstance(eos, list) else (int(eos),)
+        try:
+            eos = json.loads(path.read_text()).get("eos_token_id")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise ConfigError(f"{path}: not a valid generation config ({e})") from None
+        ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ConfigError(f"{path}: eos_token_id must be an integer or a list of integers, got {eos!r}")
+        if ids:
+            return tuple(ids)
     if tokenizer is not None and tokenizer.eos_token_id is not None:
         return (int(tokenizer.eos_token_id),)
     return ()
