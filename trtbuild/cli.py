@@ -52,12 +52,21 @@ def cli() -> None:
 @click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="Tensor-parallel size.")
 @click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True, help="Pipeline-parallel size.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists (only once the new one is complete).")
-def convert(hf_dir: Path, out_dir: Path, dtype: str, tp: int, pp: int, force: bool) -> None:
-    """Convert a HF checkpoint into a TensorRT-LLM checkpoint (config.json + rank{r}.safetensors)."""
+@click.option("--medusa", type=click.Path(path_type=Path), default=None,
+              help="Medusa heads: medusa_lm_head.{pt,safetensors}, or a directory (also Medusa-2 full models).")
+@click.option("--medusa-choices", default=None,
+              help="Tree: preset name, JSON list of paths, or '{0}, {0, 0}, ...' (default: mc_sim_7b_63 "
+                   "cut to the number of heads).")
+@click.option("--max-draft-len", type=click.IntRange(min=1), default=None,
+              help="Medusa max_draft_len (default 63, at least the tree's node count).")
+def convert(hf_dir: Path, out_dir: Path, dtype: str, tp: int, pp: int, force: bool, medusa: Path | None,
+            medusa_choices: str | None, max_draft_len: int | None) -> None:
+    """Convert a HF checkpoint (+ Medusa heads) into a TensorRT-LLM checkpoint."""
     from trtbuild.convert import convert as run
 
-    run(hf_dir, out_dir, dtype=dtype, tp=tp, pp=pp, force=force)
-    click.echo(f"wrote {out_dir} (tp={tp}, pp={pp})")
+    run(hf_dir, out_dir, dtype=dtype, tp=tp, pp=pp, force=force, medusa=medusa, medusa_choices=medusa_choices,
+        max_draft_len=max_draft_len)
+    click.echo(f"wrote {out_dir} (tp={tp}, pp={pp}{', medusa' if medusa else ''})")
 
 
 def _ids(text: str) -> tuple[int, ...]:
@@ -86,11 +95,19 @@ def _ids(text: str) -> tuple[int, ...]:
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="Compute dtype (default: float32 on CPU, the checkpoint's on CUDA).")
+@click.option("--medusa-choices", default=None,
+              help="Medusa tree for a Medusa checkpoint (default: the one stored with it).")
+@click.option("--no-medusa", is_flag=True, help="Plain decoding even for a Medusa checkpoint.")
+@click.option("--posterior-threshold", type=click.FloatRange(0, 1), default=0.09, show_default=True,
+              help="Medusa typical acceptance (temperature > 0).")
+@click.option("--posterior-alpha", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Medusa typical acceptance (temperature > 0).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per request.")
 def generate(ckpt_dir: Path, prompts: tuple[str, ...], input_ids: tuple[str, ...], chat: bool, max_tokens: int,
              temperature: float, top_k: int, top_p: float, seed: int | None, end_ids: tuple[int, ...],
-             ignore_eos: bool, stops: tuple[str, ...], device: str, dtype: str | None, as_json: bool) -> None:
-    """Generate text from a TensorRT-LLM checkpoint with the reference runtime."""
+             ignore_eos: bool, stops: tuple[str, ...], device: str, dtype: str | None, medusa_choices: str | None,
+             no_medusa: bool, posterior_threshold: float, posterior_alpha: float, as_json: bool) -> None:
+    """Generate text from a TensorRT-LLM checkpoint with the reference runtime (Medusa trees too)."""
     if bool(prompts) == bool(input_ids):
         raise click.UsageError("give either --prompt or --input-ids")
     from trtbuild.runtime import Model, Request, SamplingParams, generate as run
@@ -111,12 +128,26 @@ def generate(ckpt_dir: Path, prompts: tuple[str, ...], input_ids: tuple[str, ...
     model = Model.load(ckpt_dir, dtype=dtype, device=device)
     params = SamplingParams(temperature, top_k, top_p, seed)
     reqs = [Request(p, max_tokens, params, ends, stop_ids) for p in ids]
-    for r in run(model, reqs):
+    medusa = bool(model.medusa) and not no_medusa
+    if medusa_choices is not None and not medusa:
+        raise click.UsageError("--medusa-choices needs a Medusa checkpoint (and no --no-medusa)")
+    if medusa:
+        from trtbuild.medusa.choices import parse_choices
+        from trtbuild.runtime.medusa import TypicalAcceptance, medusa_generate
+
+        spec = medusa_choices if medusa_choices is not None else [list(p) for p in model.cfg.medusa_choices or ()]
+        tree = parse_choices(spec, len(model.medusa), model.cfg.max_draft_len or None).choices
+        results = medusa_generate(model, reqs, tree, TypicalAcceptance(posterior_threshold, posterior_alpha))
+    else:
+        results = run(model, reqs)
+    for r in results:
         text = tok.decode(r.output_ids, skip_special_tokens=True) if tok is not None else None
         if as_json:
-            click.echo(json.dumps({"output_ids": list(r.output_ids), "text": text,
-                                   "finish_reason": r.finish_reason, "num_steps": r.num_steps,
-                                   "tokens_per_step": r.tokens_per_step}))
+            obj = {"output_ids": list(r.output_ids), "text": text, "finish_reason": r.finish_reason,
+                   "num_steps": r.num_steps, "tokens_per_step": r.tokens_per_step}
+            if medusa:
+                obj.update(accepted_draft_tokens=r.accepted_draft_tokens, acceptance_length=r.tokens_per_step)
+            click.echo(json.dumps(obj))
         else:  # without tokenizer files there is no text: print the ids
             click.echo(text if tok is not None else ",".join(map(str, r.output_ids)))
 
@@ -135,6 +166,36 @@ def demo_model(out_dir: Path, gguf: Path | None, dtype: str, force: bool) -> Non
 
     write_demo_model(out_dir, gguf=gguf, dtype=dtype, force=force)
     click.echo(f"wrote {out_dir}")
+
+
+@cli.command("train-medusa")
+@click.argument("hf_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output heads directory (medusa_lm_head.safetensors + config.json).")
+@click.option("--corpus", "corpus", multiple=True, type=click.Path(path_type=Path),
+              help="Local text file(s) (repeatable); default: the Python standard library's sources.")
+@click.option("--heads", type=click.IntRange(1, 16), default=4, show_default=True)
+@click.option("--layers", type=click.IntRange(1, 8), default=1, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--targets", type=click.Choice(["self", "corpus"]), default="self", show_default=True,
+              help="self: distil the model's own greedy continuations; corpus: the corpus' next tokens.")
+@click.option("--sequences", type=click.IntRange(min=1), default=160, show_default=True)
+@click.option("--seq-tokens", type=click.IntRange(min=8), default=160, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/train/checkpoint.pt.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def train_medusa(hf_dir: Path, out_dir: Path, corpus: tuple[Path, ...], heads: int, layers: int, steps: int,
+                 lr: float, batch: int, targets: str, sequences: int, seq_tokens: int, seed: int, resume: bool,
+                 force: bool) -> None:
+    """Train Medusa heads for a HF model on this machine (base model frozen, no network)."""
+    from trtbuild.medusa.train import TrainConfig, train_medusa as run
+
+    cfg = TrainConfig(heads=heads, layers=layers, steps=steps, lr=lr, batch=batch, targets=targets,
+                      sequences=sequences, seq_tokens=seq_tokens, seed=seed)
+    summary = run(hf_dir, out_dir, cfg, list(corpus) or None, resume=resume, force=force)
+    click.echo(f"wrote {out_dir}: {json.dumps(summary)}")
 
 
 def main() -> None:

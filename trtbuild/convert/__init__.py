@@ -15,11 +15,13 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
-from trtbuild.convert.hf import HFCheckpoint, read_hf_dir
+from trtbuild.convert.hf import ChainedSource, DictSource, HFCheckpoint, read_hf_dir
 from trtbuild.convert.layout import Mapping, rank_layout, validate_dims
 from trtbuild.convert.llama import LLAMA, MISTRAL
+from trtbuild.convert.medusa_heads import medusa_config, read_heads
 from trtbuild.convert.qwen2 import QWEN2
 from trtbuild.convert.rules import Family, iter_rank, plan_ranks
 from trtbuild.convert.safetensors_io import StreamingWriter, sha256_file
@@ -65,8 +67,9 @@ def resolve_dtype(dtype: str, hf_config: dict) -> str:
 
 
 def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp: int = 1,
-            force: bool = False) -> Path:
-    """Convert `hf_dir` into a TensorRT-LLM checkpoint at `out_dir`; return `out_dir`."""
+            force: bool = False, medusa: Path | None = None, medusa_choices: str | None = None,
+            max_draft_len: int | None = None) -> Path:
+    """Convert `hf_dir` (plus Medusa heads) into a TensorRT-LLM checkpoint at `out_dir`; return it."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     _check_output_path(hf_dir, out_dir, force)
     ckpt = read_hf_dir(hf_dir)
@@ -74,15 +77,29 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
     dtype = resolve_dtype(dtype, ckpt.config)
     mapping = Mapping(tp, pp)
     dims = family.dims(ckpt.config)
+    heads = None
+    if medusa is not None:
+        heads = read_heads(Path(medusa))
+        heads.check_base(dims.hidden_size, dims.vocab_size)
+        dims = replace(dims, medusa_heads=heads.num_heads, medusa_layers=heads.num_layers)
+    elif medusa_choices is not None or max_draft_len is not None:
+        raise ConfigError("--medusa-choices and --max-draft-len need --medusa HEADS")
     validate_dims(dims, mapping)
     config = family.trt_config(ckpt.config, dims, dtype, mapping)
     options = {"dtype": dtype, "tp_size": tp, "pp_size": pp, "architecture": family.name}
+    subs: dict[str, str] = {}
     source = ckpt.open()
+    if heads is not None:
+        config, medusa_options = medusa_config(config, heads, medusa_choices, max_draft_len)
+        options.update(medusa_options)
+        source = ChainedSource(source, DictSource(heads.tensors))
+        if not heads.has_lm_head:  # version-2 heads: each gets a copy of the base lm_head
+            subs = {f"medusa.{h}.lm_head.weight": "lm_head.weight" for h in range(heads.num_heads)}
     # hashing the sources (GIL released) overlaps the conversion, which reads the same files
     stop = threading.Event()
     pool = ThreadPoolExecutor(1)
     try:
-        plans = plan_ranks(family, ckpt.config, dims, source, mapping)
+        plans = plan_ranks(family, ckpt.config, dims, source, mapping, subs)
         source_hashes = pool.submit(lambda: {p.name: sha256_file(p, stop) for p in _source_files(ckpt)})
         with staging_dir(out_dir, force) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -91,7 +108,10 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
                        for r, steps in enumerate(plans)}
             for p in _tokenizer_files(hf_dir):
                 shutil.copy2(p, tmp / p.name)
-            _write_manifest(tmp, ckpt, source_hashes.result(), digests, options)
+            hashes = source_hashes.result()
+            if heads is not None:
+                hashes.update({f"medusa/{p.name}": sha256_file(p) for p in heads.files})
+            _write_manifest(tmp, ckpt, hashes, digests, options)
     finally:
         stop.set()  # a failed conversion does not wait for the hashes
         pool.shutdown(wait=True)

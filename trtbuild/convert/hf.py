@@ -68,7 +68,7 @@ class TorchBinSource:
         self._files = sorted(set(files))
         self._tensors: dict[str, torch.Tensor] = {}
         for path in self._files:
-            for name, t in _load_bin(path).items():
+            for name, t in load_bin(path).items():
                 if name in self._tensors:
                     raise CheckpointError(f"tensor {name!r} appears in more than one .bin file")
                 self._tensors[name] = t
@@ -86,7 +86,7 @@ class TorchBinSource:
         self._tensors.clear()
 
 
-def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+def load_bin(path: Path) -> dict[str, torch.Tensor]:
     import pickle
 
     import torch
@@ -108,6 +108,51 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path.name}: does not hold a flat {{name: tensor}} state dict")
     return sd
+
+
+class DictSource:
+    """Tensors already in memory (e.g. Medusa heads), under the names given."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._tensors = tensors
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].shape)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def close(self) -> None:
+        pass
+
+
+class ChainedSource:
+    """Several sources with disjoint names seen as one."""
+
+    def __init__(self, *sources: TensorSource) -> None:
+        self._owner: dict[str, TensorSource] = {}
+        for src in sources:
+            for name in src.names():
+                if name in self._owner:
+                    raise CheckpointError(f"tensor {name!r} appears in two inputs")
+                self._owner[name] = src
+        self._sources = sources
+
+    def names(self) -> list[str]:
+        return list(self._owner)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._owner[name].shape(name)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._owner[name].get(name)
+
+    def close(self) -> None:
+        for src in self._sources:
+            src.close()
 
 
 class MetaSource:

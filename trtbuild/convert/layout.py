@@ -72,6 +72,8 @@ class Dims:
     intermediate_size: int
     vocab_size: int
     qkv_bias: bool = False
+    medusa_heads: int = 0  # K heads, each medusa_layers ResBlocks (H -> H) and an lm_head (H -> V)
+    medusa_layers: int = 0
 
 
 def pp_layers(num_layers: int, pp_size: int, pp_rank: int) -> range:
@@ -107,6 +109,10 @@ def validate_dims(dims: Dims, mapping: Mapping) -> None:
         raise ConfigError(f"tp={t} does not divide intermediate_size={dims.intermediate_size}")
     if dims.num_layers < mapping.pp_size:
         raise ConfigError(f"pp={mapping.pp_size} exceeds num_hidden_layers={dims.num_layers}")
+    if dims.medusa_heads and dims.hidden_size % t:
+        raise ConfigError(f"tp={t} does not divide hidden_size={dims.hidden_size} (Medusa head layers)")
+    if dims.medusa_heads and mapping.pp_size > 1:
+        raise ConfigError("Medusa with pipeline parallelism (pp > 1) is not supported by TensorRT-LLM")
 
 
 def rank_layout(dims: Dims, mapping: Mapping, rank: int) -> dict[str, tuple[int, ...]]:
@@ -132,6 +138,11 @@ def rank_layout(dims: Dims, mapping: Mapping, rank: int) -> dict[str, tuple[int,
     if p == mapping.pp_size - 1:
         out["transformer.ln_f.weight"] = (H,)
         out["lm_head.weight"] = (pad_vocab_size(dims.vocab_size, t) // t, H)
+        for h in range(dims.medusa_heads):  # column-parallel like lm_head (gather_output=True)
+            for layer in range(dims.medusa_layers):
+                out[f"medusa_heads.{h}.medusa_layers.{layer}.linear.weight"] = (H // t, H)
+                out[f"medusa_heads.{h}.medusa_layers.{layer}.linear.bias"] = (H // t,)
+            out[f"medusa_heads.{h}.lm_head.weight"] = (pad_vocab_size(dims.vocab_size, t) // t, H)
     return out
 
 

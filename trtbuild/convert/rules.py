@@ -67,12 +67,29 @@ def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(template).replace(r"\{\}", r"(\d+)") + "$")
 
 
+def medusa_rules(num_heads: int, num_layers: int) -> tuple[Rule, ...]:
+    """Medusa head tensors (canonical source names of trtbuild.medusa.heads): split like lm_head."""
+    rules = []
+    for h in range(num_heads):
+        for j in range(num_layers):
+            for p in ("weight", "bias"):
+                rules.append(Rule(f"medusa_heads.{h}.medusa_layers.{j}.linear.{p}", (f"medusa.{h}.{j}.linear.{p}",),
+                                  "column"))
+        rules.append(Rule(f"medusa_heads.{h}.lm_head.weight", (f"medusa.{h}.lm_head.weight",), "vocab"))
+    return tuple(rules)
+
+
 def plan_ranks(family: Family, hf_config: dict, dims: Dims, source: TensorSource,
-               mapping: Mapping) -> list[list[Step]]:
-    """The full conversion plan, one list of steps per rank, validated before any tensor is read."""
+               mapping: Mapping, extra_subs: dict[str, str] | None = None) -> list[list[Step]]:
+    """The full conversion plan, one list of steps per rank, validated before any tensor is read.
+
+    `extra_subs` redirects a source name to another (version-2 Medusa heads read the base lm_head).
+    """
     names = set(source.names())
     subs = _tied_substitutions(hf_config, names)
-    rules = [(r, _template_regex(r.target)) for r in family.rules]
+    for name, target in (extra_subs or {}).items():
+        subs[name] = subs.get(target, (target,))
+    rules = [(r, _template_regex(r.target)) for r in family.rules + medusa_rules(dims.medusa_heads, dims.medusa_layers)]
     whole = rank_layout(dims, Mapping(1, 1), 0)  # unsplit shapes by target name (global layer index)
     plans: list[list[Step]] = []
     consumed: set[str] = set()

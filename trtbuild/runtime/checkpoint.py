@@ -20,7 +20,7 @@ from trtbuild.errors import CheckpointError, ConfigError
 if TYPE_CHECKING:
     import torch
 
-RUNTIME_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+RUNTIME_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "MedusaForCausalLM")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class ModelConfig:
     max_position_embeddings: int
     sliding_window: int | None
     mapping: Mapping
+    medusa_choices: tuple[tuple[int, ...], ...] | None = None  # the tree stored with the checkpoint
+    max_draft_len: int = 0
 
     @classmethod
     def from_dict(cls, cfg: dict) -> ModelConfig:
@@ -62,7 +64,12 @@ class ModelConfig:
                 intermediate_size=int(cfg["intermediate_size"]),
                 vocab_size=int(cfg["vocab_size"]),
                 qkv_bias=bool(cfg.get("attn_bias")) or cfg.get("qwen_type") == "qwen2",
+                medusa_heads=int(cfg.get("num_medusa_heads") or 0) if arch == "MedusaForCausalLM" else 0,
+                medusa_layers=int(cfg.get("num_medusa_layers") or 0) if arch == "MedusaForCausalLM" else 0,
             )
+            if arch == "MedusaForCausalLM" and dims.medusa_heads < 1:
+                raise ConfigError("MedusaForCausalLM checkpoint without num_medusa_heads")
+            choices = cfg.get("medusa_choices")
             return cls(
                 architecture=arch,
                 dims=dims,
@@ -73,6 +80,8 @@ class ModelConfig:
                 max_position_embeddings=int(cfg.get("max_position_embeddings") or 2048),
                 sliding_window=int(cfg["sliding_window"]) if cfg.get("sliding_window") else None,
                 mapping=Mapping.from_dict(cfg.get("mapping") or {}),
+                medusa_choices=tuple(tuple(int(i) for i in p) for p in choices) if choices else None,
+                max_draft_len=int(cfg.get("max_draft_len") or 0),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"checkpoint config.json is missing or has a bad field: {e}") from None
@@ -90,11 +99,18 @@ class LayerWeights:
 
 
 @dataclass(frozen=True)
+class MedusaHeadWeights:
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # ResBlocks: (weight [H, H], bias [H])
+    lm_head: torch.Tensor  # [V, H]
+
+
+@dataclass(frozen=True)
 class Weights:
     embedding: torch.Tensor  # [V, H]
     layers: tuple[LayerWeights, ...]
     final_norm: torch.Tensor  # [H]
     lm_head: torch.Tensor  # [V, H]
+    medusa: tuple[MedusaHeadWeights, ...] = ()
 
 
 def read_config(ckpt_dir: Path) -> ModelConfig:
@@ -165,10 +181,20 @@ def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: s
                 proj=put(cat("mlp.proj.weight", 1)),
             ))
     last = ranks[(m.pp_size - 1) * t:]
-    lm_head = torch.cat([s["lm_head.weight"] for s in last], dim=0)[: d.vocab_size]
+
+    def rows(name: str) -> torch.Tensor:  # column-parallel tensors: concatenate the rank shards
+        return torch.cat([s[name] for s in last], dim=0)
+
+    medusa = tuple(
+        MedusaHeadWeights(
+            layers=tuple((put(rows(f"medusa_heads.{h}.medusa_layers.{j}.linear.weight")),
+                          put(rows(f"medusa_heads.{h}.medusa_layers.{j}.linear.bias"))) for j in range(d.medusa_layers)),
+            lm_head=put(rows(f"medusa_heads.{h}.lm_head.weight")[: d.vocab_size]))
+        for h in range(d.medusa_heads))
     return Weights(
         embedding=put(ranks[0]["transformer.vocab_embedding.weight"]),
         layers=tuple(layers),
         final_norm=put(last[0]["transformer.ln_f.weight"]),
-        lm_head=put(lm_head),
+        lm_head=put(rows("lm_head.weight")[: d.vocab_size]),
+        medusa=medusa,
     )

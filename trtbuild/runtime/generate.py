@@ -33,10 +33,12 @@ class Result:
     output_ids: tuple[int, ...]  # new tokens only
     finish_reason: str  # "length" | "end_id" | "stop_word"
     num_steps: int  # target forward passes in the decode phase (the prefill is not counted)
+    accepted_draft_tokens: int = 0  # speculative decoding: draft tokens the target model confirmed
 
     @property
     def tokens_per_step(self) -> float | None:
-        """Tokens emitted per decode-phase forward pass (the prefill's token excluded)."""
+        """Tokens emitted per decode-phase forward pass (the prefill's token excluded): the
+        acceptance length of speculative decoding, 1.0 for plain decoding."""
         if self.num_steps == 0:
             return None
         return (len(self.output_ids) - 1 + (self.finish_reason == "end_id")) / self.num_steps

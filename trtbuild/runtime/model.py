@@ -123,6 +123,12 @@ class Model:
                              Linear(lw.dense, None, self.packed), lw.mlp_norm,
                              Linear(lw.fc_gate, None, self.packed), Linear(lw.proj, None, self.packed))
                        for lw in weights.layers]
+        # Medusa heads: ResBlocks x + silu(W x + b), then an lm_head. Version-2 heads carry copies
+        # of the base lm_head: those share one matmul with it (bandwidth is the cost on CPU).
+        self.medusa_shared_lm_head = all(torch.equal(m.lm_head, weights.lm_head) for m in weights.medusa)
+        self.medusa = [([Linear(w, b, self.packed) for w, b in m.layers],
+                        None if self.medusa_shared_lm_head else Linear(m.lm_head, None, self.packed))
+                       for m in weights.medusa]
         d = cfg.dims
         self.nh, self.nkv, self.hd = d.num_heads, d.num_kv_heads, d.head_size
         self._rope_len, self._rope_key = 0, 0
@@ -171,44 +177,82 @@ class Model:
         return self._rope
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, slots: int | torch.Tensor,
                 mask: torch.Tensor, logits_for: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens, positions: [B, T]; mask: [B, 1, T, start + T] bool (query token t, cache slot s).
+        """Logits [B, T, V] in fp32, or [B, V] at the per-row token index `logits_for` [B].
 
-        Returns logits [B, T, V] in fp32, or [B, V] at the per-row token index `logits_for` [B].
+        See `hidden` for the arguments.
+        """
+        h = self.hidden(tokens, positions, cache, slots, mask)
+        if logits_for is not None:
+            h = h[torch.arange(h.shape[0], device=h.device), logits_for]  # [B, H]
+        return self.logits(h)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [..., H] -> fp32 logits [..., V]."""
+        return self.lm_head(h).float()
+
+    @torch.inference_mode()
+    def medusa_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [B, H] -> fp32 logits of every Medusa head [B, K, V]."""
+        xs = []
+        for blocks, _ in self.medusa:
+            x = h
+            for lin in blocks:
+                x = x + F.silu(lin(x))
+            xs.append(x)
+        if self.medusa_shared_lm_head:
+            return self.logits(torch.stack(xs, dim=1))
+        return torch.stack([head(x).float() for (_, head), x in zip(self.medusa, xs)], dim=1)
+
+    @torch.inference_mode()
+    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, slots: int | torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states [B, T, H] of new tokens, written to the cache as they go.
+
+        tokens, positions: [B, T]. slots: the cache slot of each new token, either one int (token
+        t of every row goes to slot `slots + t`) or a LongTensor [B, T]. mask: [B, 1, T, S] bool,
+        query token t may attend to cache slot s < S (S covers every slot written so far).
         """
         B, T = tokens.shape
+        S = mask.shape[-1]
         cos, sin = self.rope(int(positions.max()) + 1)
         cos, sin = cos[positions].unsqueeze(2), sin[positions].unsqueeze(2)  # [B, T, 1, d]
         x = F.embedding(tokens, self.embedding)  # [B, T, H]
         g = self.nh // self.nkv
         if g > 1 and T > 1:  # one mask row per folded query row (T = 1 broadcasts as is)
-            mask = mask.unsqueeze(2).expand(B, 1, g, T, start + T).reshape(B, 1, g * T, start + T)
+            mask = mask.unsqueeze(2).expand(B, 1, g, T, S).reshape(B, 1, g * T, S)
+        if not isinstance(slots, int):
+            rows = torch.arange(B, device=tokens.device)[:, None].expand(B, T)
+            slots = (rows, slots)
         for i, layer in enumerate(self.layers):
-            x = self._layer(i, layer, x, cos, sin, cache, start, mask)
-        if logits_for is not None:
-            x = x[torch.arange(B, device=x.device), logits_for]  # [B, H]
-        return self.lm_head(rms_norm(x, self.final_norm, self.cfg.norm_epsilon)).float()
+            x = self._layer(i, layer, x, cos, sin, cache, slots, mask)
+        return rms_norm(x, self.final_norm, self.cfg.norm_epsilon)
 
     def _layer(self, i: int, lw: Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               cache: KVCache, start: int, mask: torch.Tensor) -> torch.Tensor:
+               cache: KVCache, slots: int | tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         nh, nkv, hd = self.nh, self.nkv, self.hd
         qkv = lw.qkv(rms_norm(x, lw.attn_norm, self.cfg.norm_epsilon))
         qk = qkv[..., : (nh + nkv) * hd].view(B, T, nh + nkv, hd)
         # rotate-half: x*cos + cat(-x2, x1)*sin == x*cos + roll(x, d/2)*sin_signed, sin_signed = cat(-s1, s2)
         qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin  # [B, T, nh + nkv, d]
-        end = start + T
+        k, v = qk[:, :, nh:], qkv[..., (nh + nkv) * hd:].view(B, T, nkv, hd)  # [B, T, nkv, d]
         k_cache, v_cache = cache.layers[i]  # [B, nkv, S, d]
-        k_cache[:, :, start:end] = qk[:, :, nh:].transpose(1, 2)
-        v_cache[:, :, start:end] = qkv[..., (nh + nkv) * hd:].view(B, T, nkv, hd).transpose(1, 2)
+        if isinstance(slots, int):
+            k_cache[:, :, slots:slots + T] = k.transpose(1, 2)
+            v_cache[:, :, slots:slots + T] = v.transpose(1, 2)
+        else:  # per-row slots: scatter through a [B, S, nkv, d] view
+            k_cache.transpose(1, 2)[slots] = k
+            v_cache.transpose(1, 2)[slots] = v
         g = nh // nkv
         # fold the g query heads that share a kv head into the sequence axis: [B, nkv, g*T, d]
         if T == 1:
             q = qk[:, 0, :nh].view(B, nkv, g, hd)
         else:
             q = qk[:, :, :nh].reshape(B, T, nkv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, nkv, g * T, hd)
-        o = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask)
+        S = mask.shape[-1]
+        o = F.scaled_dot_product_attention(q, k_cache[:, :, :S], v_cache[:, :, :S], attn_mask=mask)
         o = o.view(B, nkv, g, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, nh * hd)
         x = lw.dense.add_to(x, o)
         fc, gate = lw.fc_gate(rms_norm(x, lw.mlp_norm, self.cfg.norm_epsilon)).chunk(2, dim=-1)
