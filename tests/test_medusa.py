@@ -338,3 +338,35 @@ def test_generate_cli_medusa_json(trained, tmp_path):
     bad = CliRunner().invoke(cli, ["generate", str(tmp_path / "c"), "--input-ids", "4", "--medusa-choices",
                                    "{0, 0, 0, 0}"])
     assert bad.exit_code == 1 and "tree depth 4 exceeds the 3 Medusa heads" in bad.output
+
+
+# --- tuning ------------------------------------------------------------------------------------
+
+
+def test_greedy_tree_hand_written():
+    from trtbuild.medusa.tune import expected_length, greedy_tree
+
+    probs = torch.tensor([[0.6, 0.2, 0.1],   # head 0: P(truth at rank 0, 1, 2)
+                          [0.5, 0.3, 0.1]])  # head 1
+    # node chances: (0,) .6, (0,0) .3, (1,) .2, (0,1) .18, (2,) .1, (1,0) .1, (0,2) .06 ...
+    assert greedy_tree(probs, 1) == (((0,),), pytest.approx(1.6))
+    assert greedy_tree(probs, 2) == (((0,), (0, 0)), pytest.approx(1.9))
+    choices, exp = greedy_tree(probs, 4)
+    assert choices == ((0,), (1,), (0, 0), (0, 1)) and exp == pytest.approx(1 + 0.6 + 0.3 + 0.2 + 0.18)
+    assert expected_length(choices, probs) == pytest.approx(exp)
+    assert expected_length(((0,), (0, 0), (0, 0, 0)), probs) == pytest.approx(1 + 0.6 + 0.3)  # no head 2
+    big, _ = greedy_tree(probs, 9)
+    assert len(big) == 9 and parse_choices([list(p) for p in big]).added_prefixes == ()  # prefix-closed
+
+
+def test_tune_cli_picks_a_tree_and_writes_it(trained, tmp_path):
+    model, prompts = trained
+    from trtbuild.medusa.tune import tune
+
+    report = tune(model, prompts[:4], 24, None, (1, 3, 6))  # calibrate where the heads were trained
+    assert [r["nodes"] for r in report["runs"]] == [0, 1, 3, 6]
+    assert report["best_nodes"] in (1, 3, 6) and len(report["choices"]) == report["best_nodes"]
+    probs = torch.tensor(report["head_rank_probs"])
+    assert probs.shape == (3, 10) and (probs.sum(1) <= 1.0001).all() and probs[0, 0] > 0.1
+    for r in report["runs"][1:]:
+        assert r["acceptance_length"] >= 1.0 and r["expected_length"] >= 1.0

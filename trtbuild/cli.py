@@ -198,6 +198,49 @@ def train_medusa(hf_dir: Path, out_dir: Path, corpus: tuple[Path, ...], heads: i
     click.echo(f"wrote {out_dir}: {json.dumps(summary)}")
 
 
+@cli.command("tune-medusa")
+@click.argument("ckpt_dir", type=click.Path(path_type=Path))
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path),
+              help="Calibration prompts: text lines, or JSON lines with \"prompt\" or \"input_ids\".")
+@click.option("--chat", is_flag=True, help="Wrap text prompts in the model's chat template.")
+@click.option("--nodes", type=click.IntRange(min=1), default=None,
+              help="Tree size K (default: the fastest of --candidates, measured here).")
+@click.option("--candidates", default="1,2,3,4,6,8,12,16,24,32", show_default=True,
+              help="Tree sizes to measure when --nodes is not given.")
+@click.option("--max-tokens", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Greedy tokens per calibration prompt.")
+@click.option("-o", "--output", "out_file", type=click.Path(path_type=Path), default=None,
+              help="Write the report (choices in JSON and brace form) to this JSON file.")
+def tune_medusa(ckpt_dir: Path, prompts_file: Path, chat: bool, nodes: int | None, candidates: str, max_tokens: int,
+                out_file: Path | None) -> None:
+    """Measure Medusa head accuracy and build the tree that decodes fastest on this machine."""
+    from trtbuild.medusa.choices import to_brace
+    from trtbuild.medusa.tune import read_prompts, tune
+    from trtbuild.runtime import Model
+    from trtbuild.runtime.tokenizer import load_tokenizer
+
+    try:
+        sizes = tuple(int(x) for x in candidates.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {candidates!r}") from None
+    if not prompts_file.is_file():
+        raise click.BadParameter(f"{prompts_file} not found", param_hint="--prompts")
+    model = Model.load(ckpt_dir)
+    if not model.medusa:
+        raise click.ClickException(f"{ckpt_dir} has no Medusa heads (convert with --medusa)")
+    prompts = read_prompts(prompts_file, load_tokenizer(ckpt_dir, required=False), chat)
+    report = tune(model, prompts, max_tokens, nodes, sizes, model.cfg.max_draft_len or None)
+    report["brace"] = to_brace(tuple(tuple(p) for p in report["choices"]))
+    click.echo("nodes  expected  measured  tokens/s  speedup")
+    for r in report["runs"]:
+        click.echo(f"{r['nodes']:>5}  {r['expected_length']:>8.2f}  {r['acceptance_length']:>8.2f}  "
+                   f"{r['tokens_per_s']:>8.1f}  {r['speedup']:>6.2f}x")
+    click.echo(f"best: {report['best_nodes']} nodes: {report['brace']}")
+    if out_file is not None:
+        out_file.write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {out_file}")
+
+
 def main() -> None:
     cli(prog_name="trtbuild")
 
