@@ -370,3 +370,15 @@ def test_tune_cli_picks_a_tree_and_writes_it(trained, tmp_path):
     assert probs.shape == (3, 10) and (probs.sum(1) <= 1.0001).all() and probs[0, 0] > 0.1
     for r in report["runs"][1:]:
         assert r["acceptance_length"] >= 1.0 and r["expected_length"] >= 1.0
+
+
+def test_medusa_respects_mistral_sliding_window(tmp_path):
+    """Tree verification masks keys outside the window exactly as plain decoding does."""
+    make_hf_model(tmp_path / "hf", "MistralForCausalLM", seed=3, sliding_window=4)
+    heads = _write(tmp_path, "v2", _heads(3, lm=False), tmp_path / "hf")
+    model = Model.load(convert(tmp_path / "hf", tmp_path / "c", dtype="float32", medusa=heads), dtype="float32")
+    assert model.cfg.sliding_window == 4
+    reqs = [Request((5, 17, 33, 8, 91, 42, 7), 20), Request((3, 9), 20)]
+    choices = parse_choices("{0}, {1}, {0, 0}, {0, 0, 0}").choices
+    assert [r.output_ids for r in medusa_generate(model, reqs, choices)] == \
+        [r.output_ids for r in generate(model, reqs)]

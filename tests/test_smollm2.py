@@ -63,3 +63,33 @@ def test_generate_cli_on_demo(demo_ckpt):
     assert r.exit_code == 0, r.output
     obj = json.loads(r.output)
     assert obj["text"].strip().startswith("Paris") and obj["num_steps"] >= 1 and obj["tokens_per_step"] == 1.0
+
+
+def test_medusa_heads_from_train_medusa_are_lossless_on_smollm2(demo_hf, tmp_path):
+    """CI-sized version of the benchmark (benchmarks/medusa_eval.py runs 20 prompts x 64 tokens):
+    a short `train-medusa` run, then greedy Medusa == plain greedy at batch 1 and batch 4."""
+    from click.testing import CliRunner
+
+    from trtbuild.cli import cli
+    from trtbuild.convert import convert
+    from trtbuild.medusa.choices import parse_choices
+    from trtbuild.runtime.medusa import medusa_generate
+    from trtbuild.runtime.tokenizer import load_tokenizer
+
+    heads = tmp_path / "heads"
+    r = CliRunner().invoke(cli, ["train-medusa", str(demo_hf), "-o", str(heads), "--steps", "150",
+                                 "--sequences", "8", "--seq-tokens", "96", "--heads", "3"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((heads / "config.json").read_text())
+    assert (cfg["medusa_num_heads"], cfg["medusa_num_layers"]) == (3, 1)
+    ckpt = convert(demo_hf, tmp_path / "ckpt", medusa=heads, medusa_choices="{0}, {1}, {0, 0}, {0, 0, 0}")
+    model = Model.load(ckpt, dtype="float32", device="cpu")
+    tok = load_tokenizer(ckpt)
+    reqs = [Request(tuple(tok(p)["input_ids"]), 32) for p in PROMPTS[:4]]
+    plain = [generate(model, [q])[0].output_ids for q in reqs]
+    choices = parse_choices([list(p) for p in model.cfg.medusa_choices]).choices
+    one = [medusa_generate(model, [q], choices)[0] for q in reqs]
+    four = medusa_generate(model, reqs, choices)
+    assert [x.output_ids for x in one] == plain
+    assert [x.output_ids for x in four] == plain
+    assert sum(x.accepted_draft_tokens for x in four) > 0

@@ -111,9 +111,9 @@ def self_distill_sequences(model: Model, prompts: list[list[int]], seq_tokens: i
     from tqdm import tqdm
 
     seqs, first = [], []
-    for i in tqdm(range(0, len(prompts), 8), desc="self-distillation: greedy continuations", unit="batch",
+    for i in tqdm(range(0, len(prompts), 16), desc="self-distillation: greedy continuations", unit="batch",
                   disable=not progress):
-        batch = prompts[i:i + 8]
+        batch = prompts[i:i + 16]  # decoding is bandwidth-bound: 16 rows cost little more than 1
         res = generate(model, [Request(tuple(p), max(seq_tokens - len(p), 1)) for p in batch])
         for p, r in zip(batch, res):
             seqs.append(list(p) + list(r.output_ids))

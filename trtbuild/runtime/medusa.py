@@ -124,15 +124,20 @@ def _typical_path(tree: TreeBuffers, tokens: torch.Tensor, logits: torch.Tensor,
     return best
 
 
-def tree_attention_mask(tree: TreeBuffers, lengths: torch.Tensor, span: int) -> torch.Tensor:
-    """[B, 1, n, span] bool: node i of row b sees the row's context (slots < L_b) and its ancestors
-    (slot L_b + j for each ancestor-or-self j)."""
-    n = tree.num_nodes
-    col = torch.arange(span, device=lengths.device)[None, None, :] - lengths[:, None, None]  # [B, 1, span]
+def tree_attention_mask(tree: TreeBuffers, lengths: torch.Tensor, span: int,
+                        window: int | None = None) -> torch.Tensor:
+    """[B, 1, n, span] bool: node i of row b sees the row's context (slots < L_b; slot = position)
+    and its ancestors (slot L_b + j for each ancestor-or-self j); with a sliding window only keys
+    fewer than `window` positions behind the node."""
+    n, dev = tree.num_nodes, lengths.device
+    col = torch.arange(span, device=dev)[None, None, :] - lengths[:, None, None]  # [B, 1, span]
     in_tree = (col >= 0) & (col < n)
-    tree_mask = tree.mask.to(lengths.device)
-    gathered = tree_mask[torch.arange(n, device=lengths.device)[None, :, None], col.clamp(0, n - 1)]  # [B, n, span]
-    return ((col < 0) | (in_tree & gathered)).unsqueeze(1)
+    gathered = tree.mask.to(dev)[torch.arange(n, device=dev)[None, :, None], col.clamp(0, n - 1)]  # [B, n, span]
+    context = col < 0
+    if window:
+        depth = torch.tensor(tree.depths, device=dev)[None, :, None]  # [1, n, 1]
+        context = context & (depth - col < window)  # query position L + depth, key position L + col
+    return (context | (in_tree & gathered)).unsqueeze(1)
 
 
 def medusa_generate(model: Model, requests: list[Request], choices: Choices,
@@ -156,7 +161,10 @@ def medusa_generate(model: Model, requests: list[Request], choices: Choices,
     for b, r in enumerate(requests):
         tokens[b, : len(r.prompt)] = torch.tensor(r.prompt, device=dev)
     t = torch.arange(P, device=dev)
-    mask = ((t[None, None, :] <= t[None, :, None]) & (t[None, None, :] < lens[:, None, None])) | torch.eye(P, dtype=torch.bool, device=dev)
+    window = model.cfg.sliding_window
+    q, k = t[None, :, None], t[None, None, :]
+    mask = (k <= q) & (k < lens[:, None, None]) & ((q - k < window) if window else True)
+    mask = mask | torch.eye(P, dtype=torch.bool, device=dev)
     h = model.hidden(tokens, t[None, :].expand(B, P), cache, 0, mask.unsqueeze(1))
     h_last = h[torch.arange(B, device=dev), lens - 1]  # [B, H]
     root = sample(model.logits(h_last), params, gens)  # [B]
@@ -174,7 +182,8 @@ def medusa_generate(model: Model, requests: list[Request], choices: Choices,
         tree_tokens = torch.cat([root[:, None], cand[:, head, rank]], dim=1)  # [B, n]
         span = int(lens.max()) + n
         h = model.hidden(tree_tokens, lens[:, None] + depths[None, :], cache,
-                         lens[:, None] + torch.arange(n, device=dev)[None, :], tree_attention_mask(tree, lens, span))
+                         lens[:, None] + torch.arange(n, device=dev)[None, :],
+                         tree_attention_mask(tree, lens, span, window))
         logits = model.logits(h)  # [B, n, V]
         pred = logits.argmax(-1).tolist()
         tok_list = tree_tokens.tolist()
@@ -197,8 +206,9 @@ def medusa_generate(model: Model, requests: list[Request], choices: Choices,
                 if done[b] is not None:
                     break
             last.append(path[-1])
-        h_last = h[torch.arange(B, device=dev), torch.tensor(last, device=dev)]  # [B, H]
-        root = sample(model.logits(h_last), params, gens)  # the bonus tokens
+        rows, last_t = torch.arange(B, device=dev), torch.tensor(last, device=dev)
+        h_last = h[rows, last_t]  # [B, H]
+        root = sample(logits[rows, last_t], params, gens)  # the bonus tokens, from the verification logits
         for b in range(B):
             if done[b] is None:
                 outs[b].append(int(root[b]))
