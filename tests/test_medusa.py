@@ -359,7 +359,7 @@ def test_greedy_tree_hand_written():
     assert len(big) == 9 and parse_choices([list(p) for p in big]).added_prefixes == ()  # prefix-closed
 
 
-def test_tune_cli_picks_a_tree_and_writes_it(trained, tmp_path):
+def test_tune_picks_a_tree(trained, tmp_path):
     model, prompts = trained
     from trtbuild.medusa.tune import tune
 
@@ -382,3 +382,24 @@ def test_medusa_respects_mistral_sliding_window(tmp_path):
     choices = parse_choices("{0}, {1}, {0, 0}, {0, 0, 0}").choices
     assert [r.output_ids for r in medusa_generate(model, reqs, choices)] == \
         [r.output_ids for r in generate(model, reqs)]
+
+
+def test_tune_medusa_cli(tmp_path):
+    make_hf_model(tmp_path / "hf", seed=7)
+    heads = _write(tmp_path, "v2", _heads(3, lm=False), tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "c", dtype="float32", medusa=heads)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"input_ids": [4 + i, 8, 15, 16]}) for i in range(3)) + "\n")
+    out = tmp_path / "tree.json"
+    r = CliRunner().invoke(cli, ["tune-medusa", str(tmp_path / "c"), "--prompts", str(prompts), "--candidates", "1,2",
+                                 "--max-tokens", "16", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    assert report["best_nodes"] in (1, 2) and parse_choices(report["brace"]).choices == \
+        tuple(tuple(p) for p in report["choices"])
+    assert "nodes  expected  measured  tokens/s  speedup" in r.output
+    missing = CliRunner().invoke(cli, ["tune-medusa", str(tmp_path / "c"), "--prompts", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+    convert(tmp_path / "hf", tmp_path / "plain", dtype="float32")
+    plain = CliRunner().invoke(cli, ["tune-medusa", str(tmp_path / "plain"), "--prompts", str(prompts)])
+    assert plain.exit_code == 1 and "has no Medusa heads" in plain.output

@@ -140,6 +140,45 @@ def tree_attention_mask(tree: TreeBuffers, lengths: torch.Tensor, span: int,
     return (context | (in_tree & gathered)).unsqueeze(1)
 
 
+class _Rows:
+    """Per-request bookkeeping: emitted tokens, finish reason, steps, accepted drafts."""
+
+    def __init__(self, requests: list[Request]) -> None:
+        self.requests = requests
+        self.outs: list[list[int]] = [[] for _ in requests]
+        self.done: list[str | None] = [None] * len(requests)
+        self.steps = [0] * len(requests)
+        self.accepted = [0] * len(requests)
+
+    def emit(self, b: int, token: int) -> bool:
+        """Append a token to row b; True once the row is finished."""
+        self.outs[b].append(token)
+        self.done[b] = _stopped(self.outs[b], self.requests[b])
+        return self.done[b] is not None
+
+    def results(self) -> list[Result]:
+        return [Result(tuple(o[:-1] if d == "end_id" else o), d or "length", s, a)
+                for o, d, s, a in zip(self.outs, self.done, self.steps, self.accepted)]
+
+
+def _prefill(model: Model, requests: list[Request], cache) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded prompts into slots 0..P-1 (pad queries see only themselves); returns the final
+    hidden state of each prompt's last token [B, H] and the prompt lengths [B]."""
+    dev, B = model.device, len(requests)
+    lens = torch.tensor([len(r.prompt) for r in requests], device=dev)
+    P = int(lens.max())
+    tokens = torch.zeros(B, P, dtype=torch.long, device=dev)
+    for b, r in enumerate(requests):
+        tokens[b, : len(r.prompt)] = torch.tensor(r.prompt, device=dev)
+    t = torch.arange(P, device=dev)
+    window = model.cfg.sliding_window
+    q, k = t[None, :, None], t[None, None, :]
+    mask = (k <= q) & (k < lens[:, None, None]) & ((q - k < window) if window else True)
+    mask = (mask | torch.eye(P, dtype=torch.bool, device=dev)).unsqueeze(1)
+    h = model.hidden(tokens, t[None, :].expand(B, P), cache, 0, mask)
+    return h[torch.arange(B, device=dev), lens - 1], lens
+
+
 def medusa_generate(model: Model, requests: list[Request], choices: Choices,
                     typical: TypicalAcceptance = TypicalAcceptance()) -> list[Result]:
     """Decode every request with Medusa tree verification, as one batch; results in request order."""
@@ -150,72 +189,46 @@ def medusa_generate(model: Model, requests: list[Request], choices: Choices,
     if max(tree.depths) > len(model.medusa):
         raise GenerationError(f"medusa choices: tree depth {max(tree.depths)} exceeds the {len(model.medusa)} heads")
     dev, n, B = model.device, tree.num_nodes, len(requests)
-    lens = torch.tensor([len(r.prompt) for r in requests], device=dev)
-    P = int(lens.max())
-    cache = model.new_cache(B, P + max(r.max_new_tokens for r in requests) + n + 1)
+    cache = model.new_cache(B, max(len(r.prompt) + r.max_new_tokens for r in requests) + n + 1)
     params = [r.sampling for r in requests]
     gens = [p.generator(dev) for p in params]
-
-    # prefill: prompts right-padded at slots 0..P-1; pad queries only see themselves
-    tokens = torch.zeros(B, P, dtype=torch.long, device=dev)
-    for b, r in enumerate(requests):
-        tokens[b, : len(r.prompt)] = torch.tensor(r.prompt, device=dev)
-    t = torch.arange(P, device=dev)
-    window = model.cfg.sliding_window
-    q, k = t[None, :, None], t[None, None, :]
-    mask = (k <= q) & (k < lens[:, None, None]) & ((q - k < window) if window else True)
-    mask = mask | torch.eye(P, dtype=torch.bool, device=dev)
-    h = model.hidden(tokens, t[None, :].expand(B, P), cache, 0, mask.unsqueeze(1))
-    h_last = h[torch.arange(B, device=dev), lens - 1]  # [B, H]
-    root = sample(model.logits(h_last), params, gens)  # [B]
-    cand = model.medusa_logits(h_last).topk(tree.top_k, dim=-1).indices  # [B, K, top_k]
-
-    outs: list[list[int]] = [[] for _ in range(B)]
-    done: list[str | None] = [None] * B
-    steps, accepted = [0] * B, [0] * B
+    h_last, lens = _prefill(model, requests, cache)
+    root = sample(model.logits(h_last), params, gens)  # [B]: the first token, the first root
+    rows = _Rows(requests)
     for b in range(B):
-        outs[b].append(int(root[b]))
-        done[b] = _stopped(outs[b], requests[b])
-    head, rank = tree.head.to(dev), tree.rank.to(dev)
-    depths = torch.tensor(tree.depths, device=dev)
-    while not all(done):
+        rows.emit(b, int(root[b]))
+    head, rank, depths = tree.head.to(dev), tree.rank.to(dev), torch.tensor(tree.depths, device=dev)
+    while not all(rows.done):
+        cand = model.medusa_logits(h_last).topk(tree.top_k, dim=-1).indices  # [B, K, top_k]
         tree_tokens = torch.cat([root[:, None], cand[:, head, rank]], dim=1)  # [B, n]
-        span = int(lens.max()) + n
         h = model.hidden(tree_tokens, lens[:, None] + depths[None, :], cache,
                          lens[:, None] + torch.arange(n, device=dev)[None, :],
-                         tree_attention_mask(tree, lens, span, window))
+                         tree_attention_mask(tree, lens, int(lens.max()) + n, model.cfg.sliding_window))
         logits = model.logits(h)  # [B, n, V]
-        pred = logits.argmax(-1).tolist()
-        tok_list = tree_tokens.tolist()
-        last = []
+        pred, tok_list = logits.argmax(-1).tolist(), tree_tokens.tolist()
+        last = [0] * B
         for b in range(B):
-            if done[b] is not None:
-                last.append(0)
+            if rows.done[b] is not None:
                 continue
-            steps[b] += 1
             if params[b].greedy:
                 path = _greedy_walk(tree, tok_list[b], pred[b])
             else:
                 path = _typical_path(tree, tree_tokens[b].cpu(), logits[b].cpu(), params[b].temperature, typical)
-            accepted[b] += len(path) - 1
+            rows.steps[b] += 1
+            rows.accepted[b] += len(path) - 1
             _keep_path(cache, b, int(lens[b]), path)
             lens[b] += len(path)
+            last[b] = path[-1]
             for node in path[1:]:
-                outs[b].append(tok_list[b][node])
-                done[b] = _stopped(outs[b], requests[b])
-                if done[b] is not None:
+                if rows.emit(b, tok_list[b][node]):
                     break
-            last.append(path[-1])
-        rows, last_t = torch.arange(B, device=dev), torch.tensor(last, device=dev)
-        h_last = h[rows, last_t]  # [B, H]
-        root = sample(logits[rows, last_t], params, gens)  # the bonus tokens, from the verification logits
+        at = (torch.arange(B, device=dev), torch.tensor(last, device=dev))
+        h_last = h[at]  # [B, H]
+        root = sample(logits[at], params, gens)  # the bonus tokens, from the verification logits
         for b in range(B):
-            if done[b] is None:
-                outs[b].append(int(root[b]))
-                done[b] = _stopped(outs[b], requests[b])
-        cand = model.medusa_logits(h_last).topk(tree.top_k, dim=-1).indices
-    return [Result(tuple(o[:-1] if d == "end_id" else o), d or "length", s, a)
-            for o, d, s, a in zip(outs, done, steps, accepted)]
+            if rows.done[b] is None:
+                rows.emit(b, int(root[b]))
+    return rows.results()
 
 
 def _keep_path(cache, b: int, start: int, path: list[int]) -> None:
