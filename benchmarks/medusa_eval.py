@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--candidates", default="1,2,3,4,5,6,8,10,12,16")
+    ap.add_argument("--acceptance-only", action="store_true",
+                    help="only the held-out acceptance length with mc_sim_7b_63 (to compare heads)")
     a = ap.parse_args()
 
     from trtbuild.convert import convert
@@ -46,11 +48,18 @@ def main() -> None:
     train_files, held_files = split_files(stdlib_files())
     held = corpus_prompts(held_files, tok, a.prompts, 32, seed=123)
     calib = corpus_prompts(train_files, tok, 8, 32, seed=7)
+    mc_sim = parse_choices([list(p) for p in presets()["mc_sim_7b_63"] if len(p) <= len(model.medusa)]).choices
+    if a.acceptance_only:
+        res = [medusa_generate(model, [Request(tuple(p), a.tokens)], mc_sim)[0] for p in held]
+        tokens, steps = sum(len(r.output_ids) - 1 for r in res), sum(r.num_steps for r in res)
+        print(json.dumps({"heads": str(a.heads), "prompts": len(held), "new_tokens": a.tokens,
+                          "mc_sim_7b_63_mean_acceptance_length": round(tokens / steps, 3)}))
+        return
 
     tuned = tune(model, calib, a.tokens, None, tuple(int(x) for x in a.candidates.split(",")),
                  model.cfg.max_draft_len)
     trees = {"tuned": tuple(tuple(p) for p in tuned["choices"]),
-             "mc_sim_7b_63": parse_choices([list(p) for p in presets()["mc_sim_7b_63"] if len(p) <= len(model.medusa)]).choices}
+             "mc_sim_7b_63": mc_sim}
 
     reqs = [Request(tuple(p), a.tokens) for p in held]
     plain = [r.output_ids for r in generate(model, reqs)]  # reference, batched

@@ -403,3 +403,19 @@ def test_tune_medusa_cli(tmp_path):
     convert(tmp_path / "hf", tmp_path / "plain", dtype="float32")
     plain = CliRunner().invoke(cli, ["tune-medusa", str(tmp_path / "plain"), "--prompts", str(prompts)])
     assert plain.exit_code == 1 and "has no Medusa heads" in plain.output
+
+
+def test_training_resumes_exactly(tmp_path):
+    from trtbuild.medusa.train import TrainConfig, train_heads
+
+    g = torch.Generator().manual_seed(0)
+    hidden, lm = torch.randn(200, 16, generator=g), torch.randn(50, 16, generator=g)
+    targets = torch.randint(0, 50, (200, 2), generator=g)
+    whole = train_heads(hidden, targets, lm, TrainConfig(heads=2, steps=20, batch=8, checkpoint_every=5,
+                                                         sequences=1, seq_tokens=64), tmp_path / "a", False, False)
+    cfg = TrainConfig(heads=2, steps=20, batch=8, checkpoint_every=5, sequences=1, seq_tokens=64)
+    train_heads(hidden, targets, lm, cfg, tmp_path / "b", False, False, stop_at=12)  # interrupted at step 12
+    resumed = train_heads(hidden, targets, lm, TrainConfig(heads=2, steps=20, batch=8, checkpoint_every=5,
+                                                           sequences=1, seq_tokens=64), tmp_path / "b", True, False)
+    assert torch.equal(whole.w, resumed.w) and torch.equal(whole.b, resumed.b)
+    assert whole.w.abs().sum() > 0  # it did train

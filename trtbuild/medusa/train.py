@@ -175,8 +175,11 @@ class Heads(torch.nn.Module):
 
 
 def train_heads(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.Tensor, cfg: TrainConfig,
-                work: Path, resume: bool, progress: bool = True) -> Heads:
-    """Train on cached (hidden, targets); checkpoints in `work`. lm_head: [V, H] frozen."""
+                work: Path, resume: bool, progress: bool = True, stop_at: int | None = None) -> Heads:
+    """Train on cached (hidden, targets); checkpoints in `work`. lm_head: [V, H] frozen.
+
+    `stop_at` ends this run early (the schedule still spans cfg.steps), like an interruption.
+    """
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -184,6 +187,7 @@ def train_heads(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.Tens
     opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / cfg.steps))
     step = 0
+    work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "checkpoint.pt"
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -191,10 +195,11 @@ def train_heads(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.Tens
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step = int(state["step"])
-    gen = torch.Generator().manual_seed(cfg.seed + step)
     bar = tqdm(total=cfg.steps, initial=step, desc="train-medusa", unit="step", disable=not progress)
     valid = (targets >= 0).any(1).nonzero()[:, 0]
-    while step < cfg.steps:
+    while step < min(cfg.steps, stop_at or cfg.steps):
+        # the batch is a function of (seed, step): a resumed run continues exactly as an unbroken one
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = valid[torch.randint(len(valid), (cfg.batch,), generator=gen)]
         x = heads(hidden[idx])  # [B, K, H]
         logits = F.linear(x.flatten(0, 1), lm_head)  # [B*K, V]: one 2-D GEMM (a 3-D matmul would be B GEMVs)
@@ -206,7 +211,7 @@ def train_heads(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.Tens
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or step in (cfg.steps, stop_at):
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"heads": heads.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "step": step}, tmp)
