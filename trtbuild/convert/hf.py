@@ -61,31 +61,6 @@ class SafetensorsSource:
         self._handles.clear()
 
 
-class TorchBinSource:
-    """PyTorch `.bin` state dicts, loaded with weights_only=True (and mmap where the format allows)."""
-
-    def __init__(self, files: Iterable[Path]) -> None:
-        self._files = sorted(set(files))
-        self._tensors: dict[str, torch.Tensor] = {}
-        for path in self._files:
-            for name, t in load_bin(path).items():
-                if name in self._tensors:
-                    raise CheckpointError(f"tensor {name!r} appears in more than one .bin file")
-                self._tensors[name] = t
-
-    def names(self) -> list[str]:
-        return list(self._tensors)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._tensors[name].shape)
-
-    def get(self, name: str) -> torch.Tensor:
-        return self._tensors[name]
-
-    def close(self) -> None:
-        self._tensors.clear()
-
-
 def load_bin(path: Path) -> dict[str, torch.Tensor]:
     import pickle
 
@@ -127,6 +102,22 @@ class DictSource:
 
     def close(self) -> None:
         pass
+
+
+class TorchBinSource(DictSource):
+    """PyTorch `.bin` state dicts, loaded with weights_only=True (and mmap where the format allows)."""
+
+    def __init__(self, files: Iterable[Path]) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        for path in sorted(set(files)):
+            for name, t in load_bin(path).items():
+                if name in tensors:
+                    raise CheckpointError(f"tensor {name!r} appears in more than one .bin file")
+                tensors[name] = t
+        super().__init__(tensors)
+
+    def close(self) -> None:
+        self._tensors.clear()
 
 
 class ChainedSource:
