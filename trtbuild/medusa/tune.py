@@ -135,6 +135,7 @@ def tune(model: Model, calibration: list[list[int]], new_tokens: int, nodes: int
     sizes = [nodes] if nodes else sorted({k for k in candidates if 1 <= k <= limit})
     if not sizes:
         raise ConfigError(f"no tree size to try (max_draft_len {limit})")
+    measure(model, calibration[:1], 8, None)  # warm-up: the first decode pays one-off costs
     plain = measure(model, calibration, new_tokens, None)
     rows = [{"nodes": 0, "tokens_per_s": round(plain.tokens_per_s, 2), "acceptance_length": 1.0,
              "expected_length": 1.0, "speedup": 1.0}]
