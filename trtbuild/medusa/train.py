@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from trtbuild.errors import ConfigError
 from trtbuild.runtime import Model, Request, generate
+from trtbuild.runtime.generate import hidden_states
 
 HEAD_FILE = "medusa_lm_head.safetensors"
 
@@ -127,7 +128,7 @@ def dataset_from_sequences(model: Model, seqs: list[list[int]], first: list[int]
     there: head k at position t predicts seq[t + k + 2]."""
     hs, ts = [], []
     for seq, f in zip(seqs, first):
-        h = _hidden(model, seq)  # [T, H]
+        h = hidden_states(model, seq)  # [T, H]
         T = len(seq)
         tgt = torch.full((T, heads), -100, dtype=torch.long)
         ids = torch.tensor(seq)
@@ -137,16 +138,6 @@ def dataset_from_sequences(model: Model, seqs: list[list[int]], first: list[int]
         hs.append(h[f:])
         ts.append(tgt[f:])
     return torch.cat(hs), torch.cat(ts)
-
-
-def _hidden(model: Model, seq: list[int]) -> torch.Tensor:
-    from trtbuild.runtime.generate import attention_mask
-
-    T = len(seq)
-    cache = model.new_cache(1, T)
-    h = model.hidden(torch.tensor([seq]), torch.arange(T)[None], cache, 0,
-                     attention_mask(0, T, torch.zeros(1, dtype=torch.long), model.cfg.sliding_window))
-    return h[0].float()
 
 
 class Heads(torch.nn.Module):

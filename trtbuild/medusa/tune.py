@@ -21,19 +21,18 @@ import torch
 from trtbuild.errors import ConfigError
 from trtbuild.medusa.choices import Choices
 from trtbuild.runtime import Model, Request, generate
+from trtbuild.runtime.generate import hidden_states
 from trtbuild.runtime.medusa import medusa_generate
 
 
 def head_rank_probs(model: Model, prompts: list[list[int]], new_tokens: int, top_k: int = 10) -> torch.Tensor:
     """[K, top_k]: P(the greedy token k + 2 ahead is head k's r-th choice), over all positions."""
-    from trtbuild.medusa.train import _hidden
-
     K = len(model.medusa)
     hits, count = torch.zeros(K, top_k), torch.zeros(K)
     for p, r in zip(prompts, generate(model, [Request(tuple(p), new_tokens) for p in prompts])):
         seq = list(p) + list(r.output_ids)
         start = len(p) - 1
-        h = _hidden(model, seq)[start:]  # [T', H]
+        h = hidden_states(model, seq)[start:]  # [T', H]
         top = model.medusa_logits(h).topk(top_k, dim=-1).indices  # [T', K, top_k]
         ids = torch.tensor(seq)
         for k in range(K):

@@ -130,3 +130,13 @@ def generate(model: Model, requests: list[Request]) -> list[Result]:
         slot += 1
     return [Result(tuple(o[:-1] if d == "end_id" else o), d or "length", s)
             for o, d, s in zip(outs, done, steps)]
+
+
+def hidden_states(model: Model, seq: list[int]) -> torch.Tensor:
+    """Final-norm hidden states [T, H] (fp32) of one sequence, in one causal pass (a fresh cache)."""
+    T = len(seq)
+    cache = model.new_cache(1, T)
+    h = model.hidden(torch.tensor([seq], device=model.device), torch.arange(T, device=model.device)[None], cache, 0,
+                     attention_mask(0, T, torch.zeros(1, dtype=torch.long, device=model.device),
+                                    model.cfg.sliding_window))
+    return h[0].float()
