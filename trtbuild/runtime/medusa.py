@@ -23,9 +23,10 @@ import torch
 
 from trtbuild.errors import GenerationError
 from trtbuild.medusa.choices import Choices
-from trtbuild.runtime.generate import Request, Result, _stopped, validate
+from trtbuild.runtime.generate import Request, Result, validate
 from trtbuild.runtime.model import Model
 from trtbuild.runtime.sampling import sample
+from trtbuild.runtime.speculative import Rows, draft_attention_mask, keep_path, prefill
 
 
 @dataclass(frozen=True)
@@ -126,57 +127,11 @@ def _typical_path(tree: TreeBuffers, tokens: torch.Tensor, logits: torch.Tensor,
 
 def tree_attention_mask(tree: TreeBuffers, lengths: torch.Tensor, span: int,
                         window: int | None = None) -> torch.Tensor:
-    """[B, 1, n, span] bool: node i of row b sees the row's context (slots < L_b; slot = position)
-    and its ancestors (slot L_b + j for each ancestor-or-self j); with a sliding window only keys
-    fewer than `window` positions behind the node."""
-    n, dev = tree.num_nodes, lengths.device
-    col = torch.arange(span, device=dev)[None, None, :] - lengths[:, None, None]  # [B, 1, span]
-    in_tree = (col >= 0) & (col < n)
-    gathered = tree.mask.to(dev)[torch.arange(n, device=dev)[None, :, None], col.clamp(0, n - 1)]  # [B, n, span]
-    context = col < 0
-    if window:
-        depth = torch.tensor(tree.depths, device=dev)[None, :, None]  # [1, n, 1]
-        context = context & (depth - col < window)  # query position L + depth, key position L + col
-    return (context | (in_tree & gathered)).unsqueeze(1)
-
-
-class _Rows:
-    """Per-request bookkeeping: emitted tokens, finish reason, steps, accepted drafts."""
-
-    def __init__(self, requests: list[Request]) -> None:
-        self.requests = requests
-        self.outs: list[list[int]] = [[] for _ in requests]
-        self.done: list[str | None] = [None] * len(requests)
-        self.steps = [0] * len(requests)
-        self.accepted = [0] * len(requests)
-
-    def emit(self, b: int, token: int) -> bool:
-        """Append a token to row b; True once the row is finished."""
-        self.outs[b].append(token)
-        self.done[b] = _stopped(self.outs[b], self.requests[b])
-        return self.done[b] is not None
-
-    def results(self) -> list[Result]:
-        return [Result(tuple(o[:-1] if d == "end_id" else o), d or "length", s, a)
-                for o, d, s, a in zip(self.outs, self.done, self.steps, self.accepted)]
-
-
-def _prefill(model: Model, requests: list[Request], cache) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded prompts into slots 0..P-1 (pad queries see only themselves); returns the final
-    hidden state of each prompt's last token [B, H] and the prompt lengths [B]."""
-    dev, B = model.device, len(requests)
-    lens = torch.tensor([len(r.prompt) for r in requests], device=dev)
-    P = int(lens.max())
-    tokens = torch.zeros(B, P, dtype=torch.long, device=dev)
-    for b, r in enumerate(requests):
-        tokens[b, : len(r.prompt)] = torch.tensor(r.prompt, device=dev)
-    t = torch.arange(P, device=dev)
-    window = model.cfg.sliding_window
-    q, k = t[None, :, None], t[None, None, :]
-    mask = (k <= q) & (k < lens[:, None, None]) & ((q - k < window) if window else True)
-    mask = (mask | torch.eye(P, dtype=torch.bool, device=dev)).unsqueeze(1)
-    h = model.hidden(tokens, t[None, :].expand(B, P), cache, 0, mask)
-    return h[torch.arange(B, device=dev), lens - 1], lens
+    """[B, 1, n, span] bool: node i of row b sees the row's context and its ancestors-or-self."""
+    B, n = lengths.shape[0], tree.num_nodes
+    local = tree.mask.to(lengths.device)[None].expand(B, n, n)
+    depths = torch.tensor(tree.depths, device=lengths.device)[None].expand(B, n)
+    return draft_attention_mask(local, depths, lengths, span, window)
 
 
 def medusa_generate(model: Model, requests: list[Request], choices: Choices,
@@ -192,9 +147,9 @@ def medusa_generate(model: Model, requests: list[Request], choices: Choices,
     cache = model.new_cache(B, max(len(r.prompt) + r.max_new_tokens for r in requests) + n + 1)
     params = [r.sampling for r in requests]
     gens = [p.generator(dev) for p in params]
-    h_last, lens = _prefill(model, requests, cache)
+    h_last, lens = prefill(model, requests, cache)
     root = sample(model.logits(h_last), params, gens)  # [B]: the first token, the first root
-    rows = _Rows(requests)
+    rows = Rows(requests)
     for b in range(B):
         rows.emit(b, int(root[b]))
     head, rank, depths = tree.head.to(dev), tree.rank.to(dev), torch.tensor(tree.depths, device=dev)
@@ -216,7 +171,7 @@ def medusa_generate(model: Model, requests: list[Request], choices: Choices,
                 path = _typical_path(tree, tree_tokens[b].cpu(), logits[b].cpu(), params[b].temperature, typical)
             rows.steps[b] += 1
             rows.accepted[b] += len(path) - 1
-            _keep_path(cache, b, int(lens[b]), path)
+            keep_path(cache, b, int(lens[b]), path)
             lens[b] += len(path)
             last[b] = path[-1]
             for node in path[1:]:
@@ -229,14 +184,3 @@ def medusa_generate(model: Model, requests: list[Request], choices: Choices,
             if rows.done[b] is None:
                 rows.emit(b, int(root[b]))
     return rows.results()
-
-
-def _keep_path(cache, b: int, start: int, path: list[int]) -> None:
-    """Move the KV entries of the accepted nodes (tree slots start + path[j]) to start + j."""
-    if path == list(range(len(path))):
-        return
-    src = torch.tensor(path, device=cache.k.device) + start
-    dst = torch.arange(len(path), device=cache.k.device) + start
-    for kv in (cache.k, cache.v):  # [L, B, nkv, S, d]
-        row = kv[:, b]
-        row[:, :, dst] = row[:, :, src]
