@@ -93,3 +93,38 @@ def test_medusa_heads_from_train_medusa_are_lossless_on_smollm2(demo_hf, tmp_pat
     assert [x.output_ids for x in one] == plain
     assert [x.output_ids for x in four] == plain
     assert sum(x.accepted_draft_tokens for x in four) > 0
+
+
+def test_lookahead_is_lossless_on_smollm2_code(demo_ckpt, tmp_path):
+    """CI-sized: 4 code-completion prompts x 48 tokens, batch 1 and batch 4 (the full 20 x 64 check
+    is benchmarks/lookahead_eval.py); the pool and window really produce accepted drafts."""
+    from click.testing import CliRunner
+
+    from trtbuild.cli import cli
+    from trtbuild.lookahead.spec import LookaheadSpec
+    from trtbuild.medusa.train import stdlib_files
+    from trtbuild.prompts import code_prompts
+    from trtbuild.runtime.lookahead import lookahead_generate
+    from trtbuild.runtime.tokenizer import load_tokenizer
+
+    model = Model.load(demo_ckpt, dtype="float32", device="cpu")
+    prompts = code_prompts(stdlib_files(), load_tokenizer(demo_ckpt), 4, 128, seed=5)
+    reqs = [Request(tuple(p), 48) for p in prompts]
+    plain = [generate(model, [r])[0].output_ids for r in reqs]
+    spec = LookaheadSpec(4, 3, 4)
+    batch = lookahead_generate(model, reqs, spec)
+    singles = [lookahead_generate(model, [r], spec)[0] for r in reqs]
+    assert [r.output_ids for r in batch] == plain == [r.output_ids for r in singles]
+    tokens, steps = sum(len(r.output_ids) for r in singles), sum(r.num_steps + 1 for r in singles)
+    assert tokens / steps > 1.2  # code repeats itself: the compression ratio is well above 1
+
+    # tune-lookahead end to end on two settings
+    f = tmp_path / "prompts.jsonl"
+    f.write_text("".join(json.dumps({"input_ids": p}) + "\n" for p in prompts[:2]))
+    r = CliRunner().invoke(cli, ["tune-lookahead", str(demo_ckpt), "--prompts", str(f), "--try", "1,3,4",
+                                 "--try", "2,2,1", "--max-tokens", "16", "-o", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [(x["W"], x["N"], x["G"], x["max_draft_len"]) for x in report["runs"]] == [(1, 3, 4, 9), (2, 2, 1, 2)]
+    assert "best compression: (" in r.output
+    assert ("recommended here: --lookahead" in r.output) == (report["recommended"] is not None)

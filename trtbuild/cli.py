@@ -59,14 +59,19 @@ def cli() -> None:
                    "cut to the number of heads).")
 @click.option("--max-draft-len", type=click.IntRange(min=1), default=None,
               help="Medusa max_draft_len (default 63, at least the tree's node count).")
+@click.option("--lookahead", default=None, metavar="W,N,G",
+              help="Store a lookahead decoding spec (window, n-gram size, verification set) with the checkpoint.")
 def convert(hf_dir: Path, out_dir: Path, dtype: str, tp: int, pp: int, force: bool, medusa: Path | None,
-            medusa_choices: str | None, max_draft_len: int | None) -> None:
+            medusa_choices: str | None, max_draft_len: int | None, lookahead: str | None) -> None:
     """Convert a HF checkpoint (+ Medusa heads) into a TensorRT-LLM checkpoint."""
     from trtbuild.convert import convert as run
+    from trtbuild.lookahead.spec import parse_lookahead
 
+    spec = parse_lookahead(lookahead) if lookahead is not None else None
     run(hf_dir, out_dir, dtype=dtype, tp=tp, pp=pp, force=force, medusa=medusa, medusa_choices=medusa_choices,
-        max_draft_len=max_draft_len)
-    click.echo(f"wrote {out_dir} (tp={tp}, pp={pp}{', medusa' if medusa else ''})")
+        max_draft_len=max_draft_len, lookahead=spec)
+    mode = ", medusa" if medusa else f", lookahead {lookahead}" if spec else ""
+    click.echo(f"wrote {out_dir} (tp={tp}, pp={pp}{mode})")
 
 
 def _ids(text: str) -> tuple[int, ...]:
@@ -98,6 +103,9 @@ def _ids(text: str) -> tuple[int, ...]:
 @click.option("--medusa-choices", default=None,
               help="Medusa tree for a Medusa checkpoint (default: the one stored with it).")
 @click.option("--no-medusa", is_flag=True, help="Plain decoding even for a Medusa checkpoint.")
+@click.option("--lookahead", default=None, metavar="W,N,G",
+              help="Lookahead decoding with this (W, N, G) (default: the spec stored with the checkpoint).")
+@click.option("--no-lookahead", is_flag=True, help="Plain decoding even for a checkpoint with a lookahead spec.")
 @click.option("--posterior-threshold", type=click.FloatRange(0, 1), default=0.09, show_default=True,
               help="Medusa typical acceptance (temperature > 0).")
 @click.option("--posterior-alpha", type=click.FloatRange(0, 1), default=0.3, show_default=True,
@@ -106,10 +114,16 @@ def _ids(text: str) -> tuple[int, ...]:
 def generate(ckpt_dir: Path, prompts: tuple[str, ...], input_ids: tuple[str, ...], chat: bool, max_tokens: int,
              temperature: float, top_k: int, top_p: float, seed: int | None, end_ids: tuple[int, ...],
              ignore_eos: bool, stops: tuple[str, ...], device: str, dtype: str | None, medusa_choices: str | None,
-             no_medusa: bool, posterior_threshold: float, posterior_alpha: float, as_json: bool) -> None:
-    """Generate text from a TensorRT-LLM checkpoint with the reference runtime (Medusa trees too)."""
+             no_medusa: bool, lookahead: str | None, no_lookahead: bool, posterior_threshold: float,
+             posterior_alpha: float, as_json: bool) -> None:
+    """Generate text from a TensorRT-LLM checkpoint with the reference runtime (Medusa, lookahead)."""
     if bool(prompts) == bool(input_ids):
         raise click.UsageError("give either --prompt or --input-ids")
+    if lookahead is not None and no_lookahead:
+        raise click.UsageError("--lookahead and --no-lookahead contradict each other")
+    from trtbuild.lookahead.spec import parse_lookahead
+
+    la_spec = parse_lookahead(lookahead) if lookahead is not None else None
     from trtbuild.runtime import Model, Request, SamplingParams, generate as run
     from trtbuild.runtime.tokenizer import default_end_ids, load_tokenizer
 
@@ -131,7 +145,15 @@ def generate(ckpt_dir: Path, prompts: tuple[str, ...], input_ids: tuple[str, ...
     medusa = bool(model.medusa) and not no_medusa
     if medusa_choices is not None and not medusa:
         raise click.UsageError("--medusa-choices needs a Medusa checkpoint (and no --no-medusa)")
-    if medusa:
+    if la_spec is not None and medusa:
+        raise click.UsageError("--lookahead on a Medusa checkpoint needs --no-medusa")
+    if la_spec is None and not no_lookahead and not medusa:
+        la_spec = model.cfg.lookahead
+    if la_spec is not None:
+        from trtbuild.runtime.lookahead import lookahead_generate
+
+        results = lookahead_generate(model, reqs, la_spec, limit=model.cfg.lookahead)
+    elif medusa:
         from trtbuild.medusa.choices import parse_choices
         from trtbuild.runtime.medusa import TypicalAcceptance, medusa_generate
 
@@ -145,8 +167,10 @@ def generate(ckpt_dir: Path, prompts: tuple[str, ...], input_ids: tuple[str, ...
         if as_json:
             obj = {"output_ids": list(r.output_ids), "text": text, "finish_reason": r.finish_reason,
                    "num_steps": r.num_steps, "tokens_per_step": r.tokens_per_step}
-            if medusa:
+            if medusa or la_spec is not None:
                 obj.update(accepted_draft_tokens=r.accepted_draft_tokens, acceptance_length=r.tokens_per_step)
+            if la_spec is not None:
+                obj.update(compression_ratio=r.compression_ratio, lookahead="{},{},{}".format(*la_spec.as_tuple()))
             click.echo(json.dumps(obj))
         else:  # without tokenizer files there is no text: print the ids
             click.echo(text if tok is not None else ",".join(map(str, r.output_ids)))
@@ -215,7 +239,8 @@ def tune_medusa(ckpt_dir: Path, prompts_file: Path, chat: bool, nodes: int | Non
                 out_file: Path | None) -> None:
     """Measure Medusa head accuracy and build the tree that decodes fastest on this machine."""
     from trtbuild.medusa.choices import to_brace
-    from trtbuild.medusa.tune import read_prompts, tune
+    from trtbuild.medusa.tune import tune
+    from trtbuild.prompts import read_prompts
     from trtbuild.runtime import Model
     from trtbuild.runtime.tokenizer import load_tokenizer
 
@@ -236,6 +261,53 @@ def tune_medusa(ckpt_dir: Path, prompts_file: Path, chat: bool, nodes: int | Non
         click.echo(f"{r['nodes']:>5}  {r['expected_length']:>8.2f}  {r['acceptance_length']:>8.2f}  "
                    f"{r['tokens_per_s']:>8.1f}  {r['speedup']:>6.2f}x")
     click.echo(f"best: {report['best_nodes']} nodes: {report['brace']}")
+    if out_file is not None:
+        out_file.write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {out_file}")
+
+
+@cli.command("tune-lookahead")
+@click.argument("ckpt_dir", type=click.Path(path_type=Path))
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path),
+              help="Calibration prompts: text lines, or JSON lines with \"prompt\" or \"input_ids\".")
+@click.option("--chat", is_flag=True, help="Wrap text prompts in the model's chat template.")
+@click.option("--try", "tries", multiple=True, metavar="W,N,G",
+              help="A (W, N, G) to measure (repeatable; default: a grid around TensorRT-LLM's 4,3,4).")
+@click.option("--max-tokens", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Greedy tokens per calibration prompt.")
+@click.option("-o", "--output", "out_file", type=click.Path(path_type=Path), default=None,
+              help="Write the report to this JSON file.")
+def tune_lookahead(ckpt_dir: Path, prompts_file: Path, chat: bool, tries: tuple[str, ...], max_tokens: int,
+                   out_file: Path | None) -> None:
+    """Sweep lookahead (W, N, G) on calibration prompts: tokens/s and acceptance on this machine."""
+    from trtbuild.lookahead.spec import parse_lookahead
+    from trtbuild.lookahead.tune import DEFAULT_GRID, sweep
+    from trtbuild.prompts import read_prompts
+    from trtbuild.runtime import Model
+    from trtbuild.runtime.tokenizer import load_tokenizer
+
+    grid = tuple(parse_lookahead(t) for t in tries) or DEFAULT_GRID
+    if not prompts_file.is_file():
+        raise click.BadParameter(f"{prompts_file} not found", param_hint="--prompts")
+    model = Model.load(ckpt_dir)
+    if model.medusa:
+        raise click.ClickException(f"{ckpt_dir} is a Medusa checkpoint: lookahead runs on a plain one")
+    prompts = read_prompts(prompts_file, load_tokenizer(ckpt_dir, required=False), chat)
+    report = sweep(model, prompts, max_tokens, grid, model.cfg.lookahead)
+    click.echo(f"plain greedy: {max(report['plain_tokens_per_s']):.1f} tokens/s (best of two runs)")
+    click.echo(" W  N  G  draft  accept  compress  tokens/s  speedup")
+    for r in report["runs"]:
+        click.echo(f"{r['W']:>2} {r['N']:>2} {r['G']:>2}  {r['max_draft_len']:>5}  {r['acceptance_length']:>6.2f}  "
+                   f"{r['compression_ratio']:>8.2f}  {r['tokens_per_s']:>8.1f}  {r['speedup']:>6.2f}x")
+    best, rec = report["best_compression"], report["recommended"]
+    click.echo(f"best compression: ({best['W']},{best['N']},{best['G']}) {best['compression_ratio']:.2f}")
+    if rec:
+        click.echo(f"recommended here: --lookahead {rec['W']},{rec['N']},{rec['G']} "
+                   f"(max_draft_len {rec['max_draft_len']}, {report['fastest']['speedup']:.2f}x plain)")
+    else:
+        f = report["fastest"]
+        click.echo(f"no lookahead setting beat plain greedy decoding on this machine (fastest: "
+                   f"({f['W']},{f['N']},{f['G']}) at {f['speedup']:.2f}x); none recommended")
     if out_file is not None:
         out_file.write_text(json.dumps(report, indent=2) + "\n")
         click.echo(f"wrote {out_file}")

@@ -22,6 +22,7 @@ from trtbuild.convert.hf import ChainedSource, DictSource, HFCheckpoint, read_hf
 from trtbuild.convert.layout import Mapping, rank_layout, validate_dims
 from trtbuild.convert.llama import LLAMA, MISTRAL
 from trtbuild.convert.medusa_heads import medusa_config, read_heads
+from trtbuild.lookahead.spec import LookaheadSpec
 from trtbuild.convert.qwen2 import QWEN2
 from trtbuild.convert.rules import Family, iter_rank, plan_ranks
 from trtbuild.convert.safetensors_io import StreamingWriter, sha256_file
@@ -68,9 +69,15 @@ def resolve_dtype(dtype: str, hf_config: dict) -> str:
 
 def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp: int = 1,
             force: bool = False, medusa: Path | None = None, medusa_choices: str | None = None,
-            max_draft_len: int | None = None) -> Path:
-    """Convert `hf_dir` (plus Medusa heads) into a TensorRT-LLM checkpoint at `out_dir`; return it."""
+            max_draft_len: int | None = None, lookahead: LookaheadSpec | None = None) -> Path:
+    """Convert `hf_dir` (plus Medusa heads) into a TensorRT-LLM checkpoint at `out_dir`; return it.
+
+    `lookahead`: a (W, N, G) stored with the checkpoint (`lookahead_config` and the engine's
+    `max_draft_len` by TensorRT-LLM's formula) so nothing downstream asks again.
+    """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    if medusa is not None and lookahead is not None:
+        raise ConfigError("--medusa and --lookahead are exclusive: an engine has one speculative decoding mode")
     _check_output_path(hf_dir, out_dir, force)
     ckpt = read_hf_dir(hf_dir)
     family = family_for(ckpt.config)
@@ -95,6 +102,9 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
         source = ChainedSource(source, DictSource(heads.tensors))
         if not heads.has_lm_head:  # version-2 heads: each gets a copy of the base lm_head
             subs = {f"medusa.{h}.lm_head.weight": "lm_head.weight" for h in range(heads.num_heads)}
+    if lookahead is not None:
+        config = {**config, "lookahead_config": lookahead.to_dict(), "max_draft_len": lookahead.max_draft_len}
+        options["lookahead"] = lookahead.to_dict()
     # hashing the sources (GIL released) overlaps the conversion, which reads the same files
     stop = threading.Event()
     pool = ThreadPoolExecutor(1)

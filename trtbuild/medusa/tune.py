@@ -96,36 +96,6 @@ def measure(model: Model, prompts: list[list[int]], new_tokens: int, choices: Ch
     return Measurement(len(choices or ()), tokens / elapsed, (tokens - len(results)) / max(steps, 1))
 
 
-def read_prompts(path, tok, chat: bool) -> list[list[int]]:
-    """Prompts from a file: JSON lines with "input_ids" or "prompt", else one text prompt per line."""
-    import json
-    from pathlib import Path
-
-    lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
-    if not lines:
-        raise ConfigError(f"{path}: no prompts")
-    out = []
-    for i, ln in enumerate(lines, 1):
-        obj = None
-        if ln.lstrip().startswith("{"):
-            try:
-                obj = json.loads(ln)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-        if isinstance(obj, dict) and isinstance(obj.get("input_ids"), list):
-            out.append([int(t) for t in obj["input_ids"]])
-            continue
-        text = obj["prompt"] if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) else ln
-        if tok is None:
-            raise ConfigError("text prompts need the checkpoint's tokenizer files")
-        if chat:
-            ids = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=True, add_generation_prompt=True)
-            out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-        else:
-            out.append(tok(text)["input_ids"])
-    return out
-
-
 def tune(model: Model, calibration: list[list[int]], new_tokens: int, nodes: int | None,
          candidates: tuple[int, ...], max_draft_len: int | None = None) -> dict:
     """Measure the heads, build greedy trees, pick the size; returns a JSON-ready report."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from trtbuild.convert.layout import Dims, Mapping, merge_qkv, pp_layers, rank_layout
 from trtbuild.convert.rope_scaling import check_scaling
 from trtbuild.errors import CheckpointError, ConfigError
+from trtbuild.lookahead.spec import LookaheadSpec
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +39,7 @@ class ModelConfig:
     mapping: Mapping
     medusa_choices: tuple[tuple[int, ...], ...] | None = None  # the tree stored with the checkpoint
     max_draft_len: int = 0
+    lookahead: LookaheadSpec | None = None  # the (W, N, G) stored with the checkpoint
 
     @classmethod
     def from_dict(cls, cfg: dict) -> ModelConfig:
@@ -82,6 +84,7 @@ class ModelConfig:
                 mapping=Mapping.from_dict(cfg.get("mapping") or {}),
                 medusa_choices=tuple(tuple(int(i) for i in p) for p in choices) if choices else None,
                 max_draft_len=int(cfg.get("max_draft_len") or 0),
+                lookahead=LookaheadSpec.from_dict(cfg["lookahead_config"]) if cfg.get("lookahead_config") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"checkpoint config.json is missing or has a bad field: {e}") from None

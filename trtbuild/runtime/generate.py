@@ -43,6 +43,12 @@ class Result:
             return None
         return (len(self.output_ids) - 1 + (self.finish_reason == "end_id")) / self.num_steps
 
+    @property
+    def compression_ratio(self) -> float:
+        """Target forward passes plain decoding needs for this output over the passes used (the
+        prefill included): 1.0 for plain decoding."""
+        return (len(self.output_ids) + (self.finish_reason == "end_id")) / (self.num_steps + 1)
+
 
 def validate(model: Model, requests: list[Request]) -> None:
     if not requests:
