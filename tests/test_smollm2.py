@@ -128,3 +128,35 @@ def test_lookahead_is_lossless_on_smollm2_code(demo_ckpt, tmp_path):
     assert [(x["W"], x["N"], x["G"], x["max_draft_len"]) for x in report["runs"]] == [(1, 3, 4, 9), (2, 2, 1, 2)]
     assert "best compression: (" in r.output
     assert ("recommended here: --lookahead" in r.output) == (report["recommended"] is not None)
+
+
+def test_build_plain_medusa_lookahead_on_smollm2(demo_hf, tmp_path):
+    """The build issue's end-to-end check: `trtbuild MODEL --medusa heads.pt -o out` (the default
+    command) and plain / lookahead builds of SmolLM2 with the torch backend; `generate` runs on
+    each engine dir and greedy output agrees."""
+    from click.testing import CliRunner
+
+    from trtbuild.cli import cli
+
+    g = torch.Generator().manual_seed(0)
+    heads = {f"{h}.0.linear.{n}": torch.randn(*s, generator=g) * 0.01
+             for h in range(3) for n, s in (("weight", (576, 576)), ("bias", (576,)))}
+    torch.save(heads, tmp_path / "heads.pt")  # a version-2 .pt: the base lm_head is shared
+    run = CliRunner().invoke
+    builds = {"plain": [], "medusa": ["--medusa", str(tmp_path / "heads.pt"), "--medusa-choices", "{0}, {0, 0}, {1}"],
+              "lookahead": ["--lookahead", "4,3,4"]}
+    outputs = {}
+    for name, extra in builds.items():
+        r = run(cli, [str(demo_hf), "-o", str(tmp_path / name), "--max-seq-len", "1024", *extra])
+        assert r.exit_code == 0, r.output
+        cfg = json.loads((tmp_path / name / "engine" / "config.json").read_text())
+        assert cfg["build_config"]["speculative_decoding_mode"] == {"plain": 1, "medusa": 4, "lookahead": 8}[name]
+        lock = json.loads((tmp_path / name / "engine" / "trtbuild.lock.json").read_text())
+        assert set(lock["inputs"]) >= {"model/config.json", "model/model.safetensors"}
+        r = run(cli, ["generate", str(tmp_path / name / "engine"), "--prompt", "def fibonacci(n):", "--max-tokens",
+                      "24", "--json"])
+        assert r.exit_code == 0, r.output
+        outputs[name] = json.loads(r.output)["output_ids"]
+    assert outputs["plain"] == outputs["medusa"] == outputs["lookahead"]
+    r = run(cli, [str(demo_hf), "-o", str(tmp_path / "lookahead"), "--max-seq-len", "1024", "--lookahead", "4,3,4"])
+    assert r.exit_code == 0 and "up to date" in r.output

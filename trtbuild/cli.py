@@ -21,7 +21,13 @@ DTYPE = click.Choice(["auto", "float32", "float16", "bfloat16"])
 
 
 class Group(click.Group):
-    """Translate library errors into one-line click errors at the edge."""
+    """Translate library errors into one-line click errors at the edge; `build` is the default
+    command (`trtbuild MODEL --medusa heads.pt -o out` means `trtbuild build MODEL ...`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+            args = ["build", *args]
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -38,8 +44,8 @@ def cli() -> None:
     \b
     Quick start (CPU, the embedded SmolLM2-135M demo):
       trtbuild demo-model -o demo/hf
-      trtbuild convert demo/hf -o demo/ckpt
-      trtbuild generate demo/ckpt --prompt "The capital of France is"
+      trtbuild demo/hf -o demo/out             (build is the default command)
+      trtbuild generate demo/out/engine --prompt "The capital of France is"
     """
 
 
@@ -72,6 +78,110 @@ def convert(hf_dir: Path, out_dir: Path, dtype: str, tp: int, pp: int, force: bo
         max_draft_len=max_draft_len, lookahead=spec)
     mode = ", medusa" if medusa else f", lookahead {lookahead}" if spec else ""
     click.echo(f"wrote {out_dir} (tp={tp}, pp={pp}{mode})")
+
+
+@cli.command()
+@click.argument("hf_dir", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output directory: checkpoint/, engine/, spec.yaml.")
+@click.option("--spec", "spec_file", type=click.Path(path_type=Path), default=None,
+              help="YAML build spec; flags given on the command line override it.")
+@click.option("--medusa", default=None, help="Medusa heads (file or directory).")
+@click.option("--medusa-choices", default=None, help="Medusa tree: preset name, JSON list or brace form.")
+@click.option("--lookahead", default=None, metavar="W,N,G", help="Lookahead decoding (window, n-gram, verification set).")
+@click.option("--backend", type=click.Choice(["torch", "tensorrt-llm"]), default=None,
+              help="torch (reference runtime, default) or tensorrt-llm (GPU engines).")
+@click.option("--gpu", default=None, help="Target: a100-40gb, a100-80gb, h100-80gb, h200-141gb, l40s-48gb, t4-16gb, "
+                                          "v100-32gb or cpu (default: cpu for torch, h100-80gb for tensorrt-llm).")
+@click.option("--gpus", type=int, default=None, help="GPUs one replica may use (default: tp x pp).")
+@click.option("--tp", type=int, default=None, help="Tensor-parallel size (default 1).")
+@click.option("--pp", type=int, default=None, help="Pipeline-parallel size (default 1).")
+@click.option("--dtype", type=DTYPE, default=None, help="Weight dtype (default auto: the checkpoint's).")
+@click.option("--quantization", type=click.Choice(["none", "fp8"]), default=None)
+@click.option("--max-batch-size", type=int, default=None, help="Default 8.")
+@click.option("--max-input-len", type=int, default=None, help="Default min(1024, max_seq_len - 1).")
+@click.option("--max-seq-len", type=int, default=None, help="Default min(model positions, 4096).")
+@click.option("--max-num-tokens", type=int, default=None, help="Default 8192 (raised for speculative decoding).")
+@click.option("--max-draft-len", type=int, default=None, help="Medusa: default 63. Lookahead: the formula.")
+@click.option("--gather-context-logits", is_flag=True, default=None)
+@click.option("--kv-cache-free-gpu-mem-fraction", type=float, default=None, help="Default 0.9.")
+@click.option("--force", is_flag=True, help="Replace OUT even if it is not a previous build.")
+@click.option("--dry-run", is_flag=True, help="Validate and plan; print the equivalent commands; build nothing.")
+@click.option("--no-verify", is_flag=True, help="Skip the speculative-vs-plain greedy self-check.")
+def build(hf_dir: Path | None, out_dir: Path, spec_file: Path | None, force: bool, dry_run: bool, no_verify: bool,
+          **flags) -> None:
+    """Build an engine directory from a HF model (+ Medusa heads | lookahead) for one backend and GPU."""
+    from trtbuild.builder import build as run
+    from trtbuild.spec import BuildSpec
+
+    spec = BuildSpec.from_yaml(spec_file) if spec_file is not None else BuildSpec()
+    flags["model"] = str(hf_dir) if hf_dir is not None else None
+    spec = spec.merged(flags)
+    run(spec, out_dir, force=force, dry_run=dry_run, verify=not no_verify, echo=click.echo)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Recompute every file's sha256 and compare with the recorded one.")
+@click.option("--json", "as_json", is_flag=True)
+def inspect(path: Path, verify: bool, as_json: bool) -> None:
+    """Summarise a checkpoint, engine or build directory."""
+    from trtbuild.inspect import inspect_dir
+
+    info = inspect_dir(path, verify)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            if k != "verified":
+                click.echo(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+    if verify:
+        if info["verified"]:
+            raise click.ClickException(f"{path}: {len(info['verified'])} file(s) differ from their recorded hashes: "
+                                       + ", ".join(info["verified"][:5]))
+        click.echo("verified: every file matches its recorded sha256")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--gpu", default="h100-80gb", show_default=True, help="Target GPU (or cpu: this machine's RAM).")
+@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "fp8"]), default="bfloat16",
+              show_default=True)
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-seq-len", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--max-num-tokens", type=click.IntRange(min=1), default=8192, show_default=True)
+@click.option("--medusa-heads", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--medusa-layers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-draft-len", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def plan(model: Path, gpu: str, tp: int, pp: int, dtype: str, max_batch_size: int, max_seq_len: int,
+         max_num_tokens: int, medusa_heads: int, medusa_layers: int, max_draft_len: int, as_json: bool) -> None:
+    """Memory plan: weights and KV cache per GPU, whether a configuration fits (MODEL: HF dir or config.json)."""
+    from trtbuild.builder.gpus import gpu as gpu_for
+    from trtbuild.builder.plan import dims_from_config, plan as run, with_medusa
+    from trtbuild.errors import ConfigError
+
+    path = model / "config.json" if model.is_dir() else model
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+    dims = with_medusa(dims_from_config(cfg), medusa_heads, medusa_layers)
+    p = run(dims, gpu_for(gpu), tp=tp, pp=pp, dtype=dtype, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
+            max_num_tokens=max_num_tokens, max_draft_len=max_draft_len)
+    if as_json:
+        click.echo(json.dumps(p.to_dict(), indent=2))
+        return
+    gib = 1 << 30
+    click.echo(f"{p.device} x {tp * pp} (tp={tp}, pp={pp}), {dtype}")
+    click.echo(f"weights per GPU:            {p.weights_bytes / gib:8.2f} GiB")
+    click.echo(f"KV cache per token per GPU: {p.kv_cache_bytes_per_token:8d} bytes")
+    click.echo(f"activations + logits:       {(p.activation_bytes + p.logits_bytes) / gib:8.2f} GiB")
+    click.echo(f"KV tokens that fit:         {p.max_kv_tokens:8d}  ({p.kv_cache_free_gpu_mem_fraction:.0%} of what is left)")
+    click.echo(f"fits: {'yes' if p.fits else 'no'}; max_batch_size x max_seq_len: "
+               f"{'fits' if p.full_batch_fits else 'does not fit'}; recommended: {json.dumps(p.recommended)}")
 
 
 def _ids(text: str) -> tuple[int, ...]:

@@ -19,3 +19,7 @@ class CheckpointError(TrtbuildError):
 
 class GenerationError(TrtbuildError):
     """A generation request is invalid (empty prompt, too long, bad sampling parameters)."""
+
+
+class BuildError(TrtbuildError):
+    """An engine cannot be built, or a built engine failed its self-check."""

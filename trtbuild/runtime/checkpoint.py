@@ -117,13 +117,36 @@ class Weights:
 
 
 def read_config(ckpt_dir: Path) -> ModelConfig:
+    """A checkpoint's config.json, or an engine directory's `pretrained_config`."""
     path = Path(ckpt_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{ckpt_dir} is not a TensorRT-LLM checkpoint (no config.json)")
     try:
-        return ModelConfig.from_dict(json.loads(path.read_text()))
+        cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+    if isinstance(cfg, dict) and isinstance(cfg.get("pretrained_config"), dict):
+        cfg = cfg["pretrained_config"]
+    return ModelConfig.from_dict(cfg)
+
+
+def weights_dir(ckpt_dir: Path) -> Path:
+    """Where the rank files are: the directory itself, or for an engine directory built by trtbuild
+    the checkpoint its `trtbuild.json` points to (`../checkpoint`)."""
+    ckpt_dir = Path(ckpt_dir)
+    marker = ckpt_dir / "trtbuild.json"
+    if (ckpt_dir / "rank0.safetensors").is_file() or not marker.is_file():
+        return ckpt_dir
+    try:
+        link = json.loads(marker.read_text()).get("checkpoint")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return ckpt_dir
+    if not isinstance(link, str):
+        return ckpt_dir
+    target = (ckpt_dir / link).resolve()
+    if not (target / "rank0.safetensors").is_file():
+        raise CheckpointError(f"{ckpt_dir}: its checkpoint {target} is missing (rebuild the engine)")
+    return target
 
 
 def _load_rank(ckpt_dir: Path, rank: int, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
@@ -153,7 +176,7 @@ def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: s
     """Read all rank files of `ckpt_dir` and merge them into whole tensors of `dtype` on `device`."""
     import torch
 
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = weights_dir(ckpt_dir)
     d, m = cfg.dims, cfg.mapping
     t = m.tp_size
     ranks = [_load_rank(ckpt_dir, r, rank_layout(d, m, r)) for r in range(m.world_size)]

@@ -1,0 +1,227 @@
+"""`build`: one resolved spec in, an output directory out (checkpoint/, engine/, spec.yaml).
+
+    OUT/
+      spec.yaml                 the resolved spec: every setting, defaults filled
+      checkpoint/               the TensorRT-LLM checkpoint (trtbuild convert)
+      engine/
+        config.json             {"version", "pretrained_config", "build_config"}
+        trtbuild.lock.json      versions, GPU, spec hash, input/checkpoint/engine file hashes
+        rank{r}.engine          tensorrt-llm backend
+        trtbuild.json           torch backend: where the weights are (../checkpoint)
+        tokenizer files, generation_config.json
+
+Incremental: the build key hashes the resolved spec, the input files and the versions; a build
+whose key matches and whose files still hash as locked is reused as is. Anything else rebuilds
+into a staging directory that replaces OUT only when complete and self-checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from trtbuild.builder.engine import (convert_command, engine_config, gpu_info, shell, trtllm_build_command,
+                                     versions)
+from trtbuild.builder.validate import Resolved, resolve_spec
+from trtbuild.errors import BuildError, ConfigError
+from trtbuild.fsutil import MARKER, check_output_dir, staging_dir
+from trtbuild.convert.safetensors_io import sha256_file
+from trtbuild.spec import BuildSpec
+
+LOCK = "trtbuild.lock.json"
+COPIED = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "vocab.json",
+          "merges.txt", "chat_template.jinja", "generation_config.json")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out_dir: Path
+    resolved: Resolved
+    reused: bool
+    lock: dict
+
+
+def input_files(spec_model: str, medusa: str | None) -> dict[str, Path]:
+    from trtbuild.convert import _source_files
+    from trtbuild.convert.hf import read_hf_dir
+
+    files = {f"model/{p.name}": p for p in _source_files(read_hf_dir(Path(spec_model)))}
+    if medusa:
+        from trtbuild.convert.medusa_heads import read_heads
+
+        files.update({f"medusa/{p.name}": p for p in read_heads(Path(medusa)).files})
+    return files
+
+
+def build_key(resolved: Resolved, inputs: dict[str, str], vers: dict) -> str:
+    blob = {"spec": resolved.spec.digest(), "inputs": inputs, "versions": vers}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def locked_files(lock: dict) -> dict[str, str]:
+    """{path relative to OUT: sha256} of everything a build produced."""
+    out = {f"checkpoint/{k}": v for k, v in lock.get("checkpoint", {}).items()}
+    out.update({f"engine/{k}": v for k, v in lock.get("engine", {}).items()})
+    return out
+
+
+def verify_build(out_dir: Path, lock: dict | None = None) -> list[str]:
+    """Files of a build that are missing or no longer hash as locked (empty: intact)."""
+    out_dir = Path(out_dir)
+    if lock is None:
+        lock = read_lock(out_dir / "engine")
+    bad = []
+    for rel, digest in sorted(locked_files(lock).items()):
+        p = out_dir / rel
+        if not p.is_file():
+            bad.append(f"{rel} (missing)")
+        elif sha256_file(p) != digest:
+            bad.append(f"{rel} (changed)")
+    return bad
+
+
+def read_lock(engine_dir: Path) -> dict:
+    path = Path(engine_dir) / LOCK
+    try:
+        return json.loads(path.read_text())
+    except OSError:
+        raise ConfigError(f"{engine_dir} has no {LOCK}: not an engine directory built by trtbuild") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON ({e})") from None
+
+
+def _is_build_dir(out: Path) -> bool:
+    return (out / MARKER).is_file() and (out / "spec.yaml").is_file()
+
+
+def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool = False, verify: bool = True,
+          echo: Callable[[str], None] = print) -> BuildResult:
+    resolved = resolve_spec(spec)
+    rs = resolved.spec
+    out = Path(out_dir)
+    for note in resolved.notes:
+        echo(f"note: {note}")
+    if dry_run:
+        return _dry_run(resolved, out, force, echo)
+    if rs.backend == "tensorrt-llm":
+        from trtbuild.builder.trtllm import check_available
+
+        check_available()
+    vers = versions()
+    inputs = {name: sha256_file(p) for name, p in input_files(rs.model, rs.medusa).items()}
+    key = build_key(resolved, inputs, vers)
+    if _is_build_dir(out) and (out / "engine" / LOCK).is_file():
+        lock = read_lock(out / "engine")
+        if lock.get("build_key") == key and not verify_build(out, lock):
+            echo(f"{out} is up to date (same spec, inputs and versions): nothing to build")
+            return BuildResult(out, resolved, True, lock)
+    replace_ok = force or _is_build_dir(out)
+    check_output_dir(out, replace_ok)
+    with staging_dir(out, replace_ok) as tmp:
+        _build_into(tmp, resolved, echo)
+        if verify and rs.speculative_decoding_mode:
+            self_check(tmp / "engine", echo)
+        lock = _write_lock(tmp, resolved, key, inputs, vers)
+        (tmp / "spec.yaml").write_text(rs.to_yaml())
+        (tmp / MARKER).write_text(json.dumps({"kind": "build", "build_key": key}, indent=2) + "\n")
+    echo(f"wrote {out} ({rs.backend} backend, {rs.speculative_decoding_mode or 'no'} speculative decoding)")
+    return BuildResult(out, resolved, False, lock)
+
+
+def _build_into(tmp: Path, resolved: Resolved, echo: Callable[[str], None]) -> None:
+    from trtbuild.convert import convert
+
+    rs = resolved.spec
+    ckpt = convert(Path(rs.model), tmp / "checkpoint", dtype=rs.dtype, tp=rs.tp, pp=rs.pp,
+                   medusa=Path(rs.medusa) if rs.medusa else None, medusa_choices=rs.medusa_choices,
+                   max_draft_len=rs.max_draft_len if rs.medusa else None, lookahead=rs.lookahead_spec)
+    engine = tmp / "engine"
+    engine.mkdir()
+    pretrained = json.loads((ckpt / "config.json").read_text())
+    if rs.backend == "tensorrt-llm":
+        from trtbuild.builder.trtllm import build_engines
+
+        echo(f"building {rs.world_size} engine(s) with TensorRT-LLM")
+        version = build_engines(rs, ckpt, engine)
+        cfg = json.loads((engine / "config.json").read_text())
+        cfg["pretrained_config"].setdefault("lookahead_config", pretrained.get("lookahead_config"))
+    else:
+        from trtbuild import __version__
+
+        version = f"trtbuild-{__version__}+torch"
+        cfg = engine_config(rs, pretrained, version)
+    (engine / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (engine / MARKER).write_text(json.dumps({"backend": rs.backend, "checkpoint": "../checkpoint",
+                                             "engine_version": version}, indent=2) + "\n")
+    for name in COPIED:
+        if (ckpt / name).is_file():
+            shutil.copy2(ckpt / name, engine / name)
+
+
+def _write_lock(tmp: Path, resolved: Resolved, key: str, inputs: dict[str, str], vers: dict) -> dict:
+    rs = resolved.spec
+    manifest = json.loads((tmp / "checkpoint" / MARKER).read_text())
+    engine_files = {p.name: sha256_file(p) for p in sorted((tmp / "engine").iterdir()) if p.is_file()}
+    lock = {"build_key": key, "spec_hash": rs.digest(), "backend": rs.backend, "versions": vers,
+            "gpu": gpu_info(rs.gpu), "inputs": inputs,
+            "checkpoint": {**manifest["sha256"], MARKER: sha256_file(tmp / "checkpoint" / MARKER)},
+            "engine": engine_files}
+    (tmp / "engine" / LOCK).write_text(json.dumps(lock, indent=2) + "\n")
+    return lock
+
+
+def _dry_run(resolved: Resolved, out: Path, force: bool, echo: Callable[[str], None]) -> BuildResult:
+    """Print the plan and the equivalent commands; write spec.yaml and the would-be build_config."""
+    from trtbuild.builder.engine import build_config
+
+    rs = resolved.spec
+    if _is_build_dir(out) and (out / "engine").is_dir() and not force:
+        raise ConfigError(f"{out} holds a build; a dry run does not replace it (choose another -o, or --force)")
+    replace_ok = force or _is_build_dir(out)
+    with staging_dir(out, replace_ok) as tmp:
+        (tmp / "spec.yaml").write_text(rs.to_yaml())
+        (tmp / "build_config.json").write_text(json.dumps(build_config(rs), indent=2) + "\n")
+        cmds = [shell(convert_command(rs, out / "checkpoint"))]
+        if rs.backend == "tensorrt-llm":
+            cmds.append(shell(trtllm_build_command(rs, out / "checkpoint", out / "engine")))
+        (tmp / "commands.sh").write_text("#!/bin/sh\nset -e\n" + "\n".join(cmds) + "\n")
+        (tmp / MARKER).write_text(json.dumps({"kind": "dry-run"}, indent=2) + "\n")
+    p = resolved.plan
+    echo(f"plan: {p.summary()}")
+    for c in cmds:
+        echo(c)
+    echo(f"wrote {out}/spec.yaml, {out}/build_config.json and {out}/commands.sh (dry run: nothing built)")
+    return BuildResult(out, resolved, False, {})
+
+
+def self_check(engine_dir: Path, echo: Callable[[str], None], new_tokens: int = 16) -> None:
+    """Greedy output with and without speculation must agree token for token (reference runtime)."""
+    from trtbuild.runtime import Model, Request, generate
+    from trtbuild.runtime.tokenizer import load_tokenizer
+
+    model = Model.load(engine_dir, dtype="float32", device="cpu")
+    tok = load_tokenizer(engine_dir, required=False)
+    texts = ("def fibonacci(n):\n    ", "The capital of France is")
+    if tok is not None:
+        prompts = [tuple(tok(t)["input_ids"]) for t in texts]
+    else:
+        prompts = [tuple(range(1, 9)), tuple(range(9, 13))]
+    reqs = [Request(p, new_tokens) for p in prompts]
+    plain = [r.output_ids for r in generate(model, reqs)]
+    if model.medusa:
+        from trtbuild.runtime.medusa import medusa_generate
+
+        spec = medusa_generate(model, reqs, model.cfg.medusa_choices)
+    else:
+        from trtbuild.runtime.lookahead import lookahead_generate
+
+        spec = lookahead_generate(model, reqs, model.cfg.lookahead)
+    for i, (p, s) in enumerate(zip(plain, spec)):
+        if s.output_ids != p:
+            raise BuildError(f"self-check failed: prompt {i} decodes differently with speculative decoding "
+                             f"({list(s.output_ids[:8])}... vs {list(p[:8])}...); nothing was written")
+    echo(f"self-check: greedy speculative output equals plain output ({len(reqs)} prompts x {new_tokens} tokens)")

@@ -1,0 +1,161 @@
+"""Resolve a BuildSpec against the model and check every rule before any GPU time is spent.
+
+Each rule fails with one ConfigError naming the setting, the value and the limit. The memory plan
+is checked last (`build` refuses a spec that cannot fit, with the numbers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from trtbuild.builder.gpus import Gpu, gpu as gpu_for
+from trtbuild.builder.plan import Plan, plan
+from trtbuild.convert import family_for, resolve_dtype
+from trtbuild.convert.hf import read_hf_dir
+from trtbuild.convert.layout import Dims, Mapping, validate_dims
+from trtbuild.convert.rope_scaling import max_sequence_length
+from trtbuild.errors import ConfigError
+from trtbuild.runtime.tokenizer import default_end_ids
+from trtbuild.spec import BACKENDS, QUANTIZATIONS, BuildSpec, ResolvedSpec
+
+DEFAULT_MAX_SEQ_LEN = 4096  # never a model's full context (Llama-3.1: 131072) by accident
+DEFAULT_MAX_NUM_TOKENS = 8192  # trtllm-build's default
+
+
+@dataclass(frozen=True)
+class Resolved:
+    spec: ResolvedSpec
+    dims: Dims  # Medusa heads included
+    gpu: Gpu | None
+    plan: Plan
+    notes: tuple[str, ...]  # what was derived or adjusted, for the user
+
+
+def resolve_spec(spec: BuildSpec) -> Resolved:
+    notes: list[str] = []
+    if not spec.model:
+        raise ConfigError("no model given: pass HF_DIR (or `model:` in the spec file)")
+    if spec.backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {spec.backend!r} (choose from {', '.join(BACKENDS)})")
+    hf = read_hf_dir(Path(spec.model))
+    family = family_for(hf.config)
+    dims = family.dims(hf.config)
+
+    target = spec.gpu or ("cpu" if spec.backend == "torch" else "h100-80gb")
+    device = gpu_for(target)
+    if spec.backend == "tensorrt-llm" and device is None:
+        raise ConfigError("the tensorrt-llm backend builds GPU engines: choose a --gpu (e.g. h100-80gb), not cpu")
+    for name in ("tp", "pp", "max_batch_size"):
+        if getattr(spec, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(spec, name)}")
+    world = spec.tp * spec.pp
+    gpus = spec.gpus if spec.gpus is not None else world
+    if device is not None and world > gpus:
+        raise ConfigError(f"tp={spec.tp} x pp={spec.pp} needs {world} GPUs, but the target has {gpus} (--gpus)")
+    validate_dims(dims, Mapping(spec.tp, spec.pp))
+
+    dtype = resolve_dtype(spec.dtype, hf.config)
+    if spec.quantization not in QUANTIZATIONS:
+        raise ConfigError(f"unknown quantization {spec.quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
+    if device is not None and dtype == "bfloat16" and not device.bf16:
+        raise ConfigError(f"bfloat16 needs compute capability >= 8.0; {device.sku} is "
+                          f"{'.'.join(map(str, device.compute_capability))} (use --dtype float16)")
+    if spec.quantization == "fp8":
+        if device is None or not device.fp8:
+            cc = "no GPU" if device is None else f"{device.sku} is {'.'.join(map(str, device.compute_capability))}"
+            raise ConfigError(f"FP8 needs compute capability >= 8.9 (Ada/Hopper); {cc}")
+        raise ConfigError("FP8 quantization is not produced by trtbuild convert yet (build a bf16/fp16 engine)")
+
+    if spec.medusa and spec.lookahead:
+        raise ConfigError("--medusa and --lookahead are exclusive: an engine has one speculative decoding mode")
+    speculative = bool(spec.medusa or spec.lookahead)
+    if speculative and device is not None and not device.speculative:
+        raise ConfigError(f"Medusa and lookahead decoding need compute capability >= 8.0; {device.sku} is "
+                          f"{'.'.join(map(str, device.compute_capability))}")
+    if spec.medusa_choices is not None and not spec.medusa:
+        raise ConfigError("--medusa-choices needs --medusa HEADS")
+    if spec.max_draft_len is not None and not speculative:
+        raise ConfigError("--max-draft-len needs --medusa or --lookahead")
+
+    mode, draft, choices, nodes = None, 0, None, 0
+    heads_k = layers_k = 0
+    lookahead = None
+    if spec.medusa:
+        from trtbuild.convert.medusa_heads import medusa_config, read_heads
+        from trtbuild.medusa.choices import to_brace
+
+        heads = read_heads(Path(spec.medusa))
+        heads.check_base(dims.hidden_size, dims.vocab_size)
+        heads_k, layers_k = heads.num_heads, heads.num_layers
+        dims = replace(dims, medusa_heads=heads_k, medusa_layers=layers_k)
+        cfg, _ = medusa_config({}, heads, spec.medusa_choices, spec.max_draft_len)
+        tree = tuple(tuple(p) for p in cfg["medusa_choices"])
+        mode, draft, choices, nodes = "medusa", cfg["max_draft_len"], to_brace(tree), len(tree)
+        validate_dims(dims, Mapping(spec.tp, spec.pp))
+    elif spec.lookahead:
+        from trtbuild.lookahead.spec import format_spec, parse_lookahead
+
+        la = parse_lookahead(spec.lookahead)
+        if spec.max_draft_len is not None and spec.max_draft_len != la.max_draft_len:
+            raise ConfigError(f"lookahead {format_spec(la)} needs max_draft_len {la.max_draft_len} "
+                              f"((N-2) + (W-1+G)(N-1)), got {spec.max_draft_len}")
+        mode, draft, lookahead = "lookahead_decoding", la.max_draft_len, "{},{},{}".format(*la.as_tuple())
+
+    limit = max_sequence_length(int(hf.config.get("max_position_embeddings") or 2048),
+                                hf.config.get("rope_scaling"))
+    max_seq_len = spec.max_seq_len
+    if max_seq_len is None:
+        max_seq_len = min(limit, DEFAULT_MAX_SEQ_LEN)
+        notes.append(f"max_seq_len {max_seq_len} (default: the model's {limit} capped at {DEFAULT_MAX_SEQ_LEN})")
+    if max_seq_len < 2:
+        raise ConfigError(f"max_seq_len must be >= 2, got {max_seq_len}")
+    if max_seq_len > limit:
+        raise ConfigError(f"max_seq_len {max_seq_len} exceeds the model's {limit} positions")
+    max_input_len = spec.max_input_len if spec.max_input_len is not None else min(1024, max_seq_len - 1)
+    if max_input_len < 1:
+        raise ConfigError(f"max_input_len must be >= 1, got {max_input_len}")
+    if max_input_len >= max_seq_len:
+        raise ConfigError(f"max_input_len {max_input_len} must be < max_seq_len {max_seq_len} "
+                          "(a request needs room for at least one output token)")
+    max_num_tokens = spec.max_num_tokens if spec.max_num_tokens is not None else DEFAULT_MAX_NUM_TOKENS
+    if max_num_tokens < 1:
+        raise ConfigError(f"max_num_tokens must be >= 1, got {max_num_tokens}")
+    if draft and max_num_tokens < spec.max_batch_size * (draft + 1):
+        notes.append(f"max_num_tokens raised from {max_num_tokens} to max_batch_size x (max_draft_len + 1) = "
+                     f"{spec.max_batch_size * (draft + 1)}, as TensorRT-LLM does")
+        max_num_tokens = spec.max_batch_size * (draft + 1)
+    if spec.gather_context_logits and draft:
+        raise ConfigError(f"gather_context_logits cannot be combined with a draft length "
+                          f"(max_draft_len {draft}): TensorRT-LLM refuses it")
+    if not 0 < spec.kv_cache_free_gpu_mem_fraction <= 1:
+        raise ConfigError(f"kv_cache_free_gpu_mem_fraction must be in (0, 1], got {spec.kv_cache_free_gpu_mem_fraction}")
+
+    end_ids = spec.end_ids if spec.end_ids is not None else default_end_ids(Path(spec.model))
+    if not end_ids:
+        raise ConfigError(f"{spec.model}: no eos_token_id in generation_config.json (give end_ids in the spec)")
+    bad = [i for i in end_ids if not 0 <= int(i) < dims.vocab_size]
+    if bad:
+        raise ConfigError(f"end id {bad[0]} is outside the vocabulary [0, {dims.vocab_size})")
+
+    resolved = ResolvedSpec(
+        model=str(Path(spec.model).resolve()), backend=spec.backend, gpu=target, gpus=gpus, tp=spec.tp, pp=spec.pp,
+        dtype=dtype, quantization=spec.quantization, max_batch_size=spec.max_batch_size,
+        max_input_len=max_input_len, max_seq_len=max_seq_len, max_num_tokens=max_num_tokens, max_draft_len=draft,
+        medusa=str(Path(spec.medusa).resolve()) if spec.medusa else None, medusa_choices=choices, lookahead=lookahead,
+        gather_context_logits=spec.gather_context_logits,
+        kv_cache_free_gpu_mem_fraction=spec.kv_cache_free_gpu_mem_fraction, end_ids=tuple(int(i) for i in end_ids),
+        architecture=family.name if not heads_k else "MedusaForCausalLM", speculative_decoding_mode=mode,
+        world_size=world, medusa_heads=heads_k, medusa_layers=layers_k, medusa_nodes=nodes,
+        vocab_size=dims.vocab_size)
+    p = plan(dims, device, tp=spec.tp, pp=spec.pp, dtype=dtype if device else "float32",
+             max_batch_size=spec.max_batch_size, max_seq_len=max_seq_len, max_num_tokens=max_num_tokens,
+             max_draft_len=draft, kv_fraction=spec.kv_cache_free_gpu_mem_fraction)
+    if not p.fits:
+        hint = f"; try --tp {p.recommended['tp']}" if "tp" in p.recommended else ""
+        raise ConfigError(f"does not fit: {p.summary()}{hint}")
+    if not p.full_batch_fits:
+        notes.append(f"the KV cache holds {p.max_kv_tokens} tokens: {p.recommended.get('max_batch_size')} full-length "
+                     f"sequences at once, not max_batch_size {spec.max_batch_size} (in-flight batching still runs)")
+    return Resolved(resolved, dims, device, p, tuple(notes))
+
