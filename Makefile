@@ -23,8 +23,8 @@ $(DEMO)/hf/config.json: $(BIN)/.installed
 	$(BIN)/trtbuild demo-model -o $(DEMO)/hf --force
 
 demo: $(DEMO)/hf/config.json
-	$(BIN)/trtbuild convert $(DEMO)/hf -o $(DEMO)/ckpt --force
-	$(BIN)/trtbuild generate $(DEMO)/ckpt --chat --prompt "$(PROMPT)" --max-tokens 48
+	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/out --lookahead 4,3,4 --max-seq-len 2048
+	$(BIN)/trtbuild generate $(DEMO)/out/engine --chat --prompt "$(PROMPT)" --max-tokens 48
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: setup
