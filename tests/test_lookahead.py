@@ -276,3 +276,13 @@ def test_code_prompts_end_at_the_start_of_a_function(tmp_path):
     got = ["".join(map(chr, p)) for p in code_prompts([src], Chars(), 5, 40, seed=0)]
     assert sorted(got) == sorted([("x = 1\n" * 100 + "def area(w, h):\n    return w * h\n")[-40:],
                                   ("    return w * h\n\n\nasync def main():\n    pass\n")[-40:]])
+
+
+def test_rows_finishing_early_stay_in_bounds(tiny_ckpt):
+    """A finished row keeps riding along in the batch: its dummy steps must not run past the cache
+    (regression: max_new_tokens 5 next to 40 with long accepted n-grams overflowed it)."""
+    model = Model.load(tiny_ckpt)
+    reqs = [Request(REPEATING, 5), Request(REPEATING * 2, 3), Request((3, 9, 27, 81), 40)]
+    want = [generate(model, [r])[0].output_ids for r in reqs]
+    for spec in (LookaheadSpec(5, 5, 5), LookaheadSpec(2, 4, 8)):
+        assert [r.output_ids for r in lookahead_generate(model, reqs, spec)] == want

@@ -217,5 +217,7 @@ def lookahead_generate(model: Model, requests: list[Request], spec: LookaheadSpe
                 if rows.emit(b, t):
                     break
             states[b].advance(layout, toks, pred[b], emitted)
+            if rows.done[b] is not None:
+                lens[b] = 0  # a finished row's cache is no longer read; keep its dummy steps in bounds
     return rows.results()
 

@@ -177,6 +177,8 @@ def medusa_generate(model: Model, requests: list[Request], choices: Choices,
             for node in path[1:]:
                 if rows.emit(b, tok_list[b][node]):
                     break
+            if rows.done[b] is not None:
+                lens[b] = 0  # a finished row's cache is no longer read; keep its dummy steps in bounds
         at = (torch.arange(B, device=dev), torch.tensor(last, device=dev))
         h_last = h[at]  # [B, H]
         root = sample(logits[at], params, gens)  # the bonus tokens, from the verification logits

@@ -1,0 +1,330 @@
+"""In-flight (continuous) batching for the reference runtime.
+
+A fixed KV cache of `max_batch_size` rows; each running request owns one row (slot == position).
+Every `step()`:
+1. admission (guaranteed no evict): waiting requests take free rows, in arrival order, while the
+   step's token budget (`max_num_tokens`) allows; a row holds prompt + max_new_tokens + one step's
+   drafts, so every admitted request can finish. Each is prefilled alone into its row (a view of
+   the cache) and emits its first token at once;
+2. one forward pass over every row: per running request its step tokens (plain: the last token;
+   Medusa: the tree; lookahead: window + n-grams), padded to the longest row, each row with its own
+   lengths, positions and mask; idle rows compute a masked dummy token;
+3. verification per row (the model's own choice at each node, along the first matching draft
+   chain), accepted KV entries kept, tokens delivered through the request's callback; finished and
+   cancelled requests leave at once and free their rows.
+Plain, Medusa and lookahead requests of one engine share the batch. Greedy output equals plain
+greedy decoding token for token; sampled requests draw each emitted token from the model.
+`serve_forever` runs the loop in a thread for servers; `run_until_idle` serves scripts and tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from trtbuild.errors import GenerationError
+from trtbuild.lookahead.spec import LookaheadSpec
+from trtbuild.runtime.generate import Request, Result, _stopped, validate
+from trtbuild.runtime.lookahead import StepLayout, _local_mask, _RowState, longest_chain, step_layout
+from trtbuild.runtime.medusa import tree_buffers
+from trtbuild.runtime.model import KVCache, Model
+from trtbuild.runtime.sampling import sample
+from trtbuild.runtime.speculative import draft_attention_mask, keep_path
+
+# on_tokens(new_tokens, result): called from the scheduler thread with each step's new tokens;
+# `result` is set (and new_tokens may be empty) exactly once, when the request is finished
+Callback = Callable[[list[int], Result | None], None]
+
+
+@dataclass
+class _Job:
+    id: int
+    request: Request
+    mode: str  # plain | medusa | lookahead
+    lookahead: LookaheadSpec | None
+    on_tokens: Callback
+    arrived: float
+    row: int = -1
+    length: int = 0  # tokens in the row's cache
+    outs: list[int] = field(default_factory=list)
+    steps: int = 0
+    accepted: int = 0
+    drafted: int = 0
+    done: str | None = None
+    cancelled: bool = False
+    generator: torch.Generator | None = None
+    h_last: torch.Tensor | None = None  # Medusa: hidden state of the last accepted token [H]
+    la: _RowState | None = None
+
+    def result(self) -> Result:
+        o = self.outs[:-1] if self.done == "end_id" else self.outs
+        return Result(tuple(o), self.done or "length", self.steps, self.accepted)
+
+
+@dataclass
+class Stats:
+    steps: int = 0
+    admitted: int = 0
+    joined_running_batch: int = 0  # admitted while other requests were mid-decode
+    finished: int = 0
+    cancelled: int = 0
+    max_active: int = 0
+    tokens_generated: int = 0
+    active: int = 0
+    waiting: int = 0
+    history: deque = field(default_factory=lambda: deque(maxlen=1000))  # (time, active, step tokens)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "history"} | {"recent_steps": list(self.history)[-20:]}
+
+
+class Scheduler:
+    def __init__(self, model: Model, max_batch_size: int = 8, max_seq_len: int | None = None,
+                 max_num_tokens: int = 8192, medusa_choices=None, lookahead: LookaheadSpec | None = None) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_num_tokens = max_num_tokens
+        self.lookahead = lookahead or model.cfg.lookahead
+        choices = medusa_choices or model.cfg.medusa_choices
+        self.tree = tree_buffers(tuple(tuple(p) for p in choices)) if model.medusa and choices else None
+        self.draft_tokens = (self.tree.num_nodes if self.tree else
+                             self.lookahead.decoding_tokens if self.lookahead else 1)
+        self.max_seq_len = max_seq_len or model.cfg.max_position_embeddings
+        self.cache: KVCache = model.new_cache(max_batch_size, self.max_seq_len + self.draft_tokens + 1)
+        self.free_rows = list(range(max_batch_size))
+        self.waiting: deque[_Job] = deque()
+        self.running: dict[int, _Job] = {}
+        self.stats = Stats()
+        self._ids = itertools.count()
+        self._cv = threading.Condition()
+        self._stop = False
+
+    # --- the public side (any thread) ---------------------------------------------------------
+
+    def submit(self, request: Request, on_tokens: Callback, mode: str | None = None,
+               lookahead: LookaheadSpec | None = None) -> int:
+        """Queue a request; returns its id. mode: plain | medusa | lookahead (default: the engine's)."""
+        validate(self.model, [request])
+        if len(request.prompt) + request.max_new_tokens > self.max_seq_len:
+            raise GenerationError(f"prompt ({len(request.prompt)} tokens) + max_tokens ({request.max_new_tokens}) "
+                                  f"exceeds max_seq_len {self.max_seq_len}")
+        mode = mode or ("medusa" if self.tree else "lookahead" if self.lookahead else "plain")
+        if mode == "medusa" and self.tree is None:
+            raise GenerationError("this engine has no Medusa heads")
+        if mode == "lookahead":
+            lookahead = lookahead or self.lookahead
+            if lookahead is None:
+                raise GenerationError("lookahead requested but neither the engine nor the request gives (W, N, G)")
+            if self.lookahead is not None:
+                self.lookahead.check_request(lookahead)
+            if lookahead.decoding_tokens > self.draft_tokens:
+                raise GenerationError(f"lookahead {lookahead.as_tuple()} needs {lookahead.decoding_tokens} tokens per "
+                                      f"step; this engine was built for {self.draft_tokens}")
+            if lookahead.max_ngram_size == 1:
+                mode, lookahead = "plain", None
+        elif mode != "plain" and mode != "medusa":
+            raise GenerationError(f"unknown decoding mode {mode!r}")
+        with self._cv:
+            job = _Job(next(self._ids), request, mode, lookahead, on_tokens, time.monotonic())
+            job.generator = request.sampling.generator(self.model.device)
+            self.waiting.append(job)
+            self._cv.notify_all()
+            return job.id
+
+    def cancel(self, job_id: int) -> bool:
+        """Stop a request (a client went away); its row is freed at the next step. False if unknown."""
+        with self._cv:
+            for job in itertools.chain(self.waiting, self.running.values()):
+                if job.id == job_id and not job.cancelled:
+                    job.cancelled = True
+                    self._cv.notify_all()
+                    return True
+        return False
+
+    def serve_forever(self) -> threading.Thread:
+        """Run the step loop in a daemon thread until `shutdown()`."""
+        def loop() -> None:
+            while True:
+                with self._cv:
+                    while not self._stop and not self.waiting and not self.running:
+                        self._cv.wait()
+                    if self._stop:
+                        return
+                self.step()
+
+        t = threading.Thread(target=loop, name="trtbuild-scheduler", daemon=True)
+        t.start()
+        return t
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+
+    def run_until_idle(self) -> None:
+        while self.waiting or self.running:
+            self.step()
+
+    # --- the step loop --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        with self._cv:
+            for job in [j for j in self.waiting if j.cancelled]:
+                self.waiting.remove(job)
+                self._finish(job, "cancelled")
+            for job in [j for j in self.running.values() if j.cancelled]:
+                self._finish(job, "cancelled")
+            admit = []
+            budget = self.max_num_tokens - sum(self._step_tokens(j) for j in self.running.values())
+            while self.waiting and self.free_rows:
+                job = self.waiting[0]
+                if admit and len(job.request.prompt) > budget:
+                    break
+                self.waiting.popleft()
+                job.row = self.free_rows.pop(0)
+                budget -= len(job.request.prompt)
+                admit.append(job)
+            already = len(self.running)
+        for job in admit:
+            self._prefill(job)
+            self.stats.admitted += 1
+            self.stats.joined_running_batch += already > 0
+        if self.running:
+            self._decode()
+        with self._cv:
+            self.stats.steps += 1
+            self.stats.active, self.stats.waiting = len(self.running), len(self.waiting)
+            self.stats.max_active = max(self.stats.max_active, len(self.running))
+
+    def _step_tokens(self, job: _Job) -> int:
+        if job.mode == "medusa":
+            return self.tree.num_nodes
+        if job.mode == "lookahead":
+            return job.lookahead.decoding_tokens
+        return 1
+
+    def _prefill(self, job: _Job) -> None:
+        model, dev, r = self.model, self.model.device, job.request
+        P, b = len(r.prompt), job.row
+        view = KVCache(self.cache.k[:, b:b + 1], self.cache.v[:, b:b + 1])
+        t = torch.arange(P, device=dev)
+        q, k = t[:, None], t[None, :]
+        mask = k <= q
+        if model.cfg.sliding_window:
+            mask &= q - k < model.cfg.sliding_window
+        h = model.hidden(torch.tensor([r.prompt], device=dev), t[None], view, 0, mask[None, None])[0, -1]  # [H]
+        first = int(sample(model.logits(h[None]), [r.sampling], [job.generator])[0])
+        job.length = P
+        job.h_last = h
+        if job.mode == "lookahead":
+            job.la = _RowState(job.lookahead, r.prompt, first)
+        with self._cv:
+            self.running[job.id] = job
+        self._emit(job, [first])
+
+    def _plan(self, job: _Job) -> tuple[StepLayout | None, list[int], list[int], torch.Tensor, list]:
+        """(lookahead layout, tokens, depths, local mask [T, T], chains) of one row's step."""
+        root = job.outs[-1]
+        if job.mode == "lookahead":
+            layout, toks = job.la.step_tokens()
+            return layout, toks, list(layout.depths), _local_mask(layout), list(layout.chains)
+        if job.mode == "medusa":
+            tree = self.tree
+            cand = self.model.medusa_logits(job.h_last[None]).topk(tree.top_k, dim=-1).indices[0]  # [K, top_k]
+            toks = [root] + cand[tree.head, tree.rank].tolist()
+            chains = [[i for i in row[1:] if i >= 0] for row in tree.retrieve.tolist()]
+            return None, toks, list(tree.depths), tree.mask, chains
+        return None, [root], [0], torch.ones(1, 1, dtype=torch.bool), []
+
+    def _decode(self) -> None:
+        model, dev, B = self.model, self.model.device, self.max_batch_size
+        with self._cv:
+            jobs = sorted(self.running.values(), key=lambda j: j.row)
+        plans = {j.id: self._plan(j) for j in jobs}
+        T = max(len(p[1]) for p in plans.values())
+        tokens = torch.zeros(B, T, dtype=torch.long)
+        depths = torch.zeros(B, T, dtype=torch.long)
+        local = torch.eye(T, dtype=torch.bool)[None].repeat(B, 1, 1)
+        lens = torch.zeros(B, dtype=torch.long)
+        for j in jobs:
+            _, toks, dep, loc, _ = plans[j.id]
+            n = len(toks)
+            tokens[j.row, :n] = torch.tensor(toks)
+            depths[j.row, :n] = torch.tensor(dep)
+            local[j.row, :n, :n] = loc
+            lens[j.row] = j.length
+        tokens, depths, local, lens = tokens.to(dev), depths.to(dev), local.to(dev), lens.to(dev)
+        mask = draft_attention_mask(local, depths, lens, int(lens.max()) + T, model.cfg.sliding_window)
+        h = model.hidden(tokens, lens[:, None] + depths, self.cache,
+                         lens[:, None] + torch.arange(T, device=dev)[None, :], mask)
+        rows = torch.tensor([j.row for j in jobs], device=dev)
+        logits = model.logits(h[rows])  # [n_jobs, T, V]
+        pred = logits.argmax(-1).tolist()
+        self.stats.history.append((time.monotonic(), len(jobs), sum(len(p[1]) for p in plans.values())))
+        for i, j in enumerate(jobs):
+            layout, toks, _, _, chains = plans[j.id]
+            if j.request.sampling.greedy:
+                choose = pred[i].__getitem__
+            else:
+                def choose(node: int, i: int = i, j: _Job = j) -> int:
+                    return int(sample(logits[i, node][None], [j.request.sampling], [j.generator])[0])
+            path, bonus = longest_chain(chains, toks, choose)
+            j.steps += 1
+            j.accepted += len(path) - 1
+            j.drafted += len(toks) - 1
+            keep_path(self.cache, j.row, j.length, path)
+            j.length += len(path)
+            j.h_last = h[j.row, path[-1]]
+            emitted = [toks[node] for node in path[1:]] + [bonus]
+            if j.mode == "lookahead":
+                j.la.advance(layout, toks, pred[i], emitted)
+            self._emit(j, emitted)
+
+    def _emit(self, job: _Job, tokens: list[int]) -> None:
+        new = []
+        for t in tokens:
+            job.outs.append(t)
+            job.done = _stopped(job.outs, job.request)
+            if job.done != "end_id":
+                new.append(t)
+            if job.done:
+                break
+        self.stats.tokens_generated += len(new)
+        if job.done:
+            self._finish(job, job.done)
+            job.on_tokens(new, job.result())
+        elif new:
+            job.on_tokens(new, None)
+
+    def _finish(self, job: _Job, reason: str) -> None:
+        """Remove a finished or cancelled job and free its row."""
+        with self._cv:
+            if job.id in self.running:
+                del self.running[job.id]
+                self.free_rows.append(job.row)
+                self.free_rows.sort()
+            if reason == "cancelled":
+                job.done = "cancelled"
+                self.stats.cancelled += 1
+            else:
+                self.stats.finished += 1
+
+
+def schedule_all(scheduler: Scheduler, requests: list[Request], **kw) -> list[Result]:
+    """Submit `requests`, run the loop until they are done; results in request order."""
+    results: dict[int, Result] = {}
+    ids = []
+    for r in requests:
+        def done(_: list[int], res: Result | None, k: int = len(ids)) -> None:
+            if res is not None:
+                results[k] = res
+        ids.append(scheduler.submit(r, done, **kw))
+    scheduler.run_until_idle()
+    return [results[k] for k in range(len(requests))]
