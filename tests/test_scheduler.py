@@ -43,7 +43,7 @@ def test_scheduled_greedy_equals_plain(ckpts, kind):
     sched = Scheduler(model, max_batch_size=3, max_seq_len=128)
     got = schedule_all(sched, reqs)
     assert [r.output_ids for r in got] == want
-    assert sched.stats.finished == 5 and sched.stats.max_active == 3 and sched.free_rows == [0, 1, 2]
+    assert sched.stats.finished == 5 and sched.stats.max_active == 3 and sched.free_rows == [0, 1, 2] and not sched.running
     # 5 requests on 3 rows: the last two joined while others were mid-decode
     assert sched.stats.joined_running_batch >= 2
     if kind != "plain":
@@ -131,3 +131,13 @@ def test_serve_forever_thread(ckpts):
     sched.shutdown()
     thread.join(10)
     assert out["r"].output_ids == generate(model, [Request(PROMPTS[1], 10)])[0].output_ids
+
+
+def test_rows_stay_compact_when_requests_finish_out_of_order(ckpts):
+    """Short requests finish first and the last rows move into their holes; outputs stay exact."""
+    model = Model.load(ckpts["lookahead"])
+    reqs = [Request(PROMPTS[i % 5], n) for i, n in enumerate([1, 30, 3, 25, 2, 18, 1, 22])]
+    want = [generate(model, [r])[0].output_ids for r in reqs]
+    sched = Scheduler(model, max_batch_size=6, max_seq_len=128)
+    assert [r.output_ids for r in schedule_all(sched, reqs)] == want
+    assert sched.stats.finished == 8 and not sched.running

@@ -184,6 +184,71 @@ def plan(model: Path, gpu: str, tp: int, pp: int, dtype: str, max_batch_size: in
                f"{'fits' if p.full_batch_fits else 'does not fit'}; recommended: {json.dumps(p.recommended)}")
 
 
+@cli.command()
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Repository directory.")
+@click.option("--streaming/--no-streaming", default=True, show_default=True,
+              help="decoupled_mode of tensorrt_llm and the BLS (streaming needs it).")
+@click.option("--engine-dir-in-repo", default=None,
+              help="The engine path as the server will see it (default: this path).")
+@click.option("--force", is_flag=True, help="Replace OUT if trtbuild wrote it.")
+def repo(engine_dir: Path, out_dir: Path, streaming: bool, engine_dir_in_repo: str | None, force: bool) -> None:
+    """Write the Triton model repository (ensemble, pre/postprocessing, tensorrt_llm, BLS) for an engine."""
+    from trtbuild.triton_repo import write_repo
+
+    write_repo(engine_dir, out_dir, streaming=streaming, force=force, engine_dir_in_repo=engine_dir_in_repo)
+    click.echo(f"wrote {out_dir}")
+
+
+@cli.command()
+@click.argument("repo_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@click.option("--log-file", type=click.Path(path_type=Path), default=None, help="tritonserver's log.")
+def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None) -> None:
+    """Serve a model repository with tritonserver until Ctrl-C / SIGTERM (a build dir's triton_repo too)."""
+    import signal
+
+    from trtbuild.serve import TritonServer
+
+    if (repo_dir / "triton_repo").is_dir() and not (repo_dir / "ensemble").is_dir():
+        repo_dir = repo_dir / "triton_repo"
+    server = TritonServer(repo_dir, host, http_port, grpc_port, metrics_port, log_file)
+    stop = {"now": False}
+
+    def handler(signum, frame):  # noqa: ARG001
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    with server:
+        click.echo(f"ready: HTTP http://{host}:{http_port}  gRPC {host}:{grpc_port}  "
+                   f"metrics http://{host}:{metrics_port}/metrics  (model: ensemble)")
+        import time
+
+        while not stop["now"] and server.proc.poll() is None:
+            time.sleep(0.2)
+    click.echo("stopped")
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("prompt")
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--model", default="ensemble", show_default=True)
+def ask(url: str, prompt: str, protocol: str, max_tokens: int, model: str) -> None:
+    """Send one streamed request to a running server and print the text as it arrives."""
+    from trtbuild.serve.client import stream_grpc, stream_http
+
+    stream = stream_grpc if protocol == "grpc" else stream_http
+    for out in stream(url, prompt, max_tokens, model):
+        click.echo(out.get("text_output", ""), nl=False)
+    click.echo()
+
+
 def _ids(text: str) -> tuple[int, ...]:
     try:
         ids = tuple(int(x) for x in text.replace(" ", "").split(",") if x)

@@ -2,6 +2,7 @@
 
     OUT/
       spec.yaml                 the resolved spec: every setting, defaults filled
+      triton_repo/              the Triton model repository serving engine/
       checkpoint/               the TensorRT-LLM checkpoint (trtbuild convert)
       engine/
         config.json             {"version", "pretrained_config", "build_config"}
@@ -125,8 +126,12 @@ def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool 
         _build_into(tmp, resolved, echo)
         if verify and rs.speculative_decoding_mode:
             self_check(tmp / "engine", echo)
-        lock = _write_lock(tmp, resolved, key, inputs, vers)
+        from trtbuild.triton_repo import write_repo
+
         (tmp / "spec.yaml").write_text(rs.to_yaml())
+        engine_in_repo = "../../engine" if rs.backend == "torch" else str(out.resolve() / "engine")
+        write_repo(tmp / "engine", tmp / "triton_repo", engine_dir_in_repo=engine_in_repo)
+        lock = _write_lock(tmp, resolved, key, inputs, vers)
         (tmp / MARKER).write_text(json.dumps({"kind": "build", "build_key": key}, indent=2) + "\n")
     echo(f"wrote {out} ({rs.backend} backend, {rs.speculative_decoding_mode or 'no'} speculative decoding)")
     return BuildResult(out, resolved, False, lock)

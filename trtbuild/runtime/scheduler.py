@@ -1,14 +1,15 @@
 """In-flight (continuous) batching for the reference runtime.
 
-A fixed KV cache of `max_batch_size` rows; each running request owns one row (slot == position).
-Every `step()`:
+A fixed KV cache of `max_batch_size` rows; each running request owns one row (slot == position),
+and the running requests always hold rows 0..n-1 (a finished request's row is refilled by moving
+the last row's KV into it), so a step computes exactly the n running rows. Every `step()`:
 1. admission (guaranteed no evict): waiting requests take free rows, in arrival order, while the
    step's token budget (`max_num_tokens`) allows; a row holds prompt + max_new_tokens + one step's
    drafts, so every admitted request can finish. Each is prefilled alone into its row (a view of
    the cache) and emits its first token at once;
-2. one forward pass over every row: per running request its step tokens (plain: the last token;
+2. one forward pass over the running rows: per request its step tokens (plain: the last token;
    Medusa: the tree; lookahead: window + n-grams), padded to the longest row, each row with its own
-   lengths, positions and mask; idle rows compute a masked dummy token;
+   lengths, positions and mask;
 3. verification per row (the model's own choice at each node, along the first matching draft
    chain), accepted KV entries kept, tokens delivered through the request's callback; finished and
    cancelled requests leave at once and free their rows.
@@ -97,11 +98,11 @@ class Scheduler:
                              self.lookahead.decoding_tokens if self.lookahead else 1)
         self.max_seq_len = max_seq_len or model.cfg.max_position_embeddings
         self.cache: KVCache = model.new_cache(max_batch_size, self.max_seq_len + self.draft_tokens + 1)
-        self.free_rows = list(range(max_batch_size))
         self.waiting: deque[_Job] = deque()
         self.running: dict[int, _Job] = {}
         self.stats = Stats()
         self._ids = itertools.count()
+        self._jobs: dict[int, _Job] = {}  # every job until its final callback has run
         self._cv = threading.Condition()
         self._stop = False
 
@@ -134,6 +135,7 @@ class Scheduler:
             job = _Job(next(self._ids), request, mode, lookahead, on_tokens, time.monotonic())
             job.generator = request.sampling.generator(self.model.device)
             self.waiting.append(job)
+            self._jobs[job.id] = job
             self._cv.notify_all()
             return job.id
 
@@ -146,6 +148,11 @@ class Scheduler:
                     self._cv.notify_all()
                     return True
         return False
+
+    def progress(self, job_id: int) -> tuple[int, int, int]:
+        """(decode steps, accepted draft tokens, draft tokens verified) of a job so far."""
+        job = self._jobs.get(job_id)
+        return (job.steps, job.accepted, job.drafted) if job is not None else (0, 0, 0)
 
     def serve_forever(self) -> threading.Thread:
         """Run the step loop in a daemon thread until `shutdown()`."""
@@ -183,12 +190,13 @@ class Scheduler:
                 self._finish(job, "cancelled")
             admit = []
             budget = self.max_num_tokens - sum(self._step_tokens(j) for j in self.running.values())
-            while self.waiting and self.free_rows:
+            self._compact()
+            while self.waiting and len(self.running) + len(admit) < self.max_batch_size:
                 job = self.waiting[0]
                 if admit and len(job.request.prompt) > budget:
                     break
                 self.waiting.popleft()
-                job.row = self.free_rows.pop(0)
+                job.row = len(self.running) + len(admit)
                 budget -= len(job.request.prompt)
                 admit.append(job)
             already = len(self.running)
@@ -196,9 +204,12 @@ class Scheduler:
             self._prefill(job)
             self.stats.admitted += 1
             self.stats.joined_running_batch += already > 0
+        with self._cv:
+            self._compact()  # a request may have finished at its first token
         if self.running:
             self._decode()
         with self._cv:
+            self._compact()
             self.stats.steps += 1
             self.stats.active, self.stats.waiting = len(self.running), len(self.waiting)
             self.stats.max_active = max(self.stats.max_active, len(self.running))
@@ -243,10 +254,27 @@ class Scheduler:
             return None, toks, list(tree.depths), tree.mask, chains
         return None, [root], [0], torch.ones(1, 1, dtype=torch.bool), []
 
+    def _compact(self) -> None:
+        """Move the highest running rows into the holes finished requests left (caller holds the lock)."""
+        used = {j.row for j in self.running.values()}
+        holes = sorted(r for r in range(len(self.running)) if r not in used)
+        movers = sorted((j for j in self.running.values() if j.row >= len(self.running)), key=lambda j: -j.row)
+        for hole, job in zip(holes, movers):
+            for kv in (self.cache.k, self.cache.v):  # [L, B, nkv, S, d]
+                kv[:, hole, :, : job.length] = kv[:, job.row, :, : job.length]
+            job.row = hole
+
+    @property
+    def free_rows(self) -> list[int]:
+        return list(range(len(self.running), self.max_batch_size))
+
     def _decode(self) -> None:
-        model, dev, B = self.model, self.model.device, self.max_batch_size
+        model, dev = self.model, self.model.device
         with self._cv:
             jobs = sorted(self.running.values(), key=lambda j: j.row)
+        B = len(jobs)
+        assert [j.row for j in jobs] == list(range(B)), "running rows must be compact"
+        view = KVCache(self.cache.k[:, :B], self.cache.v[:, :B])
         plans = {j.id: self._plan(j) for j in jobs}
         T = max(len(p[1]) for p in plans.values())
         tokens = torch.zeros(B, T, dtype=torch.long)
@@ -262,10 +290,9 @@ class Scheduler:
             lens[j.row] = j.length
         tokens, depths, local, lens = tokens.to(dev), depths.to(dev), local.to(dev), lens.to(dev)
         mask = draft_attention_mask(local, depths, lens, int(lens.max()) + T, model.cfg.sliding_window)
-        h = model.hidden(tokens, lens[:, None] + depths, self.cache,
-                         lens[:, None] + torch.arange(T, device=dev)[None, :], mask)
-        rows = torch.tensor([j.row for j in jobs], device=dev)
-        logits = model.logits(h[rows])  # [n_jobs, T, V]
+        h = model.hidden(tokens, lens[:, None] + depths, view,
+                         lens[:, None] + torch.arange(T, device=dev)[None, :], mask)  # [B, T, H]
+        logits = model.logits(h)  # [B, T, V]
         pred = logits.argmax(-1).tolist()
         self.stats.history.append((time.monotonic(), len(jobs), sum(len(p[1]) for p in plans.values())))
         for i, j in enumerate(jobs):
@@ -279,9 +306,9 @@ class Scheduler:
             j.steps += 1
             j.accepted += len(path) - 1
             j.drafted += len(toks) - 1
-            keep_path(self.cache, j.row, j.length, path)
+            keep_path(view, i, j.length, path)
             j.length += len(path)
-            j.h_last = h[j.row, path[-1]]
+            j.h_last = h[i, path[-1]]
             emitted = [toks[node] for node in path[1:]] + [bonus]
             if j.mode == "lookahead":
                 j.la.advance(layout, toks, pred[i], emitted)
@@ -299,20 +326,21 @@ class Scheduler:
         self.stats.tokens_generated += len(new)
         if job.done:
             self._finish(job, job.done)
-            job.on_tokens(new, job.result())
+            try:
+                job.on_tokens(new, job.result())
+            finally:
+                self._jobs.pop(job.id, None)
         elif new:
             job.on_tokens(new, None)
 
     def _finish(self, job: _Job, reason: str) -> None:
         """Remove a finished or cancelled job and free its row."""
         with self._cv:
-            if job.id in self.running:
-                del self.running[job.id]
-                self.free_rows.append(job.row)
-                self.free_rows.sort()
+            self.running.pop(job.id, None)  # its row is refilled by _compact at the end of the step
             if reason == "cancelled":
                 job.done = "cancelled"
                 self.stats.cancelled += 1
+                self._jobs.pop(job.id, None)
             else:
                 self.stats.finished += 1
 

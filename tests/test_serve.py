@@ -1,0 +1,177 @@
+"""A real tritonserver (the nvidia-pytriton wheel's) serving SmolLM2 torch engines built by trtbuild:
+gRPC streaming, HTTP generate and generate_stream against `trtbuild generate`, 16 concurrent
+streams, bad requests, a client leaving mid-stream; and the repository files themselves."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from trtbuild.cli import cli
+from trtbuild.serve import TritonServer, free_port
+from trtbuild.serve.client import ServerError, generate_http, stream_grpc, stream_http
+from trtbuild.runtime.tokenizer import load_tokenizer
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at a temperature of"]
+KINDS = ("plain", "medusa", "lookahead")
+
+
+@pytest.fixture(scope="module")
+def builds(demo_hf, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("serve")
+    g = torch.Generator().manual_seed(0)
+    heads = {f"{h}.0.linear.{n}": torch.randn(*s, generator=g) * 0.01
+             for h in range(2) for n, s in (("weight", (576, 576)), ("bias", (576,)))}
+    torch.save(heads, d / "heads.pt")
+    extra = {"plain": [], "medusa": ["--medusa", str(d / "heads.pt"), "--medusa-choices", "{0}, {0, 0}, {1}"],
+             "lookahead": ["--lookahead", "3,3,2"]}
+    out = {}
+    for kind in KINDS:
+        r = CliRunner().invoke(cli, [str(demo_hf), "-o", str(d / kind), "--max-seq-len", "512", "--max-input-len",
+                                     "256", "--max-batch-size", "16", "--no-verify", *extra[kind]])
+        assert r.exit_code == 0, r.output
+        out[kind] = d / kind
+    return out
+
+
+def _server(build: Path, tmp: Path) -> TritonServer:
+    host = "127.0.0.1"
+    return TritonServer(build / "triton_repo", host, free_port(host), free_port(host), free_port(host),
+                        log_file=tmp / "triton.log")
+
+
+def _expected(build: Path, prompt: str, n: int) -> str:
+    r = CliRunner().invoke(cli, ["generate", str(build / "engine"), "--prompt", prompt, "--max-tokens", str(n),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)["text"]
+
+
+def _metrics(server: TritonServer) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{server.host}:{server.metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^trtbuild_scheduler_(\w+)\{[^}]*\} (\S+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_through_triton_equals_generate(builds, tmp_path, kind):
+    want = {p: _expected(builds[kind], p, 24) for p in PROMPTS}
+    with _server(builds[kind], tmp_path) as s:
+        for p in PROMPTS:
+            chunks = [c["text_output"] for c in stream_grpc(s.grpc_url, p, 24)]
+            assert len(chunks) > 1 and "".join(chunks) == want[p]
+            assert generate_http(s.http_url, p, 24)["text_output"] == want[p]
+            events = list(stream_http(s.http_url, p, 24))
+            assert "".join(e["text_output"] for e in events) == want[p]
+            bls = list(stream_grpc(s.grpc_url, p, 24, model="tensorrt_llm_bls"))
+            assert "".join(c["text_output"] for c in bls) == want[p]
+        if kind != "plain":
+            last = list(stream_grpc(s.grpc_url, PROMPTS[1], 24))[-1]
+            assert last["total_draft_tokens"] > 0 and "acceptance_rate" in last
+
+
+def test_concurrency_bad_requests_and_disconnect(builds, tmp_path):
+    build = builds["lookahead"]
+    lengths = [8 + 4 * i for i in range(16)]
+    prompts = [PROMPTS[i % 3] for i in range(16)]
+    want = {(p, n): _expected(build, p, n) for p, n in set(zip(prompts, lengths))}
+    with _server(build, tmp_path) as s:
+        got: dict[int, str] = {}
+        errors: list[BaseException] = []
+
+        def one(i: int) -> None:
+            try:
+                got[i] = "".join(c["text_output"] for c in stream_grpc(s.grpc_url, prompts[i], lengths[i]))
+            except BaseException as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        for i, t in enumerate(threads):
+            t.start()
+            time.sleep(0.05 * (i % 4))  # arrivals spread out: later ones join a running batch
+        for t in threads:
+            t.join(600)
+        assert not errors, errors
+        assert all(got[i] == want[(prompts[i], lengths[i])] for i in range(16))
+        time.sleep(0.5)
+        m = _metrics(s)
+        assert m["finished"] >= 16 and m["joined_running_batch"] >= 1 and m["max_active"] >= 2
+
+        # bad requests: a clear error each, and the server stays ready
+        bad = [("", 8, "text_input is empty"), (PROMPTS[0], 0, "max_tokens must be >= 1, got 0"),
+               (PROMPTS[0], -5, "max_tokens must be >= 1, got -5"),
+               ("word " * 400, 8, "more than max_input_len 256"),
+               (PROMPTS[0], 510, "exceeds max_seq_len 512")]
+        for prompt, n, msg in bad:
+            with pytest.raises(ServerError, match=msg):
+                generate_http(s.http_url, prompt, n)
+            with pytest.raises(ServerError, match=msg):
+                list(stream_grpc(s.grpc_url, prompt, n))
+            assert s.ready()
+        with pytest.raises(ServerError, match="not valid UTF-8"):
+            list(stream_grpc(s.grpc_url, "x", 4, extra={"text_input": np.array([[b"\xff\xfe"]], dtype=object)}))
+        with pytest.raises(ServerError, match="input 'max_tokens' data-type is 'FP32', but model 'ensemble' expects "
+                                               "'INT32'"):
+            list(stream_grpc(s.grpc_url, "x", 4, extra={"max_tokens": np.array([[8.0]], dtype=np.float32)}))
+        with pytest.raises(ServerError, match="Unable to parse 'data'"):  # a string for an INT32 field
+            generate_http(s.http_url, "x", 4, extra={"max_tokens": "eight"})
+        assert "".join(c["text_output"] for c in stream_grpc(s.grpc_url, PROMPTS[0], 8)) == want.get(
+            (PROMPTS[0], 8), _expected(build, PROMPTS[0], 8))
+
+        # a client that leaves mid-stream frees its slot. Triton 2.51 does not pass a gRPC stream's
+        # cancellation on to the models inside an ensemble, so this talks to tensorrt_llm itself (the
+        # path that carries it; see the README)
+        import tritonclient.grpc as grpcclient
+
+        before = _metrics(s)
+        tok = load_tokenizer(build / "engine")
+        ids = np.array([tok(PROMPTS[1])["input_ids"]], dtype=np.int32)
+        inputs = []
+        for name, arr, dtype in (("input_ids", ids, "INT32"), ("input_lengths", np.array([[ids.shape[1]]], np.int32), "INT32"),
+                                 ("request_output_len", np.array([[400]], np.int32), "INT32"),
+                                 ("streaming", np.array([[True]]), "BOOL")):
+            t = grpcclient.InferInput(name, list(arr.shape), dtype)
+            t.set_data_from_numpy(arr)
+            inputs.append(t)
+        got_chunks = []
+        client = grpcclient.InferenceServerClient(s.grpc_url)
+        client.start_stream(callback=lambda result, error: got_chunks.append((result, error)))
+        client.async_stream_infer("tensorrt_llm", inputs)
+        while len(got_chunks) < 2:
+            time.sleep(0.05)
+        client.stop_stream(cancel_requests=True)  # the client goes away mid-stream
+        client.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = _metrics(s)
+            if m["cancelled"] > before["cancelled"] and m["active"] == 0:
+                break
+            time.sleep(0.2)
+        assert m["cancelled"] == before["cancelled"] + 1 and m["active"] == 0
+        assert m["tokens_generated"] - before["tokens_generated"] < 300  # stopped long before 400 tokens
+        assert "".join(c["text_output"] for c in stream_grpc(s.grpc_url, PROMPTS[0], 8)) == _expected(
+            build, PROMPTS[0], 8)
+
+
+def test_busy_port_is_refused(builds, tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = CliRunner().invoke(cli, ["serve", str(builds["plain"]), "--http-port", str(port),
+                                     "--grpc-port", str(free_port()), "--metrics-port", str(free_port())])
+        assert r.exit_code == 1
+        assert r.output.strip().startswith(f"Error: HTTP port {port} on 127.0.0.1 is busy")

@@ -1,0 +1,114 @@
+"""Minimal Triton clients for the ensemble: one streamed request over gRPC or HTTP
+(`trtbuild ask`), and a non-streamed HTTP `/generate`. tritonclient is imported lazily."""
+
+from __future__ import annotations
+
+import json
+import queue
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import numpy as np
+
+from trtbuild.errors import TrtbuildError
+
+
+class ServerError(TrtbuildError):
+    """The server answered a request with an error."""
+
+
+def _inputs(mod, prompt: str, max_tokens: int, stream: bool, extra: dict | None = None) -> list:
+    values = {"text_input": np.array([[prompt.encode("utf-8")]], dtype=object),
+              "max_tokens": np.array([[max_tokens]], dtype=np.int32),
+              "stream": np.array([[stream]], dtype=bool)}
+    for k, v in (extra or {}).items():
+        values[k] = v
+    out = []
+    for name, arr in values.items():
+        dtype = {np.dtype(object): "BYTES", np.dtype(np.int32): "INT32", np.dtype(bool): "BOOL",
+                 np.dtype(np.float32): "FP32", np.dtype(np.uint64): "UINT64"}[arr.dtype]
+        t = mod.InferInput(name, list(arr.shape), dtype)
+        t.set_data_from_numpy(arr)
+        out.append(t)
+    return out
+
+
+def stream_grpc(url: str, prompt: str, max_tokens: int, model: str = "ensemble",
+                extra: dict | None = None, timeout: float = 600) -> Iterator[dict]:
+    """Yield each streamed response as {"text_output", ...}; raises ServerError on an error."""
+    import tritonclient.grpc as grpcclient
+
+    q: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: q.put((result, error)))
+    try:
+        client.async_stream_infer(model, _inputs(grpcclient, prompt, max_tokens, True, extra),
+                                  enable_empty_final_response=True)
+        while True:
+            result, error = q.get(timeout=timeout)
+            if error is not None:
+                raise ServerError(str(error))
+            resp = result.get_response()
+            final = resp.parameters.get("triton_final_response")
+            out = _outputs(result)
+            if out:
+                yield out
+            if final is not None and final.bool_param:
+                return
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+
+
+def _outputs(result) -> dict:
+    out = {}
+    for name in ("text_output", "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens"):
+        arr = result.as_numpy(name)
+        if arr is None:
+            continue
+        v = arr.reshape(-1)[0]
+        out[name] = v.decode("utf-8") if isinstance(v, bytes) else v.item()
+    return out
+
+
+def _post(url: str, body: dict, timeout: float) -> urllib.request.Request:
+    return urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+
+
+def generate_http(url: str, prompt: str, max_tokens: int, model: str = "ensemble", extra: dict | None = None,
+                  timeout: float = 600) -> dict:
+    """POST /v2/models/{model}/generate: one JSON answer."""
+    body = {"text_input": prompt, "max_tokens": max_tokens, **(extra or {})}
+    try:
+        with urllib.request.urlopen(_post(f"http://{url}/v2/models/{model}/generate", body, timeout),
+                                    timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise ServerError(_error_text(e.read())) from None
+
+
+def stream_http(url: str, prompt: str, max_tokens: int, model: str = "ensemble", extra: dict | None = None,
+                timeout: float = 600) -> Iterator[dict]:
+    """POST /v2/models/{model}/generate_stream: yield each server-sent event's JSON."""
+    body = {"text_input": prompt, "max_tokens": max_tokens, "stream": True, **(extra or {})}
+    try:
+        with urllib.request.urlopen(_post(f"http://{url}/v2/models/{model}/generate_stream", body, timeout),
+                                    timeout=timeout) as r:
+            for raw in r:
+                line = raw.decode("utf-8").strip()
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                if "error" in event:
+                    raise ServerError(event["error"])
+                yield event
+    except urllib.error.HTTPError as e:
+        raise ServerError(_error_text(e.read())) from None
+
+
+def _error_text(raw: bytes) -> str:
+    try:
+        return json.loads(raw).get("error", raw.decode("utf-8", "replace"))
+    except (json.JSONDecodeError, AttributeError):
+        return raw.decode("utf-8", "replace")

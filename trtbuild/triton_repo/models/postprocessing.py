@@ -1,0 +1,28 @@
+"""Triton Python model `postprocessing` (written by trtbuild): token ids -> text."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from trtbuild.triton_repo.python_models import Postprocessor
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        p = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+        self.impl = Postprocessor(Path(args["model_repository"]) / p["tokenizer_dir"],
+                                  p.get("skip_special_tokens", "true") == "true")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()  # [B, beam, n]
+            lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()  # [B, beam]
+            texts = [[self.impl(list(tokens[b, k, : lengths[b, k]])).encode("utf-8")
+                      for k in range(tokens.shape[1])] for b in range(tokens.shape[0])]
+            out = pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses

@@ -1,0 +1,47 @@
+"""Triton Python model `preprocessing` (written by trtbuild): text -> token ids, limits checked."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from trtbuild.triton_repo.python_models import Preprocessor, RequestError
+
+
+def _params(args):
+    cfg = json.loads(args["model_config"])
+    return {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+
+
+def _opt(request, name):
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    return None if t is None else t.as_numpy()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        p = _params(args)
+        here = Path(args["model_repository"])
+        self.impl = Preprocessor(here / p["tokenizer_dir"], p["add_special_tokens"] == "true",
+                                 int(p["max_input_len"]), int(p["max_seq_len"]),
+                                 tuple(int(x) for x in p["end_ids"].split(",") if x))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                query = _opt(request, "QUERY").reshape(-1)[0]
+                max_tokens = int(_opt(request, "REQUEST_OUTPUT_LEN").reshape(-1)[0])
+                bad, stop = _opt(request, "BAD_WORDS_DICT"), _opt(request, "STOP_WORDS_DICT")
+                end, pad = _opt(request, "END_ID"), _opt(request, "PAD_ID")
+                out = self.impl(query, max_tokens,
+                                [] if bad is None else list(bad.reshape(-1)),
+                                [] if stop is None else list(stop.reshape(-1)),
+                                None if end is None else int(end.reshape(-1)[0]),
+                                None if pad is None else int(pad.reshape(-1)[0]))
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in out.items()]))
+            except RequestError as e:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e))))
+        return responses

@@ -1,0 +1,156 @@
+"""The logic behind the repository's Python models (pre/postprocessing, BLS, and the torch
+backend's `tensorrt_llm`), free of Triton so it can be tested directly. The `model.py` files copied
+into the repository are thin Triton adapters over these classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+END = "\ufffd"  # what a decoder yields for an incomplete UTF-8 sequence
+
+
+class RequestError(ValueError):
+    """A bad request: answered with an error response, the server stays up."""
+
+
+def word_list(words: list[str], tokenizer) -> np.ndarray:
+    """TensorRT-LLM's word-list form [2, L] int32: row 0 the concatenated ids, row 1 the cumulative
+    end offsets padded with -1; [2, 0] for no words."""
+    ids, offsets = [], []
+    for w in words:
+        if not w:
+            continue
+        toks = tokenizer(w, add_special_tokens=False)["input_ids"]
+        if not toks:
+            continue
+        ids += toks
+        offsets.append(len(ids))
+    if not ids:
+        return np.zeros((2, 0), dtype=np.int32)
+    out = np.full((2, len(ids)), -1, dtype=np.int32)
+    out[0] = ids
+    out[1, : len(offsets)] = offsets
+    return out
+
+
+def words_from_list(arr: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """Inverse of `word_list`: [2, L] -> the words as id tuples."""
+    arr = np.asarray(arr).reshape(2, -1)
+    words, start = [], 0
+    for end in arr[1]:
+        if end < 0:
+            break
+        words.append(tuple(int(t) for t in arr[0, start:end]))
+        start = int(end)
+    return tuple(words)
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def utf8(value, what: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RequestError(f"{what} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    return str(value)
+
+
+class Preprocessor:
+    """text -> ids, with the request limits of the engine checked."""
+
+    def __init__(self, tokenizer_dir: Path, add_special_tokens: bool, max_input_len: int, max_seq_len: int,
+                 end_ids: tuple[int, ...]) -> None:
+        self.tok = load_tokenizer(tokenizer_dir)
+        self.add_special_tokens = add_special_tokens
+        self.max_input_len, self.max_seq_len = max_input_len, max_seq_len
+        self.end_id = end_ids[0] if end_ids else (self.tok.eos_token_id or 0)
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_id
+
+    def __call__(self, query, max_tokens: int, bad_words: list, stop_words: list, end_id: int | None,
+                 pad_id: int | None) -> dict[str, np.ndarray]:
+        text = utf8(query, "text_input")
+        if not text:
+            raise RequestError("text_input is empty")
+        if max_tokens < 1:
+            raise RequestError(f"max_tokens must be >= 1, got {max_tokens}")
+        ids = self.tok(text, add_special_tokens=self.add_special_tokens)["input_ids"]
+        if not ids:
+            raise RequestError("text_input encodes to no tokens")
+        if len(ids) > self.max_input_len:
+            raise RequestError(f"prompt has {len(ids)} tokens, more than max_input_len {self.max_input_len}")
+        if len(ids) + max_tokens > self.max_seq_len:
+            raise RequestError(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds max_seq_len "
+                               f"{self.max_seq_len}")
+        bad = [utf8(w, "bad_words") for w in bad_words]
+        stop = [utf8(w, "stop_words") for w in stop_words]
+        return {
+            "INPUT_ID": np.array([ids], dtype=np.int32),
+            "REQUEST_INPUT_LEN": np.array([[len(ids)]], dtype=np.int32),
+            "REQUEST_OUTPUT_LEN": np.array([[max_tokens]], dtype=np.int32),
+            "BAD_WORDS_IDS": word_list(bad, self.tok)[None],
+            "STOP_WORDS_IDS": word_list(stop, self.tok)[None],
+            "OUT_END_ID": np.array([[self.end_id if end_id is None else end_id]], dtype=np.int32),
+            "OUT_PAD_ID": np.array([[self.pad_id if pad_id is None else pad_id]], dtype=np.int32),
+        }
+
+
+class Postprocessor:
+    """ids -> text. A streamed chunk is decoded after an anchor token and the anchor's text is cut
+    off, so a chunk's leading space survives (SentencePiece drops it when decoding alone)."""
+
+    def __init__(self, tokenizer_dir: Path, skip_special_tokens: bool = True) -> None:
+        self.tok = load_tokenizer(tokenizer_dir)
+        self.skip = skip_special_tokens
+        self.anchor = self.tok("a", add_special_tokens=False)["input_ids"][:1]
+        self.anchor_text = self._decode(self.anchor)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=self.skip, clean_up_tokenization_spaces=False)
+
+    def __call__(self, tokens: list[int]) -> str:
+        if not tokens:
+            return ""
+        text = self._decode(self.anchor + list(tokens))
+        return text[len(self.anchor_text):] if text.startswith(self.anchor_text) else self._decode(list(tokens))
+
+
+class Detokenizer:
+    """Incremental text of a growing token list: deltas that never split a multi-byte character."""
+
+    def __init__(self, tokenizer, skip_special_tokens: bool = True) -> None:
+        self.tok, self.skip = tokenizer, skip_special_tokens
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def add(self, tokens: list[int], final: bool = False) -> str:
+        self.tokens += tokens
+        text = self.tok.decode(self.tokens, skip_special_tokens=self.skip, clean_up_tokenization_spaces=False)
+        if text.endswith(END) and not final:
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+
+class Holdback:
+    """Streams token chunks but holds back tokens that end inside a multi-byte character, so each
+    chunk decodes to whole characters (at most `limit` tokens are held)."""
+
+    def __init__(self, tokenizer, limit: int = 8) -> None:
+        self.tok, self.limit = tokenizer, limit
+        self.pending: list[int] = []
+
+    def push(self, tokens: list[int], final: bool) -> list[int]:
+        self.pending += tokens
+        if self.tok is not None and not final and len(self.pending) < self.limit:
+            if self.tok.decode(self.pending, skip_special_tokens=False).endswith(END):
+                return []
+        out, self.pending = self.pending, []
+        return out
