@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo
-PROMPT ?= What is the capital of France? Answer in one sentence.
+PROMPT ?= The three primary colors are
 
 .PHONY: setup demo test clean
 
@@ -24,7 +24,8 @@ $(DEMO)/hf/config.json: $(BIN)/.installed
 
 demo: $(DEMO)/hf/config.json
 	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/out --lookahead 4,3,4 --max-seq-len 2048
-	$(BIN)/trtbuild generate $(DEMO)/out/engine --chat --prompt "$(PROMPT)" --max-tokens 48
+	$(BIN)/trtbuild serve $(DEMO)/out --http-port 18000 --grpc-port 18001 --metrics-port 18002 \
+		--once "$(PROMPT)" --max-tokens 48
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: setup

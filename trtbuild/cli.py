@@ -207,7 +207,11 @@ def repo(engine_dir: Path, out_dir: Path, streaming: bool, engine_dir_in_repo: s
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
 @click.option("--log-file", type=click.Path(path_type=Path), default=None, help="tritonserver's log.")
-def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None) -> None:
+@click.option("--once", "once", default=None, metavar="PROMPT",
+              help="Start, stream one request over gRPC (printed as it arrives), stop: a smoke test.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="For --once.")
+def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None,
+          once: str | None, max_tokens: int) -> None:
     """Serve a model repository with tritonserver until Ctrl-C / SIGTERM (a build dir's triton_repo too)."""
     import signal
 
@@ -226,6 +230,14 @@ def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_por
     with server:
         click.echo(f"ready: HTTP http://{host}:{http_port}  gRPC {host}:{grpc_port}  "
                    f"metrics http://{host}:{metrics_port}/metrics  (model: ensemble)")
+        if once is not None:
+            from trtbuild.serve.client import stream_grpc
+
+            click.echo(f"> {once}")
+            for out in stream_grpc(server.grpc_url, once, max_tokens):
+                click.echo(out.get("text_output", ""), nl=False)
+            click.echo()
+            stop["now"] = True
         import time
 
         while not stop["now"] and server.proc.poll() is None:

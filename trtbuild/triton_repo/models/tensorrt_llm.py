@@ -2,6 +2,7 @@
 runtime's in-flight batching scheduler behind the tensorrtllm backend's tensor names."""
 
 import json
+import queue
 import threading
 from pathlib import Path
 
@@ -37,9 +38,24 @@ class TritonPythonModel:
         has_tok = (engine / "tokenizer.json").is_file() or (engine / "tokenizer.model").is_file()
         self.tokenizer = load_tokenizer(engine) if has_tok else None
         self.thread = self.scheduler.serve_forever()
+        # responses leave from their own thread: the decode loop never waits on Triton's IPC
+        self._outbox = queue.Queue()
+        self._sender = threading.Thread(target=self._send_loop, daemon=True)
+        self._sender.start()
         self._metrics_stop = threading.Event()
         self._metrics = threading.Thread(target=self._export_metrics, daemon=True)
         self._metrics.start()
+
+    def _send_loop(self):
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            sender, response, flags = item
+            try:
+                sender.send(response, flags=flags)
+            except Exception:  # noqa: BLE001 (the client is gone: nothing to deliver to)
+                pass
 
     def _export_metrics(self):
         """The scheduler's statistics as Prometheus gauges on Triton's metrics endpoint."""
@@ -125,14 +141,13 @@ class TritonPythonModel:
             if streaming and sender is not None:
                 chunk = hold.push(tokens, result is not None)
                 if chunk or result is not None:
-                    resp = self._response(chunk, job)
-                    sender.send(resp, flags=FINAL if result is not None else 0)
+                    self._outbox.put((sender, self._response(chunk, job), FINAL if result is not None else 0))
                 return
             collected.extend(tokens)
             if result is not None:
                 resp = self._response(collected, job)
                 if sender is not None:
-                    sender.send(resp, flags=FINAL)
+                    self._outbox.put((sender, resp, FINAL))
                 box["response"] = resp
                 done.set()
 
@@ -146,5 +161,6 @@ class TritonPythonModel:
         return (None, None) if sender is not None else (done, box)
 
     def finalize(self):
+        self._outbox.put(None)
         self._metrics_stop.set()
         self.scheduler.shutdown()
