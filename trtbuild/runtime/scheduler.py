@@ -154,18 +154,23 @@ class Scheduler:
         job = self._jobs.get(job_id)
         return (job.steps, job.accepted, job.drafted) if job is not None else (0, 0, 0)
 
-    def serve_forever(self) -> threading.Thread:
-        """Run the step loop in a daemon thread until `shutdown()`."""
-        def loop() -> None:
-            while True:
-                with self._cv:
-                    while not self._stop and not self.waiting and not self.running:
-                        self._cv.wait()
-                    if self._stop:
-                        return
-                self.step()
+    def run_forever(self) -> None:
+        """The step loop, in the calling thread, until `shutdown()` (idle: waits for work).
 
-        t = threading.Thread(target=loop, name="trtbuild-scheduler", daemon=True)
+        On CPU, run it in the thread that loaded the model: OpenMP keeps one thread team per
+        thread, and a step loop whose model was packed from another thread ran 64 SmolLM2 tokens in
+        1.52-1.60 s on a 2-core machine instead of 1.13-1.19 s."""
+        while True:
+            with self._cv:
+                while not self._stop and not self.waiting and not self.running:
+                    self._cv.wait()
+                if self._stop:
+                    return
+            self.step()
+
+    def serve_forever(self) -> threading.Thread:
+        """Run `run_forever` in a daemon thread."""
+        t = threading.Thread(target=self.run_forever, name="trtbuild-scheduler", daemon=True)
         t.start()
         return t
 
