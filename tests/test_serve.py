@@ -129,9 +129,7 @@ def test_concurrency_bad_requests_and_disconnect(builds, tmp_path):
         assert "".join(c["text_output"] for c in stream_grpc(s.grpc_url, PROMPTS[0], 8)) == want.get(
             (PROMPTS[0], 8), _expected(build, PROMPTS[0], 8))
 
-        # a client that leaves mid-stream frees its slot. Triton 2.51 does not pass a gRPC stream's
-        # cancellation on to the models inside an ensemble, so this talks to tensorrt_llm itself (the
-        # path that carries it; see the README)
+        # a client that leaves mid-stream frees its slot: first talking to tensorrt_llm itself
         import tritonclient.grpc as grpcclient
 
         before = _metrics(s)
@@ -160,6 +158,20 @@ def test_concurrency_bad_requests_and_disconnect(builds, tmp_path):
             time.sleep(0.2)
         assert m["cancelled"] == before["cancelled"] + 1 and m["active"] == 0
         assert m["tokens_generated"] - before["tokens_generated"] < 300  # stopped long before 400 tokens
+        # ... and through the ensemble (postprocessing sees the cancelled steps and tells tensorrt_llm)
+        before = _metrics(s)
+        stream = stream_grpc(s.grpc_url, PROMPTS[1], 400)
+        next(stream)
+        next(stream)
+        stream.close()  # stops the stream, cancelling the request
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = _metrics(s)
+            if m["cancelled"] > before["cancelled"] and m["active"] == 0:
+                break
+            time.sleep(0.2)
+        assert m["cancelled"] == before["cancelled"] + 1 and m["active"] == 0
+        assert m["tokens_generated"] - before["tokens_generated"] < 300
         assert "".join(c["text_output"] for c in stream_grpc(s.grpc_url, PROMPTS[0], 8)) == _expected(
             build, PROMPTS[0], 8)
 

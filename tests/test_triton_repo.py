@@ -147,3 +147,11 @@ def test_streamed_text_never_splits_characters_or_drops_spaces(tok, demo_hf):
     det = Detokenizer(tok)
     deltas = [det.add([t]) for t in ids] + [det.add([], final=True)]
     assert "".join(deltas) == tok.decode(ids) and all("\ufffd" not in d for d in deltas)
+
+
+def test_cancellation_tag_rides_after_sequence_length():
+    from trtbuild.triton_repo.python_models import TAG, read_tag, tag_tokens
+
+    row = tag_tokens([5, 6, 7], 42)
+    assert row == [5, 6, 7, TAG, 42] and row[:3] == [5, 6, 7]  # readers stop at sequence_length 3
+    assert read_tag(row, 3) == 42 and read_tag([5, 6, 7], 3) is None and read_tag([5, 6, 7, 8, 9], 3) is None

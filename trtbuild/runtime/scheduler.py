@@ -108,8 +108,13 @@ class Scheduler:
 
     # --- the public side (any thread) ---------------------------------------------------------
 
+    def reserve_id(self) -> int:
+        """An id for a request about to be submitted (so its callback can know it from the start)."""
+        with self._cv:
+            return next(self._ids)
+
     def submit(self, request: Request, on_tokens: Callback, mode: str | None = None,
-               lookahead: LookaheadSpec | None = None) -> int:
+               lookahead: LookaheadSpec | None = None, job_id: int | None = None) -> int:
         """Queue a request; returns its id. mode: plain | medusa | lookahead (default: the engine's)."""
         validate(self.model, [request])
         if len(request.prompt) + request.max_new_tokens > self.max_seq_len:
@@ -132,7 +137,8 @@ class Scheduler:
         elif mode != "plain" and mode != "medusa":
             raise GenerationError(f"unknown decoding mode {mode!r}")
         with self._cv:
-            job = _Job(next(self._ids), request, mode, lookahead, on_tokens, time.monotonic())
+            job = _Job(next(self._ids) if job_id is None else job_id, request, mode, lookahead, on_tokens,
+                       time.monotonic())
             job.generator = request.sampling.generator(self.model.device)
             self.waiting.append(job)
             self._jobs[job.id] = job

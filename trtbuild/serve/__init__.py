@@ -171,6 +171,8 @@ class TritonServer:
             return False
 
     def stop(self) -> None:
+        if self.proc is not None:  # the Python models' shared cancellation directory
+            shutil.rmtree(Path(tempfile.gettempdir()) / f"trtbuild-cancel-{self.proc.pid}", ignore_errors=True)
         if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)

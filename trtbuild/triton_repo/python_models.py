@@ -11,6 +11,35 @@ import numpy as np
 
 END = "\ufffd"  # what a decoder yields for an incomplete UTF-8 sequence
 
+# Cancellation through an ensemble. Triton 2.51 checks an ensemble's cancellation only between
+# steps, so the in-flight tensorrt_llm step of a stream whose client left never hears of it; the
+# postprocessing steps created afterwards arrive cancelled, though. The torch tensorrt_llm model
+# therefore tags each response's output_ids *after* sequence_length (padding every reader skips)
+# with [TAG, job id]; postprocessing, seeing a cancelled request, drops a file named after the job
+# into a directory shared by the sibling stubs of one tritonserver, and tensorrt_llm cancels it.
+TAG = -29810
+
+
+def tag_tokens(tokens: list[int], job_id: int) -> list[int]:
+    return list(tokens) + [TAG, job_id]
+
+
+def read_tag(row, length: int) -> int | None:
+    """The job id tagged after `length` valid tokens of an output_ids row, if any."""
+    if len(row) >= length + 2 and int(row[length]) == TAG:
+        return int(row[length + 1])
+    return None
+
+
+def cancel_dir() -> Path:
+    """A directory shared by the Python models of one tritonserver (their common parent)."""
+    import os
+    import tempfile
+
+    d = Path(tempfile.gettempdir()) / f"trtbuild-cancel-{os.getppid()}"
+    d.mkdir(exist_ok=True)
+    return d
+
 
 class RequestError(ValueError):
     """A bad request: answered with an error response, the server stays up."""

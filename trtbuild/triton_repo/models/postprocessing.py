@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from trtbuild.triton_repo.python_models import Postprocessor
+from trtbuild.triton_repo.python_models import Postprocessor, cancel_dir, read_tag
 
 
 class TritonPythonModel:
@@ -15,12 +15,20 @@ class TritonPythonModel:
         p = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
         self.impl = Postprocessor(Path(args["model_repository"]) / p["tokenizer_dir"],
                                   p.get("skip_special_tokens", "true") == "true")
+        self.cancelled = cancel_dir()
 
     def execute(self, requests):
         responses = []
         for request in requests:
             tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()  # [B, beam, n]
             lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()  # [B, beam]
+            if request.is_cancelled():  # the client left an ensemble stream: tell tensorrt_llm
+                job = read_tag(tokens[0, 0], int(lengths[0, 0]))
+                if job is not None:
+                    (self.cancelled / str(job)).touch()
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError("cancelled", pb_utils.TritonError.CANCELLED)))
+                continue
             texts = [[self.impl(list(tokens[b, k, : lengths[b, k]])).encode("utf-8")
                       for k in range(tokens.shape[1])] for b in range(tokens.shape[0])]
             out = pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))

@@ -14,7 +14,7 @@ from trtbuild.errors import TrtbuildError
 from trtbuild.runtime import Model, Request, SamplingParams
 from trtbuild.runtime.scheduler import Scheduler
 from trtbuild.runtime.tokenizer import default_end_ids
-from trtbuild.triton_repo.python_models import Holdback, load_tokenizer, words_from_list
+from trtbuild.triton_repo.python_models import Holdback, cancel_dir, load_tokenizer, tag_tokens, words_from_list
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -31,6 +31,7 @@ class TritonPythonModel:
         engine = Path(args["model_repository"]) / p["engine_dir"]
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(cfg)
         self.end_ids = default_end_ids(engine)
+        self.cancelled = cancel_dir()
         has_tok = (engine / "tokenizer.json").is_file() or (engine / "tokenizer.model").is_file()
         self.tokenizer = load_tokenizer(engine) if has_tok else None
         # The model is loaded, and the scheduler runs, in one thread of its own: on CPU, OpenMP
@@ -116,11 +117,11 @@ class TritonPythonModel:
         return req, bool(_opt(request, "streaming", [False])[0])
 
     @staticmethod
-    def _response(tokens, job_stats):
+    def _response(tokens, job_stats, job_id):
         steps, accepted, drafted = job_stats
         rate = accepted / drafted if drafted else 0.0
         return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("output_ids", np.array([[tokens]], dtype=np.int32).reshape(1, 1, -1)),
+            pb_utils.Tensor("output_ids", np.array(tag_tokens(tokens, job_id), dtype=np.int32).reshape(1, 1, -1)),
             pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
             pb_utils.Tensor("acceptance_rate", np.array([[rate]], dtype=np.float32)),
             pb_utils.Tensor("total_accepted_draft_tokens", np.array([[accepted]], dtype=np.int32)),
@@ -154,29 +155,31 @@ class TritonPythonModel:
         done, box = threading.Event(), {}
         hold = Holdback(self.tokenizer)
         collected = []
-        state = {"id": None}
+        state = {"id": self.scheduler.reserve_id()}
         sched = self.scheduler
 
         def on_tokens(tokens, result):
-            if sender is not None and sender.is_cancelled():
+            flag = self.cancelled / str(state["id"])
+            if (sender is not None and sender.is_cancelled()) or flag.exists():
+                flag.unlink(missing_ok=True)
                 sched.cancel(state["id"])
                 return
             job = sched.progress(state["id"])
             if streaming and sender is not None:
                 chunk = hold.push(tokens, result is not None)
                 if chunk or result is not None:
-                    self._outbox.put((sender, self._response(chunk, job), FINAL if result is not None else 0))
+                    self._outbox.put((sender, self._response(chunk, job, state["id"]), FINAL if result is not None else 0))
                 return
             collected.extend(tokens)
             if result is not None:
-                resp = self._response(collected, job)
+                resp = self._response(collected, job, state["id"])
                 if sender is not None:
                     self._outbox.put((sender, resp, FINAL))
                 box["response"] = resp
                 done.set()
 
         try:
-            state["id"] = sched.submit(req, on_tokens)
+            sched.submit(req, on_tokens, job_id=state["id"])
         except TrtbuildError as e:
             err = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e)))
             if sender is not None:
