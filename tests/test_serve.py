@@ -76,6 +76,10 @@ def test_text_through_triton_equals_generate(builds, tmp_path, kind):
             assert "".join(e["text_output"] for e in events) == want[p]
             bls = list(stream_grpc(s.grpc_url, p, 24, model="tensorrt_llm_bls"))
             assert "".join(c["text_output"] for c in bls) == want[p]
+        r = CliRunner().invoke(cli, ["ask", s.grpc_url, PROMPTS[0], "--max-tokens", "24"])
+        assert r.exit_code == 0 and r.output == want[PROMPTS[0]] + "\n"
+        r = CliRunner().invoke(cli, ["ask", s.http_url, PROMPTS[0], "--max-tokens", "24", "--protocol", "http"])
+        assert r.exit_code == 0 and r.output == want[PROMPTS[0]] + "\n"
         if kind != "plain":
             last = list(stream_grpc(s.grpc_url, PROMPTS[1], 24))[-1]
             assert last["total_draft_tokens"] > 0 and "acceptance_rate" in last

@@ -155,3 +155,14 @@ def test_cancellation_tag_rides_after_sequence_length():
     row = tag_tokens([5, 6, 7], 42)
     assert row == [5, 6, 7, TAG, 42] and row[:3] == [5, 6, 7]  # readers stop at sequence_length 3
     assert read_tag(row, 3) == 42 and read_tag([5, 6, 7], 3) is None and read_tag([5, 6, 7, 8, 9], 3) is None
+
+
+def test_mpirun_command_for_a_tp2_engine(tmp_path):
+    from trtbuild.serve import mpi_command
+
+    cmd = mpi_command(tmp_path, 2, "0.0.0.0", 8000, 8001, 8002, server=Path("/opt/tritonserver/bin/tritonserver"))
+    assert cmd[:2] == ["mpirun", "--allow-run-as-root"] and cmd.count(":") == 1
+    first, second = " ".join(cmd).split(" : ")
+    assert "shm-region-prefix-name=prefix0_" in first and "--http-port=8000" in first and "--load-model" not in first
+    assert "shm-region-prefix-name=prefix1_" in second and "--model-control-mode=explicit" in second
+    assert "--load-model=tensorrt_llm" in second and "--http-port" not in second
