@@ -191,3 +191,5 @@ class TritonPythonModel:
         self._outbox.put(None)
         self._metrics_stop.set()
         self.scheduler.shutdown()
+        for t in (self.thread, self._sender, self._metrics):  # no Python thread outlives the stub
+            t.join(10)
