@@ -261,6 +261,82 @@ def ask(url: str, prompt: str, protocol: str, max_tokens: int, model: str) -> No
     click.echo()
 
 
+@cli.group(invoke_without_command=True)
+@click.option("--url", default=None, help="HOST:PORT of the server (gRPC port for grpc, HTTP port for http).")
+@click.option("--in-process", "engine_dir", type=click.Path(path_type=Path), default=None,
+              help="Send the load straight to the reference runtime's scheduler for this engine dir.")
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
+@click.option("--model", default="ensemble", show_default=True)
+@click.option("--concurrency", default="1", show_default=True, help="Comma-separated load points.")
+@click.option("--request-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Requests per second (Poisson arrivals) instead of --concurrency.")
+@click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--num-requests", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--dataset", type=click.Path(path_type=Path), default=None, help="JSON lines with text_input[, max_tokens].")
+@click.option("--isl", default="128", show_default=True, help="Input length MEAN[:STD] in tokens (synthetic prompts).")
+@click.option("--osl", default="64", show_default=True, help="Output length MEAN[:STD] in tokens.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--slo", default=None, help="Goodput SLO, e.g. ttft:500,itl:50 (milliseconds).")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="Tokenizer dir (default: the engine dir, or ./demo/out/engine).")
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None)
+@click.pass_context
+def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol: str, model: str, concurrency: str,
+          request_rate: float | None, burstiness: float, num_requests: int, warmup: int, dataset: Path | None,
+          isl: str, osl: str, seed: int, slo: str | None, tokenizer: Path | None, out_dir: Path | None) -> None:
+    """Load a server (or the in-process runtime) and report TTFT, ITL, latency, throughput, acceptance."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from trtbuild.bench import bench as run
+    from trtbuild.bench.load import (dataset_prompts, grpc_sender, http_sender, inprocess_sender, parse_length,
+                                     synthetic_prompts)
+    from trtbuild.bench.metrics import parse_slo
+    from trtbuild.runtime.tokenizer import load_tokenizer
+
+    if (url is None) == (engine_dir is None):
+        raise click.UsageError("give either --url HOST:PORT or --in-process ENGINE_DIR")
+    try:
+        points = ([{"request_rate": request_rate, "burstiness": burstiness, "seed": seed}] if request_rate else
+                  [{"concurrency": int(c)} for c in concurrency.split(",") if c.strip()])
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {concurrency!r}") from None
+    if any(p.get("concurrency", 1) < 1 for p in points) or not points:
+        raise click.BadParameter("concurrency values must be >= 1", param_hint="--concurrency")
+    slo_ms = parse_slo(slo)
+    tok = load_tokenizer(tokenizer or engine_dir or Path("demo/out/engine"))
+    if dataset is not None:
+        prompts = dataset_prompts(dataset, tok, parse_length(osl, "--osl")[0])[:num_requests]
+    else:
+        prompts = synthetic_prompts(tok, num_requests, parse_length(isl, "--isl"), parse_length(osl, "--osl"), seed)
+    stop = None
+    if engine_dir is not None:
+        send, stop = inprocess_sender(engine_dir)
+        meta = {"target": {"in_process": str(engine_dir)}}
+    else:
+        send = (grpc_sender if protocol == "grpc" else http_sender)(url, model)
+        meta = {"target": {"url": url, "protocol": protocol, "model": model}}
+    spec = (engine_dir or Path(".")).parent / "spec.yaml"
+    if engine_dir is not None and spec.is_file():
+        import yaml
+
+        meta["spec"] = yaml.safe_load(spec.read_text())
+    try:
+        run(send, prompts, tok, points, warmup=warmup, slo=slo_ms, out_dir=out_dir, meta=meta, echo=click.echo)
+    finally:
+        if stop:
+            stop()
+
+
+@bench.command("compare")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+def bench_compare(dirs: tuple[Path, ...]) -> None:
+    """Runs side by side (results.json of each DIR), with ratios to the first."""
+    from trtbuild.bench.compare import compare
+
+    click.echo(compare(list(dirs)))
+
+
 def _ids(text: str) -> tuple[int, ...]:
     try:
         ids = tuple(int(x) for x in text.replace(" ", "").split(",") if x)

@@ -1,0 +1,119 @@
+"""`trtbuild bench`: metrics by hand, and a real tritonserver under load, cross-checked by a
+separate minimal client; in-process mode; compare."""
+
+from __future__ import annotations
+
+import json
+import queue
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from trtbuild.bench.metrics import RequestRecord, parse_slo, percentile, summarize
+from trtbuild.cli import cli
+from trtbuild.errors import ConfigError
+
+
+def test_metrics_by_hand():
+    a = RequestRecord(0, sent=10.0, input_tokens=5, responses=[10.1, 10.2, 10.4], output_tokens=5)
+    b = RequestRecord(1, sent=10.5, input_tokens=7, responses=[10.9, 11.5], output_tokens=3,
+                      accepted_draft_tokens=1, draft_tokens=4)
+    c = RequestRecord(2, sent=10.6, input_tokens=3, error="boom")
+    assert a.ttft == pytest.approx(0.1) and a.latency == pytest.approx(0.4) and a.itl == pytest.approx(0.075)
+    s = summarize([a, b, c], slo={"ttft": 200})
+    assert s["requests"] == 3 and s["errors"] == 1 and s["duration_s"] == pytest.approx(1.5)
+    assert s["time_to_first_token_ms"]["max"] == pytest.approx(400) and s["time_to_first_token_ms"]["p50"] == pytest.approx(250)
+    assert s["output_token_throughput_per_s"] == pytest.approx(8 / 1.5)
+    assert s["request_throughput_per_s"] == pytest.approx(2 / 1.5) and s["goodput_per_s"] == pytest.approx(1 / 1.5)
+    assert s["acceptance_rate"] == pytest.approx(0.25) and s["acceptance_length"] == pytest.approx(8 / (5 + 2))
+    assert percentile([1, 2, 3, 4], 50) == 2.5 and percentile([7], 99) == 7
+    assert parse_slo("ttft:500, itl:50") == {"ttft": 500.0, "itl": 50.0}
+    for bad, msg in (("foo:1", "unknown metric 'foo'"), ("ttft:x", "needs a number"), ("itl:0", "must be > 0")):
+        with pytest.raises(ConfigError, match=msg):
+            parse_slo(bad)
+
+
+@pytest.mark.slow
+def test_bench_against_a_real_server(demo_hf, tmp_path):
+    from trtbuild.runtime.tokenizer import load_tokenizer
+    from trtbuild.serve import TritonServer, free_port
+
+    r = CliRunner().invoke(cli, [str(demo_hf), "-o", str(tmp_path / "b"), "--max-seq-len", "512",
+                                 "--max-batch-size", "8"])
+    assert r.exit_code == 0, r.output
+    engine = tmp_path / "b" / "engine"
+    tok = load_tokenizer(engine)
+    with TritonServer(tmp_path / "b" / "triton_repo", http_port=free_port(), grpc_port=free_port(),
+                      metrics_port=free_port()) as s:
+        out = tmp_path / "run"
+        r = CliRunner().invoke(cli, ["bench", "--url", s.grpc_url, "--concurrency", "1,3", "--num-requests", "6",
+                                     "--isl", "48:8", "--osl", "24", "--tokenizer", str(engine),
+                                     "--slo", "ttft:5000", "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        report = json.loads((out / "results.json").read_text())
+        assert [x["load"] for x in report["results"]] == [{"concurrency": 1}, {"concurrency": 3}]
+        lines = [json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()]
+        assert len(lines) == 12 and all(x["error"] is None for x in lines)
+        for x in lines:
+            assert x["output_tokens"] == len(tok(x["text"], add_special_tokens=False)["input_ids"]) > 1
+            assert x["ttft"] <= x["latency"]
+            assert x["ttft"] + x["itl"] * (x["output_tokens"] - 1) == pytest.approx(x["latency"], rel=0.05)
+        for res in report["results"]:
+            assert res["requests"] == 6 and res["errors"] == 0 and res["goodput_per_s"] > 0
+        assert (out / "results.csv").read_text().count("\n") == 3
+        assert "concurrency 3" in r.output and "TTFT p50" in r.output
+
+        # an independent minimal client: its own timing of the same prompts, one at a time
+        import tritonclient.grpc as grpcclient
+
+        ttfts, lats = [], []
+        from trtbuild.bench.load import synthetic_prompts
+
+        ps = synthetic_prompts(tok, 6, (48, 8), (24, 0), 0)  # the prompts bench sent (same seed)
+        for p in ps[:4]:
+            q: queue.Queue = queue.Queue()
+            c = grpcclient.InferenceServerClient(s.grpc_url)
+            c.start_stream(callback=lambda result, error: q.put((time.monotonic(), result, error)))
+            ins = []
+            for name, arr, dt in (("text_input", np.array([[p.text.encode()]], dtype=object), "BYTES"),
+                                  ("max_tokens", np.array([[p.max_tokens]], np.int32), "INT32"),
+                                  ("stream", np.array([[True]]), "BOOL")):
+                t = grpcclient.InferInput(name, list(arr.shape), dt)
+                t.set_data_from_numpy(arr)
+                ins.append(t)
+            t0 = time.monotonic()
+            c.async_stream_infer("ensemble", ins, enable_empty_final_response=True)
+            times = []
+            while True:
+                at, result, error = q.get(timeout=120)
+                assert error is None
+                if result.as_numpy("text_output") is not None and result.as_numpy("text_output").reshape(-1)[0]:
+                    times.append(at)
+                final = result.get_response().parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    break
+            c.stop_stream()
+            c.close()
+            ttfts.append(times[0] - t0)
+            lats.append(times[-1] - t0)
+        ours = [x for x in lines if x["load"] == {"concurrency": 1}][:4]
+        assert statistics.median(x["latency"] for x in ours) == pytest.approx(statistics.median(lats), rel=0.10)
+        assert statistics.median(x["ttft"] for x in ours) == pytest.approx(statistics.median(ttfts), rel=0.10, abs=0.01)
+
+    inproc = tmp_path / "inproc"
+    r = CliRunner().invoke(cli, ["bench", "--in-process", str(engine), "--concurrency", "1", "--num-requests", "3",
+                                 "--isl", "48", "--osl", "16", "-o", str(inproc)])
+    assert r.exit_code == 0, r.output
+    cmp = CliRunner().invoke(cli, ["bench", "compare", str(out), str(inproc)])
+    assert cmp.exit_code == 0 and "(1.00x)" in cmp.output and str(inproc)[-20:] in cmp.output
+
+
+def test_bench_bad_arguments(tmp_path):
+    r = CliRunner().invoke(cli, ["bench"])
+    assert r.exit_code == 2 and "give either --url HOST:PORT or --in-process ENGINE_DIR" in r.output
+    r = CliRunner().invoke(cli, ["bench", "compare", str(tmp_path)])
+    assert r.exit_code == 1 and "no readable results.json" in r.output
