@@ -22,10 +22,21 @@ setup: $(BIN)/.installed
 $(DEMO)/hf/config.json: $(BIN)/.installed
 	$(BIN)/trtbuild demo-model -o $(DEMO)/hf --force
 
-demo: $(DEMO)/hf/config.json
-	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/out --lookahead 4,3,4 --max-seq-len 2048
-	$(BIN)/trtbuild serve $(DEMO)/out --http-port 18000 --grpc-port 18001 --metrics-port 18002 \
+# Small Medusa heads for the demo (a couple of minutes here; `train-medusa` defaults train better ones).
+$(DEMO)/heads/config.json: $(DEMO)/hf/config.json
+	$(BIN)/trtbuild train-medusa $(DEMO)/hf -o $(DEMO)/heads --steps 300 --sequences 96 --seq-tokens 96 --batch 32
+
+# The main job: three builds (plain, Medusa, lookahead), a smoke request through a real tritonserver,
+# then the same load against each build served in turn: plain vs Medusa vs lookahead.
+demo: $(DEMO)/hf/config.json $(DEMO)/heads/config.json
+	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/plain --max-seq-len 1024 --max-batch-size 16
+	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/medusa --medusa $(DEMO)/heads --medusa-choices "{0}, {1}, {0, 0}" \
+		--max-seq-len 1024 --max-batch-size 16
+	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/lookahead --lookahead 1,5,2 --max-seq-len 1024 --max-batch-size 16
+	$(BIN)/trtbuild serve $(DEMO)/lookahead --http-port 18000 --grpc-port 18001 --metrics-port 18002 \
 		--once "$(PROMPT)" --max-tokens 48
+	$(BIN)/trtbuild bench sweep $(DEMO)/plain $(DEMO)/medusa $(DEMO)/lookahead --concurrency 1,4,16 \
+		--num-requests 16 --isl 128 --osl 64 -o $(DEMO)/bench
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: setup

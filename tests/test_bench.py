@@ -65,6 +65,8 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
         for res in report["results"]:
             assert res["requests"] == 6 and res["errors"] == 0 and res["goodput_per_s"] > 0
         assert (out / "results.csv").read_text().count("\n") == 3
+        for png in ("ttft.png", "itl.png", "throughput_vs_concurrency.png", "latency_vs_throughput.png"):
+            assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "concurrency 3" in r.output and "TTFT p50" in r.output
 
         # an independent minimal client: its own timing of the same prompts, one at a time
@@ -104,6 +106,21 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
         assert statistics.median(x["latency"] for x in ours) == pytest.approx(statistics.median(lats), rel=0.10)
         assert statistics.median(x["ttft"] for x in ours) == pytest.approx(statistics.median(ttfts), rel=0.10, abs=0.01)
 
+    # sweep: each build served in turn on the same load, one comparison
+    r = CliRunner().invoke(cli, [str(demo_hf), "-o", str(tmp_path / "la"), "--max-seq-len", "512",
+                                 "--max-batch-size", "8", "--lookahead", "1,5,2"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["bench", "sweep", str(tmp_path / "b"), str(tmp_path / "la"), "--concurrency", "1",
+                                 "--num-requests", "2", "--isl", "32", "--osl", "12", "--warmup", "0",
+                                 "-o", str(tmp_path / "sweep")])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "sweep" / "comparison.txt").read_text()
+    assert "sweep/b " in text and "sweep/la " in text and "(1.00x)" in text
+    for name in ("b", "la"):
+        res = json.loads((tmp_path / "sweep" / name / "results.json").read_text())
+        assert res["results"][0]["requests"] == 2 and res["results"][0]["errors"] == 0
+        assert res["spec"]["lookahead"] == ("1,5,2" if name == "la" else None)
+
     inproc = tmp_path / "inproc"
     r = CliRunner().invoke(cli, ["bench", "--in-process", str(engine), "--concurrency", "1", "--num-requests", "3",
                                  "--isl", "48", "--osl", "16", "-o", str(inproc)])
@@ -117,3 +134,33 @@ def test_bench_bad_arguments(tmp_path):
     assert r.exit_code == 2 and "give either --url HOST:PORT or --in-process ENGINE_DIR" in r.output
     r = CliRunner().invoke(cli, ["bench", "compare", str(tmp_path)])
     assert r.exit_code == 1 and "no readable results.json" in r.output
+
+
+def test_run_load_modes_with_a_stand_in_sender():
+    """The load shapes themselves (the real server is exercised above): counts, duration, rate."""
+    from trtbuild.bench.load import Prompt, run_load
+
+    class Tok:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": text.split()}
+
+    in_flight, peak = [0], [0]
+
+    def send(p, rec):
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        for w in range(3):
+            time.sleep(0.01)
+            rec.responses.append(time.monotonic())
+            rec.text += f"w{w} "
+        in_flight[0] -= 1
+
+    prompts = [Prompt("a b", 2, 3), Prompt("c", 1, 3)]
+    recs = run_load(send, prompts * 3, Tok(), concurrency=2)
+    assert len(recs) == 6 and all(r.output_tokens == 3 and r.error is None for r in recs) and peak[0] == 2
+    t0 = time.monotonic()
+    recs = run_load(send, prompts, Tok(), concurrency=2, duration=0.3)
+    assert time.monotonic() - t0 < 1.0 and len(recs) >= 6 and [r.input_tokens for r in recs[:3]] == [2, 1, 2]
+    t0 = time.monotonic()
+    recs = run_load(send, prompts * 4, Tok(), concurrency=None, rate=20.0, seed=1)  # ~8 / 20 s of arrivals
+    assert len(recs) == 8 and all(r.output_tokens == 3 for r in recs) and time.monotonic() - t0 > 0.1

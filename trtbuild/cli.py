@@ -272,6 +272,8 @@ def ask(url: str, prompt: str, protocol: str, max_tokens: int, model: str) -> No
               help="Requests per second (Poisson arrivals) instead of --concurrency.")
 @click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--num-requests", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds per load point instead of --num-requests (prompts are reused in turn).")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--dataset", type=click.Path(path_type=Path), default=None, help="JSON lines with text_input[, max_tokens].")
 @click.option("--isl", default="128", show_default=True, help="Input length MEAN[:STD] in tokens (synthetic prompts).")
@@ -283,7 +285,8 @@ def ask(url: str, prompt: str, protocol: str, max_tokens: int, model: str) -> No
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.pass_context
 def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol: str, model: str, concurrency: str,
-          request_rate: float | None, burstiness: float, num_requests: int, warmup: int, dataset: Path | None,
+          request_rate: float | None, burstiness: float, num_requests: int, duration: float | None, warmup: int,
+          dataset: Path | None,
           isl: str, osl: str, seed: int, slo: str | None, tokenizer: Path | None, out_dir: Path | None) -> None:
     """Load a server (or the in-process runtime) and report TTFT, ITL, latency, throughput, acceptance."""
     if ctx.invoked_subcommand is not None:
@@ -322,10 +325,32 @@ def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol
 
         meta["spec"] = yaml.safe_load(spec.read_text())
     try:
-        run(send, prompts, tok, points, warmup=warmup, slo=slo_ms, out_dir=out_dir, meta=meta, echo=click.echo)
+        run(send, prompts, tok, points, warmup=warmup, slo=slo_ms, out_dir=out_dir, meta=meta, echo=click.echo,
+            duration=duration)
     finally:
         if stop:
             stop()
+
+
+@bench.command("sweep")
+@click.argument("builds", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--concurrency", default="1,4,16", show_default=True)
+@click.option("--num-requests", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--isl", default="128", show_default=True)
+@click.option("--osl", default="64", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path))
+def bench_sweep(builds: tuple[Path, ...], concurrency: str, num_requests: int, isl: str, osl: str, seed: int,
+                warmup: int, out_dir: Path) -> None:
+    """Serve each build dir in turn (a real tritonserver) under the same load; one comparison."""
+    from trtbuild.bench.sweep import sweep
+
+    try:
+        points = [{"concurrency": int(c)} for c in concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {concurrency!r}") from None
+    sweep(list(builds), points, num_requests, isl, osl, seed, warmup, out_dir, echo=click.echo)
 
 
 @bench.command("compare")

@@ -4,6 +4,7 @@ metrics per load point, and results written as JSON, CSV and per-request JSON li
     DIR/results.json     metrics per load point, the served engine's spec when known, versions, machine
     DIR/results.csv      one row per load point
     DIR/requests.jsonl   one line per request: timestamps, lengths, text, errors
+    DIR/*.png            TTFT and ITL distributions, throughput vs concurrency, latency vs throughput
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ CSV_FIELDS = (("time_to_first_token_ms", "p50"), ("time_to_first_token_ms", "p99
 
 
 def bench(send, prompts: list[Prompt], tok, points: list[dict], *, warmup: int = 0, slo: dict | None = None,
-          out_dir: Path | None = None, meta: dict | None = None, echo=print) -> dict:
+          out_dir: Path | None = None, meta: dict | None = None, echo=print, duration: float | None = None) -> dict:
     """Run every load point ({"concurrency": C} or {"request_rate": R, "burstiness": B}) on `prompts`."""
     from tqdm import tqdm
 
@@ -31,10 +32,10 @@ def bench(send, prompts: list[Prompt], tok, points: list[dict], *, warmup: int =
         run_load(send, prompts[:warmup], tok, concurrency=1)
     results, all_records = [], []
     for point in points:
-        with tqdm(total=len(prompts), desc=_label(point), unit="req", leave=False) as bar:
+        with tqdm(total=None if duration else len(prompts), desc=_label(point), unit="req", leave=False) as bar:
             records = run_load(send, prompts, tok, concurrency=point.get("concurrency"),
                                rate=point.get("request_rate"), burstiness=point.get("burstiness", 1.0),
-                               seed=point.get("seed", 0), progress=lambda: bar.update(1))
+                               seed=point.get("seed", 0), progress=lambda: bar.update(1), duration=duration)
         summary = summarize(records, slo)
         results.append({"load": point, **summary})
         all_records += [{"load": point, **r.to_dict()} for r in records]
@@ -58,7 +59,11 @@ def bench(send, prompts: list[Prompt], tok, points: list[dict], *, warmup: int =
                 w.writerow([_label(r["load"]), r["requests"], r["errors"], r.get("output_token_throughput_per_s"),
                             r.get("request_throughput_per_s"), r.get("goodput_per_s"), r.get("acceptance_length"),
                             *[(r.get(m) or {}).get(q) for m, q in CSV_FIELDS]])
-        echo(f"wrote {out_dir}/results.json, results.csv, requests.jsonl")
+        from trtbuild.bench.plots import write_plots
+
+        plots = write_plots(report, all_records, out_dir)
+        echo(f"wrote {out_dir}/results.json, results.csv, requests.jsonl and plots: "
+             + ", ".join(p.name for p in plots))
     return report
 
 

@@ -106,17 +106,27 @@ def http_sender(url: str, model: str) -> Callable[[Prompt, RequestRecord], None]
 
 def run_load(send: Callable[[Prompt, RequestRecord], None], prompts: list[Prompt], tok, *, concurrency: int | None,
              rate: float | None = None, burstiness: float = 1.0, seed: int = 0,
-             progress: Callable[[], None] | None = None) -> list[RequestRecord]:
-    """Send every prompt; returns one record per prompt (in prompt order)."""
-    records = [RequestRecord(i, 0.0, p.input_tokens) for i, p in enumerate(prompts)]
+             progress: Callable[[], None] | None = None, duration: float | None = None) -> list[RequestRecord]:
+    """Send every prompt (with `duration`: cycle through them until that many seconds have passed,
+    then let the requests in flight finish); returns one record per request sent, in order."""
+    records: list[RequestRecord] = []
     lock = threading.Lock()
-    nxt = iter(range(len(prompts)))
+    deadline = time.monotonic() + duration if duration else None
+
+    def take() -> int | None:
+        with lock:
+            k = len(records)
+            if (deadline is None and k >= len(prompts)) or (deadline is not None and time.monotonic() >= deadline):
+                return None
+            p = prompts[k % len(prompts)]
+            records.append(RequestRecord(k, 0.0, p.input_tokens))
+            return k
 
     def one(i: int) -> None:
         rec = records[i]
         rec.sent = time.monotonic()
         try:
-            send(prompts[i], rec)
+            send(prompts[i % len(prompts)], rec)
         except Exception as e:  # noqa: BLE001 (recorded per request, reported in the results)
             rec.error = " ".join(str(e).split())
         rec.output_tokens = len(tok(rec.text, add_special_tokens=False)["input_ids"]) if rec.text else 0
@@ -125,11 +135,7 @@ def run_load(send: Callable[[Prompt, RequestRecord], None], prompts: list[Prompt
 
     if rate is None:
         def worker() -> None:
-            while True:
-                with lock:
-                    i = next(nxt, None)
-                if i is None:
-                    return
+            while (i := take()) is not None:
                 one(i)
 
         threads = [threading.Thread(target=worker) for _ in range(concurrency or 1)]
@@ -138,7 +144,7 @@ def run_load(send: Callable[[Prompt, RequestRecord], None], prompts: list[Prompt
     else:
         rng = random.Random(seed)
         threads = []
-        for i in range(len(prompts)):
+        while (i := take()) is not None:
             t = threading.Thread(target=one, args=(i,))
             t.start()
             threads.append(t)
