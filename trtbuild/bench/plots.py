@@ -20,12 +20,17 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
                                             else f"{load['request_rate']} req/s")
     written = []
     for metric, title, name in (("ttft", "Time to first token", "ttft.png"), ("itl", "Inter-token latency", "itl.png")):
+        import numpy as np
+
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for key, text in label.items():
-            values = [x[metric] * 1000 for x in records
-                      if str(sorted(x["load"].items())) == key and x.get(metric) is not None]
+        series = {text: [x[metric] * 1000 for x in records
+                         if str(sorted(x["load"].items())) == key and x.get(metric) is not None]
+                  for key, text in label.items()}
+        everything = [v for vs in series.values() for v in vs]
+        bins = np.histogram_bin_edges(everything, bins=30) if everything else 10  # shared by every load point
+        for text, values in series.items():
             if values:
-                ax.hist(values, bins=20, alpha=0.6, label=text)
+                ax.hist(values, bins=bins, alpha=0.6, label=text)
         ax.set_title(f"{title} distribution")
         ax.set_xlabel(f"{title} (ms)")
         ax.set_ylabel("requests")
