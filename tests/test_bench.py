@@ -68,6 +68,7 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
         for png in ("ttft.png", "itl.png", "throughput_vs_concurrency.png", "latency_vs_throughput.png"):
             assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "concurrency 3" in r.output and "TTFT p50" in r.output
+        assert report["spec"]["max_seq_len"] == 512  # the build's spec.yaml, found next to --tokenizer
 
         # an independent minimal client: its own timing of the same prompts, one at a time
         import tritonclient.grpc as grpcclient
@@ -132,6 +133,8 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
 def test_bench_bad_arguments(tmp_path):
     r = CliRunner().invoke(cli, ["bench"])
     assert r.exit_code == 2 and "give either --url HOST:PORT or --in-process ENGINE_DIR" in r.output
+    r = CliRunner().invoke(cli, ["bench", "--url", "127.0.0.1:1"])
+    assert r.exit_code == 2 and "--url needs --tokenizer DIR" in r.output
     r = CliRunner().invoke(cli, ["bench", "compare", str(tmp_path)])
     assert r.exit_code == 1 and "no readable results.json" in r.output
 

@@ -281,7 +281,7 @@ def ask(url: str, prompt: str, protocol: str, max_tokens: int, model: str) -> No
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--slo", default=None, help="Goodput SLO, e.g. ttft:500,itl:50 (milliseconds).")
 @click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
-              help="Tokenizer dir (default: the engine dir, or ./demo/out/engine).")
+              help="Tokenizer dir for --url: the served engine dir (OUT/engine) or the model's HF dir.")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.pass_context
 def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol: str, model: str, concurrency: str,
@@ -307,7 +307,10 @@ def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol
     if any(p.get("concurrency", 1) < 1 for p in points) or not points:
         raise click.BadParameter("concurrency values must be >= 1", param_hint="--concurrency")
     slo_ms = parse_slo(slo)
-    tok = load_tokenizer(tokenizer or engine_dir or Path("demo/out/engine"))
+    if tokenizer is None and engine_dir is None:
+        raise click.UsageError("--url needs --tokenizer DIR (the served engine dir, or the model's HF dir): "
+                               "token counts come from the tokenizer")
+    tok = load_tokenizer(tokenizer or engine_dir)
     if dataset is not None:
         prompts = dataset_prompts(dataset, tok, parse_length(osl, "--osl")[0])[:num_requests]
     else:
@@ -319,8 +322,8 @@ def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol
     else:
         send = (grpc_sender if protocol == "grpc" else http_sender)(url, model)
         meta = {"target": {"url": url, "protocol": protocol, "model": model}}
-    spec = (engine_dir or Path(".")).parent / "spec.yaml"
-    if engine_dir is not None and spec.is_file():
+    spec = Path(engine_dir or tokenizer).parent / "spec.yaml"  # a build dir's resolved spec, when there is one
+    if spec.is_file():
         import yaml
 
         meta["spec"] = yaml.safe_load(spec.read_text())
