@@ -70,14 +70,13 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
         assert "concurrency 3" in r.output and "TTFT p50" in r.output
         assert report["spec"]["max_seq_len"] == 512  # the build's spec.yaml, found next to --tokenizer
 
-        # an independent minimal client: its own timing of the same prompts, one at a time
+        # an independent minimal client (raw tritonclient stream, its own clock) against bench's own
+        # measuring code, alternating request by request on the same prompts so machine drift cancels
         import tritonclient.grpc as grpcclient
 
-        ttfts, lats = [], []
-        from trtbuild.bench.load import synthetic_prompts
+        from trtbuild.bench.load import grpc_sender, run_load, synthetic_prompts
 
-        ps = synthetic_prompts(tok, 6, (48, 8), (24, 0), 0)  # the prompts bench sent (same seed)
-        for p in ps[:4]:
+        def minimal(p) -> tuple[float, float]:
             q: queue.Queue = queue.Queue()
             c = grpcclient.InferenceServerClient(s.grpc_url)
             c.start_stream(callback=lambda result, error: q.put((time.monotonic(), result, error)))
@@ -94,18 +93,25 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
             while True:
                 at, result, error = q.get(timeout=120)
                 assert error is None
-                if result.as_numpy("text_output") is not None and result.as_numpy("text_output").reshape(-1)[0]:
+                text = result.as_numpy("text_output")
+                if text is not None and text.reshape(-1)[0]:
                     times.append(at)
                 final = result.get_response().parameters.get("triton_final_response")
                 if final is not None and final.bool_param:
                     break
             c.stop_stream()
             c.close()
-            ttfts.append(times[0] - t0)
-            lats.append(times[-1] - t0)
-        ours = [x for x in lines if x["load"] == {"concurrency": 1}][:4]
-        assert statistics.median(x["latency"] for x in ours) == pytest.approx(statistics.median(lats), rel=0.10)
-        assert statistics.median(x["ttft"] for x in ours) == pytest.approx(statistics.median(ttfts), rel=0.10, abs=0.01)
+            return times[0] - t0, times[-1] - t0
+
+        send = grpc_sender(s.grpc_url, "ensemble")
+        ours, theirs = [], []
+        for p in synthetic_prompts(tok, 4, (48, 8), (24, 0), 0):
+            rec = run_load(send, [p], tok, concurrency=1)[0]
+            ours.append((rec.ttft, rec.latency))
+            theirs.append(minimal(p))
+        assert statistics.median(x[1] for x in ours) == pytest.approx(statistics.median(x[1] for x in theirs), rel=0.10)
+        assert statistics.median(x[0] for x in ours) == pytest.approx(statistics.median(x[0] for x in theirs),
+                                                                      rel=0.10, abs=0.01)
 
     # sweep: each build served in turn on the same load, one comparison
     r = CliRunner().invoke(cli, [str(demo_hf), "-o", str(tmp_path / "la"), "--max-seq-len", "512",
