@@ -74,7 +74,7 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
         # measuring code, alternating request by request on the same prompts so machine drift cancels
         import tritonclient.grpc as grpcclient
 
-        from trtbuild.bench.load import grpc_sender, run_load, synthetic_prompts
+        from trtbuild.bench.load import run_load, sender, synthetic_prompts
 
         def minimal(p) -> tuple[float, float]:
             q: queue.Queue = queue.Queue()
@@ -103,7 +103,7 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
             c.close()
             return times[0] - t0, times[-1] - t0
 
-        send = grpc_sender(s.grpc_url, "ensemble")
+        send = sender(s.grpc_url, "ensemble")
         ours, theirs = [], []
         for p in synthetic_prompts(tok, 4, (48, 8), (24, 0), 0):
             rec = run_load(send, [p], tok, concurrency=1)[0]

@@ -292,8 +292,7 @@ def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol
     if ctx.invoked_subcommand is not None:
         return
     from trtbuild.bench import bench as run
-    from trtbuild.bench.load import (dataset_prompts, grpc_sender, http_sender, inprocess_sender, parse_length,
-                                     synthetic_prompts)
+    from trtbuild.bench.load import dataset_prompts, inprocess_sender, parse_length, sender, synthetic_prompts
     from trtbuild.bench.metrics import parse_slo
     from trtbuild.runtime.tokenizer import load_tokenizer
 
@@ -320,7 +319,7 @@ def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol
         send, stop = inprocess_sender(engine_dir)
         meta = {"target": {"in_process": str(engine_dir)}}
     else:
-        send = (grpc_sender if protocol == "grpc" else http_sender)(url, model)
+        send = sender(url, model, protocol)
         meta = {"target": {"url": url, "protocol": protocol, "model": model}}
     spec = Path(engine_dir or tokenizer).parent / "spec.yaml"  # a build dir's resolved spec, when there is one
     if spec.is_file():

@@ -78,24 +78,15 @@ def dataset_prompts(path: Path, tok, default_max_tokens: int) -> list[Prompt]:
     return out
 
 
-def grpc_sender(url: str, model: str) -> Callable[[Prompt, RequestRecord], None]:
-    from trtbuild.serve.client import stream_grpc
+def sender(url: str, model: str, protocol: str = "grpc") -> Callable[[Prompt, RequestRecord], None]:
+    """Send one prompt as a streamed request (gRPC or HTTP generate_stream), recording each
+    response's arrival time, the text and the server's draft counters."""
+    from trtbuild.serve.client import stream_grpc, stream_http
+
+    stream = stream_grpc if protocol == "grpc" else stream_http
 
     def send(p: Prompt, rec: RequestRecord) -> None:
-        for out in stream_grpc(url, p.text, p.max_tokens, model):
-            if out.get("text_output"):
-                rec.responses.append(time.monotonic())
-                rec.text += out["text_output"]
-            rec.accepted_draft_tokens = int(out.get("total_accepted_draft_tokens", 0) or 0)
-            rec.draft_tokens = int(out.get("total_draft_tokens", 0) or 0)
-    return send
-
-
-def http_sender(url: str, model: str) -> Callable[[Prompt, RequestRecord], None]:
-    from trtbuild.serve.client import stream_http
-
-    def send(p: Prompt, rec: RequestRecord) -> None:
-        for out in stream_http(url, p.text, p.max_tokens, model):
+        for out in stream(url, p.text, p.max_tokens, model):
             if out.get("text_output"):
                 rec.responses.append(time.monotonic())
                 rec.text += out["text_output"]

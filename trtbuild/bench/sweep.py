@@ -15,7 +15,7 @@ def sweep(builds: list[Path], points: list[dict], num_requests: int, isl: str, o
           out_dir: Path, echo=print) -> str:
     from trtbuild.bench import bench
     from trtbuild.bench.compare import compare
-    from trtbuild.bench.load import grpc_sender, parse_length, synthetic_prompts
+    from trtbuild.bench.load import parse_length, sender, synthetic_prompts
     from trtbuild.runtime.tokenizer import load_tokenizer
     from trtbuild.serve import TritonServer, free_port
 
@@ -36,7 +36,7 @@ def sweep(builds: list[Path], points: list[dict], num_requests: int, isl: str, o
             import yaml
 
             spec = yaml.safe_load((Path(b) / "spec.yaml").read_text()) if (Path(b) / "spec.yaml").is_file() else None
-            bench(grpc_sender(server.grpc_url, "ensemble"), prompts, tok, points, warmup=warmup,
+            bench(sender(server.grpc_url, "ensemble"), prompts, tok, points, warmup=warmup,
                   out_dir=out_dir / name, meta={"target": {"build": str(b)}, "spec": spec}, echo=echo)
         runs.append(out_dir / name)
     text = compare(runs)
