@@ -136,4 +136,11 @@ def gpu_info(target: str) -> dict | None:
     if torch.cuda.is_available():
         cc = torch.cuda.get_device_capability(0)
         info.update(name=torch.cuda.get_device_name(0), compute_capability="{}.{}".format(*cc), detected=True)
+        from trtbuild.builder.gpus import query_node_gpus
+        from trtbuild.errors import ConfigError
+
+        try:  # the driver the engine was built under (the Kubernetes init check compares nodes to it)
+            info["driver"] = query_node_gpus()[0].driver
+        except (ConfigError, IndexError):
+            pass
     return info
