@@ -143,7 +143,9 @@ def write_repo(engine_dir: Path, out: Path, *, streaming: bool = True, force: bo
         for f in TOKENIZER_FILES:
             if (engine_dir / f).is_file():
                 shutil.copy2(engine_dir / f, tmp / "preprocessing" / "tokenizer" / f)
-        (tmp / MARKER).write_text(json.dumps({"kind": "triton_repo", "engine_dir": str(engine_dir.resolve()),
+        # engine_dir: the engine as the server sees it (absolute for tensorrt-llm, relative to
+        # tensorrt_llm/ for torch), not where it was read from (a build's staging directory)
+        (tmp / MARKER).write_text(json.dumps({"kind": "triton_repo", "engine_dir": engine_dir_in_repo,
                                               "backend": marker.get("backend"), "streaming": streaming,
                                               "world_size": (cfg["pretrained_config"].get("mapping") or {})
                                               .get("world_size", 1)}, indent=2) + "\n")
