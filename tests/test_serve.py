@@ -191,3 +191,25 @@ def test_busy_port_is_refused(builds, tmp_path):
                                      "--grpc-port", str(free_port()), "--metrics-port", str(free_port())])
         assert r.exit_code == 1
         assert r.output.strip().startswith(f"Error: HTTP port {port} on 127.0.0.1 is busy")
+
+
+def test_pod_command_chain_on_a_mounted_build(builds, tmp_path):
+    """What the CPU image's pod runs (deployment.yaml): the build mounted at another path, the init
+    check writing the repository for that mount, then `trtbuild serve` on it — the text is the same."""
+    import shutil
+
+    mounted = tmp_path / "models" / "build"
+    shutil.copytree(builds["lookahead"], mounted)
+    repo = tmp_path / "srv" / "triton_repo"
+    r = CliRunner().invoke(cli, ["preflight", str(mounted), "--repo-out", str(repo)])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("node: no GPUs; matches the engine") and f"wrote {repo}" in r.output
+    from trtbuild.triton_repo import parse_config
+
+    cfg = parse_config((repo / "tensorrt_llm" / "config.pbtxt").read_text())
+    assert (repo / "tensorrt_llm" / cfg.parameters["engine_dir"].string_value).resolve() == (mounted / "engine").resolve()
+    want = _expected(builds["lookahead"], PROMPTS[0], 16)
+    host = "127.0.0.1"
+    with TritonServer(repo, host, free_port(host), free_port(host), free_port(host),
+                      log_file=tmp_path / "triton.log") as s:
+        assert "".join(c["text_output"] for c in stream_grpc(s.grpc_url, PROMPTS[0], 16)) == want

@@ -213,12 +213,33 @@ def repo(engine_dir: Path, out_dir: Path, streaming: bool, engine_dir_in_repo: s
 def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None,
           once: str | None, max_tokens: int) -> None:
     """Serve a model repository with tritonserver until Ctrl-C / SIGTERM (a build dir's triton_repo too)."""
+    if (repo_dir / "triton_repo").is_dir() and not (repo_dir / "ensemble").is_dir():
+        repo_dir = repo_dir / "triton_repo"
+    import shutil
+    import tempfile
+
+    from trtbuild.serve import moved_engine, read_repo
+
+    moved, tmp = moved_engine(repo_dir), None
+    if moved is not None:  # serve a copy of the repository that names the engine where it is now
+        from trtbuild.triton_repo import write_repo
+
+        tmp = Path(tempfile.mkdtemp(prefix="trtbuild-repo-"))
+        repo_dir = write_repo(moved, tmp / "triton_repo", streaming=bool(read_repo(repo_dir).get("streaming", True)))
+        click.echo(f"the build has moved: serving its repository rewritten for {moved}")
+    try:
+        _serve(repo_dir, host, http_port, grpc_port, metrics_port, log_file, once, max_tokens)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None,
+           once: str | None, max_tokens: int) -> None:
     import signal
 
     from trtbuild.serve import TritonServer
 
-    if (repo_dir / "triton_repo").is_dir() and not (repo_dir / "ensemble").is_dir():
-        repo_dir = repo_dir / "triton_repo"
     server = TritonServer(repo_dir, host, http_port, grpc_port, metrics_port, log_file)
     stop = {"now": False}
 
@@ -243,6 +264,59 @@ def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_por
         while not stop["now"] and server.proc.poll() is None:
             time.sleep(0.2)
     click.echo("stopped")
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Directory for the manifests (must not exist unless --force).")
+@click.option("--image", default=None,
+              help="Serving image (default: trtbuild-trtllm:VERSION for GPU builds, trtbuild-cpu:VERSION for CPU "
+                   "builds, as docker/ builds them).")
+@click.option("--replicas", type=click.IntRange(min=1), default=None, help="Initial replicas (default: the HPA's MIN).")
+@click.option("--model-store", default=None,
+              help="Where pods find the build: pvc:CLAIM[/PATH] (default: pvc:NAME-build) or s3://BUCKET/PATH.")
+@click.option("--hpa", "hpa_spec", default="1,4,1.0", show_default=True,
+              help="MIN,MAX,TARGET: replicas and the average queue/compute ratio per pod to scale on.")
+@click.option("--name", default=None, help="Kubernetes name (default: from BUILD_DIR's name).")
+@click.option("--namespace", default=None, help="metadata.namespace of every object (default: kubectl's).")
+@click.option("--force", is_flag=True, help="Replace OUT if trtbuild wrote it.")
+def k8s(build_dir: Path, out_dir: Path, image: str | None, replicas: int | None, model_store: str | None,
+        hpa_spec: str, name: str | None, namespace: str | None, force: bool) -> None:
+    """Kubernetes manifests for a build: Deployment, Service, PodMonitor, PrometheusRule, HPA (kustomize)."""
+    from trtbuild.deploy import images
+    from trtbuild.deploy import k8s as kube
+    from trtbuild.deploy.build import read_build
+
+    b = read_build(build_dir.resolve())
+    name = kube.check_name(name) if name else kube.k8s_name(build_dir.resolve().name)
+    if namespace is not None:
+        kube.check_name(namespace, "--namespace")
+    hpa = kube.parse_hpa(hpa_spec)
+    store = kube.parse_model_store(model_store or f"pvc:{name}-build")
+    image = image or (images.TRTLLM_IMAGE if b.gpu is not None else images.CPU_IMAGE)
+    opts = kube.Options(name=name, image=image, replicas=replicas or hpa.min_replicas, store=store, hpa=hpa,
+                        namespace=namespace)
+    kube.write(b, opts, out_dir, force=force)
+    gpus = f"{b.world_size} x nvidia.com/gpu ({', '.join(kube.gpu_products(b))})" if b.gpu else "CPU only"
+    click.echo(f"wrote {out_dir}: Deployment {name} ({gpus}, image {image}, /dev/shm {kube.mi(kube.shm_bytes(b))}, "
+               f"startup window {kube.startup_failure_threshold(b) * kube.STARTUP_PERIOD} s), Service, PodMonitor, "
+               f"PrometheusRule, HPA {hpa.min_replicas}-{hpa.max_replicas}")
+    click.echo(f"apply: kubectl apply -k {out_dir}   (the build must be in the model store: {store.url or store.claim})")
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--repo-out", type=click.Path(path_type=Path), default=None,
+              help="Write the build's Triton repository here, for the build where it is mounted now.")
+def preflight(build_dir: Path, repo_out: Path | None) -> None:
+    """Refuse a node that cannot serve a build (GPU model, compute capability, driver, TensorRT-LLM
+    version against the lock file), then write its repository: the Kubernetes init container."""
+    from trtbuild.deploy.build import read_build
+    from trtbuild.deploy.preflight import preflight as run_preflight
+
+    for line in run_preflight(read_build(build_dir.resolve()), repo_out):
+        click.echo(line)
 
 
 @cli.command()

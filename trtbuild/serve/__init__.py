@@ -60,6 +60,18 @@ def read_repo(repo: Path) -> dict:
     return info
 
 
+def moved_engine(repo: Path) -> Path | None:
+    """The engine beside a tensorrt-llm build's repository when the build has moved since it was
+    written (a volume mounted elsewhere: the repository names its engine by absolute path); None when
+    the repository is usable as it is."""
+    repo = Path(repo).resolve()
+    info = read_repo(repo)
+    engine = repo.parent / "engine"
+    if info.get("backend") != "tensorrt-llm" or not engine.is_dir() or str(engine) == info.get("engine_dir"):
+        return None
+    return engine
+
+
 def pytriton_dir() -> Path:
     try:
         import pytriton

@@ -1,0 +1,633 @@
+"""Deployment: Kubernetes manifests rendered from real builds (a tp=1 Medusa and a tp=2 lookahead
+tensorrt-llm build) and validated offline — core kinds with kubernetes-validate's strict schemas,
+the Prometheus-operator kinds with a strict schema of their own built on Kubernetes' ObjectMeta and
+LabelSelector, every PromQL expression parsed — plus the init check (`trtbuild preflight`) and both
+Dockerfiles.
+
+No Docker engine and no cluster run here: the images are checked as files (pinned bases, non-root
+USER, HEALTHCHECK, no secrets, the CPU image's install step is the README's and its build context
+builds the package), the manifests as documents.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import promql_parser
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from dockerfile_parse import DockerfileParser
+from referencing import Registry, Resource
+from safetensors.torch import save_file
+
+from conftest import make_hf_model
+from trtbuild.builder.engine import TRTLLM_PIN, engine_config
+from trtbuild.builder.gpus import NodeGpu, parse_nvidia_smi
+from trtbuild.cli import cli
+from trtbuild.deploy import images
+from trtbuild.deploy import k8s as kube
+from trtbuild.deploy.build import read_build
+from trtbuild.deploy.preflight import check_node, relocate_repo
+from trtbuild.errors import ConfigError
+from trtbuild.serve import mpi_command, moved_engine
+from trtbuild.spec import BuildSpec
+from trtbuild.triton_repo import MODELS, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+# the oldest Kubernetes we target (autoscaling/v2beta2 gone) and the newest kubernetes-validate knows
+K8S_VERSIONS = ("1.26.0", kubernetes_validate.latest_version())
+
+# What the lock file of an engine built on an H100 in the pinned container says about it.
+H100 = {"target": "h100-80gb", "product": "NVIDIA-H100-80GB-HBM3", "compute_capability": "9.0",
+        "name": "NVIDIA H100 80GB HBM3", "detected": True, "driver": "590.44.01"}
+CONTAINER = {"tensorrt_llm": images.TRTLLM_VERSION, "tensorrt": images.TENSORRT_VERSION, "cuda": images.CUDA_VERSION}
+
+
+# ---------------------------------------------------------------- builds
+
+def gpu_host_build(hf: Path, out: Path, **spec) -> Path:
+    """`trtbuild build --backend tensorrt-llm` as it runs on an H100 host inside the pinned container,
+    with the three GPU-only steps stood in: TensorRT-LLM being importable, its engine build (writing
+    config.json as `Engine.save` does, without the rank engines) and what torch/nvidia-smi report about
+    the GPU. Resolving and validating the spec, the conversion (tp shards), the Triton repository and the
+    lock file are the real code."""
+    import trtbuild.builder as builder
+    import trtbuild.builder.trtllm as trtllm
+
+    real_versions = builder.versions
+
+    def build_engines(rs, checkpoint_dir: Path, engine_dir: Path) -> str:
+        pre = json.loads((checkpoint_dir / "config.json").read_text())
+        (engine_dir / "config.json").write_text(json.dumps(engine_config(rs, pre, images.TRTLLM_VERSION)))
+        return images.TRTLLM_VERSION
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trtllm, "check_available", lambda: images.TRTLLM_VERSION)
+        mp.setattr(trtllm, "build_engines", build_engines)
+        mp.setattr(builder, "versions", lambda: {**real_versions(), **CONTAINER})
+        mp.setattr(builder, "gpu_info", lambda target: dict(H100))
+        builder.build(BuildSpec(model=str(hf), backend="tensorrt-llm", gpu="h100-80gb", max_batch_size=8,
+                                max_seq_len=256, max_input_len=128, **spec), out, verify=False, echo=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("deploy")
+    make_hf_model(d / "hf")
+    g = torch.Generator().manual_seed(0)
+    save_file({f"{h}.0.linear.{n}": torch.randn(*s, generator=g) for h in range(3)
+               for n, s in (("weight", (64, 64)), ("bias", (64,)))}, str(d / "medusa_lm_head.safetensors"))
+    return {
+        "medusa_tp1": gpu_host_build(d / "hf", d / "llama-medusa", medusa=str(d / "medusa_lm_head.safetensors"),
+                                     medusa_choices="{0}, {1}, {0, 0}"),
+        "lookahead_tp2": gpu_host_build(d / "hf", d / "llama-lookahead-tp2", lookahead="4,3,4", tp=2),
+        "hf": d / "hf",
+    }
+
+
+def render(build: Path, out: Path, *args: str) -> dict[str, dict]:
+    r = CliRunner().invoke(cli, ["k8s", str(build), "-o", str(out), *args])
+    assert r.exit_code == 0, r.output
+    kust = yaml.safe_load((out / "kustomization.yaml").read_text())
+    docs = {}
+    for name in kust["resources"]:
+        (doc,) = list(yaml.safe_load_all((out / name).read_text()))
+        docs[doc["kind"]] = doc
+    yamls = {p.name for p in out.glob("*.yaml")}
+    assert yamls == {*kust["resources"], "kustomization.yaml", "prometheus-adapter-values.yaml"}
+    return docs
+
+
+# ---------------------------------------------------------------- offline validation
+
+_K8S_DEFS = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1."
+_DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?"
+                                          r"(([0-9]+)s)?(([0-9]+)ms)?)$"}
+_STRMAP = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _obj(props: dict, required: list[str]) -> dict:
+    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+
+
+# The Prometheus operator's PodMonitor and PrometheusRule (monitoring.coreos.com/v1) as its API
+# reference documents them, the fields a manifest may carry (strict: unknown fields are errors).
+MONITORING_SCHEMAS = {
+    "PodMonitor": _obj({
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PodMonitor"},
+        "metadata": {"$ref": _K8S_DEFS + "ObjectMeta"},
+        "spec": _obj({
+            "selector": {"$ref": _K8S_DEFS + "LabelSelector"},
+            "namespaceSelector": _obj({"any": {"type": "boolean"},
+                                       "matchNames": {"type": "array", "items": {"type": "string"}}}, []),
+            "jobLabel": {"type": "string"}, "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+            "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": _obj({
+                "port": {"type": "string"}, "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "path": {"type": "string", "pattern": "^/"}, "scheme": {"enum": ["http", "https"]},
+                "interval": _DURATION, "scrapeTimeout": _DURATION, "honorLabels": {"type": "boolean"},
+                "params": {"type": "object"}}, [])},
+        }, ["selector", "podMetricsEndpoints"]),
+    }, ["apiVersion", "kind", "metadata", "spec"]),
+    "PrometheusRule": _obj({
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+        "metadata": {"$ref": _K8S_DEFS + "ObjectMeta"},
+        "spec": _obj({"groups": {"type": "array", "minItems": 1, "items": _obj({
+            "name": {"type": "string", "minLength": 1}, "interval": _DURATION,
+            "limit": {"type": "integer"}, "partial_response_strategy": {"type": "string"},
+            "rules": {"type": "array", "minItems": 1, "items": {"oneOf": [
+                _obj({"record": {"type": "string", "pattern": "^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
+                      "expr": {"type": "string", "minLength": 1}, "labels": _STRMAP}, ["record", "expr"]),
+                _obj({"alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+                      "expr": {"type": "string", "minLength": 1}, "for": _DURATION, "keep_firing_for": _DURATION,
+                      "labels": _STRMAP, "annotations": _STRMAP}, ["alert", "expr"]),
+            ]}}}, ["name", "rules"])}}, ["groups"]),
+    }, ["apiVersion", "kind", "metadata", "spec"]),
+}
+
+
+def _k8s_definitions(version: str) -> dict:
+    base = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    return json.loads((base / f"v{version}-local-strict" / "_definitions.json").read_text())
+
+
+def validate_doc(doc: dict) -> None:
+    """Strict, offline: kubernetes-validate's schemas for Kubernetes' own kinds; for the Prometheus
+    operator's, the schema above with Kubernetes' ObjectMeta/LabelSelector definitions and each
+    PromQL expression parsed."""
+    for version in K8S_VERSIONS:
+        if doc["apiVersion"] != "monitoring.coreos.com/v1":
+            kubernetes_validate.validate(doc, version, strict=True)
+            continue
+        registry = Resource.from_contents(_k8s_definitions(version)) @ Registry()
+        jsonschema.Draft202012Validator(MONITORING_SCHEMAS[doc["kind"]], registry=registry).validate(doc)
+    if doc["kind"] == "PrometheusRule":
+        for group in doc["spec"]["groups"]:
+            for rule in group["rules"]:
+                promql_parser.parse(rule["expr"])  # raises on a syntax error
+
+
+def test_validation_has_teeth(builds, tmp_path):
+    """The checks catch what they are for: an unknown field, a wrong type, a removed API version,
+    a bad PromQL expression, an unknown PodMonitor field."""
+    docs = render(builds["medusa_tp1"], tmp_path / "k8s")
+    for doc in docs.values():
+        validate_doc(doc)
+    bad = copy.deepcopy(docs["Deployment"])
+    bad["spec"]["template"]["spec"]["containers"][0]["shmSize"] = "1Gi"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_doc(bad)
+    bad = copy.deepcopy(docs["Deployment"])
+    bad["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_doc(bad)
+    old = dict(docs["HorizontalPodAutoscaler"], apiVersion="autoscaling/v2beta2")  # removed in 1.26
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        validate_doc(old)
+    rule = copy.deepcopy(docs["PrometheusRule"])
+    rule["spec"]["groups"][0]["rules"][0]["expr"] = "sum by (pod) (rate(x[1m])"
+    with pytest.raises(ValueError):
+        validate_doc(rule)
+    mon = copy.deepcopy(docs["PodMonitor"])
+    mon["spec"]["podMetricsEndpoints"][0]["intervall"] = "15s"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_doc(mon)
+    mon = copy.deepcopy(docs["PodMonitor"])
+    mon["metadata"]["labelz"] = {}
+    with pytest.raises(jsonschema.ValidationError):
+        validate_doc(mon)
+
+
+# ---------------------------------------------------------------- the manifests
+
+def _container(dep: dict, name: str) -> dict:
+    spec = dep["spec"]["template"]["spec"]
+    (c,) = [c for c in spec["containers"] + spec["initContainers"] if c["name"] == name]
+    return c
+
+
+def _volume(dep: dict, name: str) -> dict:
+    (v,) = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == name]
+    return v
+
+
+def test_tp1_medusa_manifests(builds, tmp_path):
+    build = builds["medusa_tp1"]
+    lock = json.loads((build / "engine" / "trtbuild.lock.json").read_text())
+    docs = render(build, tmp_path / "k8s", "--image", "registry.example.com/trtbuild-trtllm:0.1.0",
+                  "--hpa", "2,6,1.5", "--model-store", "pvc:models/llama/medusa")
+    for doc in docs.values():
+        validate_doc(doc)
+    dep = docs["Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    triton = _container(dep, "triton")
+
+    # GPUs: tp x pp = 1, on the engine's GPU model, tolerating the GPU taint
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert triton["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.product", "operator": "In",
+                                         "values": ["NVIDIA-H100-80GB-HBM3"]}]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+    # /dev/shm: 256 MiB + 3 Python instances x (64 MiB + 8 x 256 x 8 B) = 448 MiB + 48 KiB -> 512 MiB -> min 1 GiB
+    assert _volume(dep, "dshm") == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1024Mi"}}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in triton["volumeMounts"]
+    # memory: the engine (a few KiB here) + 4 GiB + the shm emptyDir (it counts), rounded up: 6 GiB
+    assert triton["resources"]["limits"]["memory"] == "6144Mi"
+
+    # probes: startup and readiness on ready, liveness on live, on the HTTP port; 300 s at least
+    http = {"path": "/v2/health/ready", "port": "http"}
+    assert triton["startupProbe"]["httpGet"] == http and triton["readinessProbe"]["httpGet"] == http
+    assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert triton["startupProbe"]["periodSeconds"] * triton["startupProbe"]["failureThreshold"] == 300
+    assert {"name": "http", "containerPort": 8000, "protocol": "TCP"} in triton["ports"]
+
+    # tp x pp = 1: trtbuild serve on the repository the init check wrote for this mount; no mpirun
+    assert triton["command"] == ["trtbuild", "serve", "/srv/triton_repo", "--host", "0.0.0.0", "--http-port",
+                                 "8000", "--grpc-port", "8001", "--metrics-port", "8002"]
+    pre = _container(dep, "preflight")
+    assert [c["name"] for c in pod["initContainers"]] == ["preflight"]
+    assert pre["command"] == ["trtbuild", "preflight", "/models/build", "--repo-out", "/srv/triton_repo"]
+    assert pre["resources"]["limits"]["nvidia.com/gpu"] == "1"  # it must see the GPUs it checks
+    assert pre["image"] == triton["image"] == "registry.example.com/trtbuild-trtllm:0.1.0"
+
+    # the model store: the PVC, read-only, the build at its sub-path
+    assert _volume(dep, "model-store")["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    for c in (triton, pre):
+        assert {"name": "model-store", "mountPath": "/models/build", "readOnly": True,
+                "subPath": "llama/medusa"} in c["volumeMounts"]
+
+    # non-root everywhere
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == images.UID
+    for c in pod["containers"] + pod["initContainers"]:
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+
+    # what the engine is, on every object: GPU, TensorRT-LLM version, spec hash
+    for doc in docs.values():
+        labels = doc["metadata"]["labels"]
+        assert labels["trtbuild.dev/gpu"] == "h100-80gb"
+        assert labels["trtbuild.dev/tensorrt-llm"] == images.TRTLLM_VERSION
+        assert labels["trtbuild.dev/spec-hash"] == lock["spec_hash"][:16]
+    ann = dep["metadata"]["annotations"]
+    assert ann["trtbuild.dev/spec-hash"] == lock["spec_hash"]
+    assert ann["trtbuild.dev/gpu-name"] == "NVIDIA H100 80GB HBM3"
+    assert ann["trtbuild.dev/tensorrt-llm-version"] == "1.2.1" and ann["trtbuild.dev/speculative-decoding"] == "medusa"
+    assert dep["spec"]["template"]["metadata"]["annotations"]["trtbuild.dev/spec-hash"] == lock["spec_hash"]
+    assert dep["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "trtbuild",
+                                                      "app.kubernetes.io/instance": "llama-medusa"}
+
+    # Service, PodMonitor, HPA fit together
+    svc = docs["Service"]
+    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("http", 8000), ("grpc", 8001), ("metrics", 8002)]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert docs["PodMonitor"]["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert docs["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    hpa = docs["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llama-medusa"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6) and dep["spec"]["replicas"] == 2
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "1500m"}
+
+    # the HPA's metric is the recorded queue/compute ratio, served under that name by the adapter
+    rules = docs["PrometheusRule"]["spec"]["groups"][0]["rules"]
+    ratio = next(r for r in rules if r.get("record") == "triton:queue_compute:ratio")
+    assert "nv_inference_queue_duration_us" in ratio["expr"] and "nv_inference_compute_infer_duration_us" in ratio["expr"]
+    assert 'pod=~"llama-medusa-.*"' in ratio["expr"]
+    waiting = next(r for r in rules if r.get("record") == "trtbuild:waiting_requests")
+    assert 'nv_trt_llm_request_metrics{request_type="waiting"' in waiting["expr"]
+    adapter = yaml.safe_load((tmp_path / "k8s" / "prometheus-adapter-values.yaml").read_text())
+    (rule,) = adapter["rules"]["custom"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert re.match(rule["name"]["matches"], ratio["record"])
+    assert ratio["record"] in rule["seriesQuery"]
+
+
+def test_tp2_lookahead_manifests(builds, tmp_path):
+    build = builds["lookahead_tp2"]
+    docs = render(build, tmp_path / "k8s", "--model-store", "s3://models-bucket/llama/lookahead-tp2",
+                  "--namespace", "llm")
+    for doc in docs.values():
+        validate_doc(doc)
+        assert doc["metadata"]["namespace"] == "llm"
+    dep = docs["Deployment"]
+    triton = _container(dep, "triton")
+    assert triton["image"] == images.TRTLLM_IMAGE  # the default for GPU builds
+
+    # tp x pp = 2 GPUs; the mpirun line with one segment per rank, as `trtbuild serve` runs it
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert _container(dep, "preflight")["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    cmd = triton["command"]
+    assert cmd == mpi_command(Path("/srv/triton_repo"), 2, "0.0.0.0", 8000, 8001, 8002)
+    assert cmd[0] == "mpirun" and cmd.count(":") == 1 and cmd.count("-n") == 2
+    rank1 = cmd[cmd.index(":") + 1:]
+    assert "--load-model=tensorrt_llm" in rank1 and "--allow-http=false" in rank1
+    assert "--backend-config=python,shm-region-prefix-name=prefix1_" in rank1
+    assert "--http-port=8000" in cmd[:cmd.index(":")]
+
+    # /dev/shm: 256 + 3 x (64 MiB + 16 KiB) + 2 ranks x 512 MiB for NCCL = 1472 MiB + 48 KiB -> 1536 MiB
+    assert _volume(dep, "dshm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "1536Mi"}
+    # memory: 2 ranks x (engine + 4 GiB) + 1.5 GiB shm -> 10 GiB
+    assert triton["resources"]["limits"]["memory"] == "10240Mi"
+
+    # the build comes from S3 into an emptyDir before the init check reads it
+    pod = dep["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-build", "preflight"]
+    fetch = _container(dep, "fetch-build")
+    assert fetch["command"][:3] == ["aws", "s3", "sync"]
+    assert fetch["command"][-2:] == ["s3://models-bucket/llama/lookahead-tp2", "/models/build"]
+    assert fetch["envFrom"] == [{"secretRef": {"name": "llama-lookahead-tp2-s3", "optional": True}}]
+    assert "emptyDir" in _volume(dep, "model-store")
+    size = read_build(build).total_bytes
+    limit = _volume(dep, "model-store")["emptyDir"]["sizeLimit"]
+    assert int(limit.removesuffix("Mi")) * 2**20 >= size * 1.1
+
+    hpa = docs["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["minReplicas"] == 1 and hpa["spec"]["maxReplicas"] == 4
+    assert dep["metadata"]["annotations"]["trtbuild.dev/world-size"] == "2"
+    assert dep["metadata"]["annotations"]["trtbuild.dev/speculative-decoding"] == "lookahead_decoding"
+
+
+def test_sizing_rules_by_hand(builds):
+    b = read_build(builds["lookahead_tp2"])
+    assert b.python_instances == 3 and b.world_size == 2
+    big = b.__class__(**{**b.__dict__, "engine_bytes_per_rank": 70 * 2**30})  # a 70 GiB rank engine
+    assert kube.load_seconds(big) == 60 + 359  # 70 GiB at 200 MiB/s = 358.4 s
+    assert kube.startup_failure_threshold(big) == 84  # 2 x 419 s in 10 s periods
+    assert kube.memory_bytes(big) == (2 * (70 + 4) * 2**30 + 1536 * 2**20 + 2**30 - 1) // 2**30 * 2**30
+
+
+def test_torch_cpu_build_manifests(tmp_path):
+    """A torch-backend CPU build deploys on the CPU image: no GPU request, affinity or toleration."""
+    make_hf_model(tmp_path / "hf")
+    r = CliRunner().invoke(cli, [str(tmp_path / "hf"), "-o", str(tmp_path / "Demo_Build"), "--max-seq-len", "128"])
+    assert r.exit_code == 0, r.output
+    docs = render(tmp_path / "Demo_Build", tmp_path / "k8s")
+    for doc in docs.values():
+        validate_doc(doc)
+    dep = docs["Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    triton = _container(dep, "triton")
+    assert dep["metadata"]["name"] == "demo-build"
+    assert "nvidia.com/gpu" not in triton["resources"]["limits"]
+    assert "affinity" not in pod and "tolerations" not in pod
+    assert triton["image"] == images.CPU_IMAGE and triton["command"][:2] == ["trtbuild", "serve"]
+    # torch: 4 Python instances (tensorrt_llm is one too)
+    assert read_build(tmp_path / "Demo_Build").python_instances == 4
+    waiting = docs["PrometheusRule"]["spec"]["groups"][0]["rules"][1]
+    assert waiting["expr"].startswith("sum by (namespace, pod) (trtbuild_scheduler_waiting{")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--hpa", "4,1,1"], "need 1 <= MIN <= MAX"),
+    (["--hpa", "1,4"], "expected MIN,MAX,TARGET"),
+    (["--hpa", "1,4,0"], "TARGET must be a positive ratio"),
+    (["--hpa", "1,4,nan"], "TARGET must be a positive ratio"),
+    (["--replicas", "9"], "outside the autoscaler's range 1..4"),
+    (["--model-store", "nfs:server/path"], "expected pvc:CLAIM[/PATH] or s3://BUCKET/PATH"),
+    (["--model-store", "pvc:Bad_Claim"], "is not a PersistentVolumeClaim name"),
+    (["--model-store", "pvc:models/../etc"], "must not contain '..'"),
+    (["--model-store", "s3://B/x"], "is not an S3 bucket name"),
+    (["--name", "Bad_Name"], "--name 'Bad_Name'"),
+    (["--namespace", "Prod"], "--namespace 'Prod'"),
+])
+def test_k8s_bad_arguments(builds, tmp_path, args, message):
+    r = CliRunner().invoke(cli, ["k8s", str(builds["medusa_tp1"]), "-o", str(tmp_path / "k8s"), *args])
+    assert r.exit_code == 1 and message in r.output and r.output.count("\n") == 1, r.output
+    assert not (tmp_path / "k8s").exists()
+
+
+def test_k8s_refuses_what_is_not_a_build(builds, tmp_path):
+    dry = tmp_path / "dry"
+    r = CliRunner().invoke(cli, [str(builds["hf"]), "-o", str(dry), "--backend", "tensorrt-llm", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["k8s", str(dry), "-o", str(tmp_path / "k8s")])
+    assert r.exit_code == 1 and "is a dry run: it has no engine to deploy" in r.output
+    r = CliRunner().invoke(cli, ["k8s", str(builds["hf"]), "-o", str(tmp_path / "k8s")])
+    assert r.exit_code == 1 and "is not a build directory" in r.output
+    # an output directory with someone else's files is left alone
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    for extra in ([], ["--force"]):
+        r = CliRunner().invoke(cli, ["k8s", str(builds["medusa_tp1"]), "-o", str(tmp_path / "mine"), *extra])
+        assert r.exit_code == 1 and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    # our own output is replaced with --force, and only then
+    out = tmp_path / "k8s"
+    render(builds["medusa_tp1"], out)
+    r = CliRunner().invoke(cli, ["k8s", str(builds["medusa_tp1"]), "-o", str(out)])
+    assert r.exit_code == 1 and "already exists" in r.output
+    render(builds["medusa_tp1"], out, "--force", "--hpa", "1,8,2")
+    assert yaml.safe_load((out / "hpa.yaml").read_text())["spec"]["maxReplicas"] == 8
+
+
+# ---------------------------------------------------------------- the init check
+
+NODE = [NodeGpu("NVIDIA H100 80GB HBM3", "590.44.01", "9.0"), NodeGpu("NVIDIA H100 80GB HBM3", "590.44.01", "9.0")]
+
+
+def test_parse_nvidia_smi():
+    text = "NVIDIA H100 80GB HBM3, 590.44.01, 9.0\nNVIDIA A100-SXM4-80GB, 535.104.05, 8.0\n\n"
+    assert parse_nvidia_smi(text) == [NodeGpu("NVIDIA H100 80GB HBM3", "590.44.01", "9.0"),
+                                      NodeGpu("NVIDIA A100-SXM4-80GB", "535.104.05", "8.0")]
+    assert parse_nvidia_smi(text)[1].product_label == "NVIDIA-A100-SXM4-80GB"
+    with pytest.raises(ConfigError, match="unexpected nvidia-smi output"):
+        parse_nvidia_smi("NVIDIA H100, 590.44.01\n")
+
+
+def test_check_node(builds):
+    b = read_build(builds["lookahead_tp2"])
+    ok = {"tensorrt_llm": "1.2.1", "tensorrt": "10.14.1.48"}
+    assert check_node(b, NODE, ok) == []
+    assert check_node(b, NODE[:1], ok) == ["the engine needs 2 GPUs (tp x pp); this pod sees 1"]
+    a100 = [NodeGpu("NVIDIA A100-SXM4-80GB", "590.44.01", "8.0")] * 2
+    assert check_node(b, a100, ok)[0] == ("GPU 0 (NVIDIA A100-SXM4-80GB) has compute capability 8.0; the engine "
+                                          "was built for 9.0 (NVIDIA H100 80GB HBM3)")
+    h200 = [NodeGpu("NVIDIA H200", "590.44.01", "9.0")] * 2  # same compute capability, another GPU
+    assert check_node(b, h200, ok) == ["GPU 0 is NVIDIA H200; the engine was built on NVIDIA H100 80GB HBM3",
+                                       "GPU 1 is NVIDIA H200; the engine was built on NVIDIA H100 80GB HBM3"]
+    old = [NodeGpu("NVIDIA H100 80GB HBM3", "570.124.06", "9.0")] * 2  # CUDA 13 needs R580+
+    assert check_node(b, old, ok) == ["driver 570.124.06 is older than CUDA 13.1 (the engine's) needs: >= 580.65.06"]
+    (msg,) = check_node(b, NODE, {**ok, "tensorrt_llm": "1.2.0rc8"})
+    assert msg.startswith("this image has tensorrt_llm 1.2.0rc8; the engine was built with 1.2.1")
+    (msg,) = check_node(b, NODE, {"tensorrt_llm": None, "tensorrt": "10.14.1.48"})
+    assert msg.startswith("this image has tensorrt_llm (not installed)")
+    # a lock without a detected GPU name: the product label decides
+    undetected = b.__class__(**{**b.__dict__, "lock": {**b.lock, "gpu": {k: v for k, v in H100.items()
+                                                                         if k not in ("name", "detected")}}})
+    assert check_node(undetected, NODE, ok) == []
+    assert check_node(undetected, h200, ok)[0] == "GPU 0 is NVIDIA-H200; the engine was built for NVIDIA-H100-80GB-HBM3"
+
+
+@pytest.fixture
+def fake_nvidia_smi(tmp_path, monkeypatch):
+    """A stand-in `nvidia-smi` on PATH (there is no NVIDIA driver here) printing a fixed query answer."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+
+    def install(rows: str) -> None:
+        script = bindir / "nvidia-smi"
+        script.write_text(f"#!/bin/sh\n[ \"$1\" = --query-gpu=name,driver_version,compute_cap ] || exit 9\n"
+                          f"printf '{rows}'\n")
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return install
+
+
+def test_preflight_cli_refuses_a_node(builds, tmp_path, monkeypatch, fake_nvidia_smi):
+    build = builds["lookahead_tp2"]
+    if shutil.which("nvidia-smi") is None:  # this machine: no driver at all
+        r = CliRunner().invoke(cli, ["preflight", str(build), "--repo-out", str(tmp_path / "srv" / "repo")])
+        assert r.exit_code == 1 and "nvidia-smi not found" in r.output
+    fake_nvidia_smi("NVIDIA H100 80GB HBM3, 590.44.01, 9.0\\n")
+    r = CliRunner().invoke(cli, ["preflight", str(build), "--repo-out", str(tmp_path / "srv" / "repo")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert "the engine needs 2 GPUs (tp x pp); this pod sees 1" in r.output
+    assert "this image has tensorrt_llm (not installed)" in r.output  # no TensorRT-LLM on this machine
+    assert not (tmp_path / "srv").exists()  # refused before writing anything
+    # the node matches and the image has the engine's TensorRT-LLM and TensorRT: the repository is written
+    import trtbuild.deploy.preflight as pf
+
+    monkeypatch.setattr(pf, "installed_version", lambda dist: CONTAINER[dist])
+    fake_nvidia_smi("NVIDIA H100 80GB HBM3, 590.44.01, 9.0\\nNVIDIA H100 80GB HBM3, 590.44.01, 9.0\\n")
+    r = CliRunner().invoke(cli, ["preflight", str(build), "--repo-out", str(tmp_path / "srv" / "repo")])
+    assert r.exit_code == 0, r.output
+    assert "2 x NVIDIA H100 80GB HBM3 (cc 9.0, driver 590.44.01); matches the engine (TensorRT-LLM 1.2.1)" in r.output
+    assert (tmp_path / "srv" / "repo" / "tensorrt_llm" / "config.pbtxt").is_file()
+
+
+def test_repository_follows_a_moved_build(builds, tmp_path):
+    """Mounted elsewhere (a PVC at /models/build), a tensorrt-llm build's repository must name the
+    engine where it is now: preflight --repo-out and `trtbuild serve` rewrite it; nothing else changes."""
+    moved = tmp_path / "models" / "build"
+    shutil.copytree(builds["medusa_tp1"], moved)
+    assert moved_engine(builds["medusa_tp1"] / "triton_repo") is None  # in place: served as it is
+    assert moved_engine(moved / "triton_repo") == moved / "engine"
+    repo = relocate_repo(read_build(moved), tmp_path / "srv" / "triton_repo")
+    for name in MODELS:
+        old = parse_config((builds["medusa_tp1"] / "triton_repo" / name / "config.pbtxt").read_text())
+        new = parse_config((repo / name / "config.pbtxt").read_text())
+        if name == "tensorrt_llm":
+            for key in ("gpt_model_path", "engine_dir"):
+                if key in old.parameters:
+                    assert old.parameters[key].string_value == str(builds["medusa_tp1"].resolve() / "engine")
+                    assert new.parameters[key].string_value == str(moved / "engine")
+                    old.parameters[key].string_value = new.parameters[key].string_value
+        assert old == new, name
+    assert moved_engine(repo) is None
+    # the torch backend names its engine relative to the repository: nothing to rewrite
+
+
+# ---------------------------------------------------------------- the Dockerfiles
+
+def _dockerfile(name: str) -> DockerfileParser:
+    return DockerfileParser(fileobj=io.BytesIO((ROOT / "docker" / name).read_bytes()))
+
+
+def _instructions(p: DockerfileParser, kind: str) -> list[str]:
+    return [i["value"] for i in p.structure if i["instruction"] == kind]
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.trtllm", "Dockerfile.cpu"])
+def test_dockerfile_basics(name):
+    p = _dockerfile(name)
+    base = p.baseimage
+    # pinned: an explicit release tag (never latest, never a bare major), the digest optional on top
+    assert base == {"Dockerfile.trtllm": images.TRITON_TRTLLM_IMAGE, "Dockerfile.cpu": images.PYTHON_IMAGE}[name]
+    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-trtllm-python-py3|python:3\.\d+\.\d+-slim-[a-z]+",
+                        base.split("@")[0]), base
+    # non-root: the user is created with the uid the pod runs as, and is the last USER before the entrypoint
+    users = _instructions(p, "USER")
+    assert users and users[-1] == f"{images.UID}:{images.UID}"
+    assert any(f"useradd --uid {images.UID} " in r for r in _instructions(p, "RUN"))
+    kinds = [i["instruction"] for i in p.structure]
+    assert kinds.index("USER") < kinds.index("ENTRYPOINT")
+    (health,) = _instructions(p, "HEALTHCHECK")
+    assert "http://127.0.0.1:8000/v2/health/ready" in health and "--start-period=" in health
+    assert json.loads(_instructions(p, "ENTRYPOINT")[0]) == ["trtbuild", "serve"]
+    assert _instructions(p, "EXPOSE") == ["8000 8001 8002"]
+    # no secrets in layers: no credential-like ARG/ENV, no dotfiles or keys copied in
+    secret = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|API_KEY|ACCESS_KEY|AUTH)(_|$)", re.I)
+    assert secret.search("HF_TOKEN") and secret.search("AWS_SECRET_ACCESS_KEY")
+    for kind in ("ARG", "ENV"):
+        for value in _instructions(p, kind):
+            for pair in value.split():
+                assert not secret.search(pair.split("=")[0]), value
+    for value in _instructions(p, "COPY") + _instructions(p, "ADD"):
+        assert not re.search(r"(^|\s)(\.env|\.netrc|\.aws|\.ssh|\.git|id_rsa|\S*\.pem)(\s|/|$)", value), value
+    assert not _instructions(p, "ADD")  # nothing fetched from a URL at build time
+
+
+def test_dockerignore_sends_only_what_the_images_copy():
+    lines = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines[0] == "*"  # everything out (.git, .venv, demo/, caches, any local secrets) ...
+    allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
+    for name in ("Dockerfile.trtllm", "Dockerfile.cpu"):  # ... except what is copied
+        for value in _instructions(_dockerfile(name), "COPY"):
+            *sources, _dest = value.split()
+            assert set(sources) <= allowed, (name, sources)
+
+
+def test_trtllm_image_matches_the_pin():
+    p = _dockerfile("Dockerfile.trtllm")
+    assert p.args["TRTLLM_PIN"] == TRTLLM_PIN and images.TRTLLM_VERSION.startswith(TRTLLM_PIN + ".")
+    (check,) = [r for r in _instructions(p, "RUN") if "m.version('tensorrt_llm')" in r]
+    assert "startswith('${TRTLLM_PIN}.')" in check  # the image build refuses another TensorRT-LLM line
+    readme = (ROOT / "README.md").read_text()
+    # the README's version matrix row for the pinned container, and the documented engine build in it
+    row = next(ln for ln in readme.splitlines() if ln.startswith("|") and images.TRITON_TRTLLM_IMAGE in ln)
+    for value in (images.TRTLLM_VERSION, images.TENSORRT_VERSION, images.CUDA_VERSION):
+        assert value in row
+    assert re.search(r"docker run .*--gpus all --entrypoint trtbuild .*\s+build .*--backend tensorrt-llm", readme)
+
+
+def test_cpu_image_installs_with_the_readme_install_step(tmp_path):
+    p = _dockerfile("Dockerfile.cpu")
+    runs = _instructions(p, "RUN")
+    (install,) = [r for r in runs if "make install" in r]
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"^make install\b", readme, re.M), "the README documents `make install`"
+    # the README's two commands start with that same step (setup depends on install)
+    dry = subprocess.run(["make", "-n", "-B", "setup", f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    step = subprocess.run(["make", "-n", "-B", "install", f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    assert any("-c constraints-cpu.txt -e '.[serve]'" in ln for ln in step)
+    assert all(ln in dry.splitlines() for ln in step)
+    # the build context the Dockerfile copies is enough to build and install the package: copy exactly
+    # those files and build the wheel from them (offline)
+    ctx = tmp_path / "context"
+    for value in _instructions(p, "COPY"):
+        *sources, _dest = value.split()
+        for src in sources:
+            if (ROOT / src).is_dir():
+                shutil.copytree(ROOT / src, ctx / src, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                ctx.mkdir(exist_ok=True)
+                shutil.copy2(ROOT / src, ctx / src)
+    step_here = subprocess.run(["make", "-n", "-B", "install", "VENV=/opt/trtbuild/.venv", "PYTHON=python3"], cwd=ctx,
+                               capture_output=True, text=True)
+    assert step_here.returncode == 0 and "constraints-cpu.txt" in step_here.stdout, step_here.stderr
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path / "wheel"), str(ctx)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = (tmp_path / "wheel").glob("trtbuild-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in ("trtbuild/cli.py", "trtbuild/triton_repo/models/tensorrt_llm.py", "trtbuild/medusa/presets.json",
+              "trtbuild/deploy/k8s.py", "trtbuild/deploy/preflight.py"):
+        assert f in names
