@@ -309,7 +309,9 @@ def test_tp1_medusa_manifests(builds, tmp_path):
     rules = docs["PrometheusRule"]["spec"]["groups"][0]["rules"]
     ratio = next(r for r in rules if r.get("record") == "triton:queue_compute:ratio")
     assert "nv_inference_queue_duration_us" in ratio["expr"] and "nv_inference_compute_infer_duration_us" in ratio["expr"]
-    assert 'pod=~"llama-medusa-.*"' in ratio["expr"]
+    # this Deployment's pods only: the PodMonitor copies the instance label onto every series
+    assert docs["PodMonitor"]["spec"]["podTargetLabels"] == ["app.kubernetes.io/instance"]
+    assert 'app_kubernetes_io_instance="llama-medusa"' in ratio["expr"]
     waiting = next(r for r in rules if r.get("record") == "trtbuild:waiting_requests")
     assert 'nv_trt_llm_request_metrics{request_type="waiting"' in waiting["expr"]
     adapter = yaml.safe_load((tmp_path / "k8s" / "prometheus-adapter-values.yaml").read_text())

@@ -102,7 +102,7 @@ def check_name(name: str, option: str = "--name") -> str:
 def parse_model_store(text: str) -> ModelStore:
     if text.startswith("pvc:"):
         claim, _, sub = text[4:].partition("/")
-        if not _DNS_LABEL.match(claim or "-") and not re.match(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$", claim):
+        if not re.match(r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$", claim):
             raise ConfigError(f"--model-store {text!r}: {claim!r} is not a PersistentVolumeClaim name")
         if ".." in sub.split("/"):
             raise ConfigError(f"--model-store {text!r}: the path inside the claim must not contain '..'")
@@ -248,7 +248,7 @@ def deployment(build: Build, opts: Options) -> dict:
         "readinessProbe": {**probe, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
                           "timeoutSeconds": 5, "failureThreshold": 6},
-        "volumeMounts": [{**store_mount, "readOnly": True}, {"name": "srv", "mountPath": SRV, "readOnly": True},
+        "volumeMounts": [dict(store_mount), {"name": "srv", "mountPath": SRV, "readOnly": True},
                          {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": _security(),
     }
@@ -257,7 +257,7 @@ def deployment(build: Build, opts: Options) -> dict:
         "command": ["trtbuild", "preflight", MOUNT, "--repo-out", REPO], "env": env[:1],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi", **gpu_res},
                       "limits": {"memory": "2Gi", **gpu_res}},
-        "volumeMounts": [store_mount, {"name": "srv", "mountPath": SRV}, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [dict(store_mount), {"name": "srv", "mountPath": SRV}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": _security(),
     }
     init = [preflight]
@@ -316,16 +316,20 @@ def service(build: Build, opts: Options) -> dict:
             "spec": {"type": "ClusterIP", "selector": selector(opts), "ports": ports}}
 
 
+INSTANCE_LABEL = "app_kubernetes_io_instance"  # the pod label the PodMonitor copies onto every series
+
+
 def pod_monitor(build: Build, opts: Options) -> dict:
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": _meta(build, opts),
             "spec": {"selector": {"matchLabels": selector(opts)},
+                     "podTargetLabels": ["app.kubernetes.io/instance"],
                      "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}]}}
 
 
 def prometheus_rule(build: Build, opts: Options) -> dict:
     """Recording rules per pod of this Deployment: Triton's queue time over compute time (model and
     hardware independent), and the requests waiting for a batch slot inside the backend."""
-    sel = f'pod=~"{opts.name}-.*"' + (f', namespace="{opts.namespace}"' if opts.namespace else "")
+    sel = f'{INSTANCE_LABEL}="{opts.name}"' + (f', namespace="{opts.namespace}"' if opts.namespace else "")
     by = "sum by (namespace, pod)"
     ratio = (f"{by} (rate(nv_inference_queue_duration_us{{{sel}}}[1m])) / clamp_min({by} "
              f"(rate(nv_inference_compute_infer_duration_us{{{sel}}}[1m])), 1)")
