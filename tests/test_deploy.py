@@ -109,7 +109,8 @@ def render(build: Path, out: Path, *args: str) -> dict[str, dict]:
         (doc,) = list(yaml.safe_load_all((out / name).read_text()))
         docs[doc["kind"]] = doc
     yamls = {p.name for p in out.glob("*.yaml")}
-    assert yamls == {*kust["resources"], "kustomization.yaml", "prometheus-adapter-values.yaml"}
+    adapter = {"prometheus-adapter-values.yaml"} if "HorizontalPodAutoscaler" in docs else set()
+    assert yamls == {*kust["resources"], "kustomization.yaml", *adapter}  # nothing escapes validation
     return docs
 
 
@@ -179,6 +180,22 @@ def validate_doc(doc: dict) -> None:
         for group in doc["spec"]["groups"]:
             for rule in group["rules"]:
                 promql_parser.parse(rule["expr"])  # raises on a syntax error
+            check_recorded_labels(group["rules"])
+
+
+def check_recorded_labels(rules: list[dict]) -> None:
+    """A rule that selects a recorded series by a label only matches if the recording kept it."""
+    kept = {}
+    for r in rules:
+        if "record" in r:
+            by = re.findall(r"sum by \(([^)]*)\)", r["expr"])
+            assert by, r["expr"]
+            kept[r["record"]] = set.intersection(*({x.strip() for x in b.split(",")} for b in by))
+    for r in rules:
+        for name, matchers in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}", r["expr"]):
+            if name in kept:
+                used = {m.split("=")[0].strip().rstrip("!~") for m in matchers.split(",") if m.strip()}
+                assert used <= kept[name], f"{r.get('alert') or r['record']}: {used - kept[name]} dropped by {name}"
 
 
 def test_validation_has_teeth(builds, tmp_path):
@@ -201,6 +218,11 @@ def test_validation_has_teeth(builds, tmp_path):
     rule = copy.deepcopy(docs["PrometheusRule"])
     rule["spec"]["groups"][0]["rules"][0]["expr"] = "sum by (pod) (rate(x[1m])"
     with pytest.raises(ValueError):
+        validate_doc(rule)
+    rule = copy.deepcopy(docs["PrometheusRule"])  # an alert on a label the recording aggregated away
+    rule["spec"]["groups"][0]["rules"][0]["expr"] = rule["spec"]["groups"][0]["rules"][0]["expr"].replace(
+        "sum by (namespace, pod, app_kubernetes_io_instance)", "sum by (namespace, pod)")
+    with pytest.raises(AssertionError, match="dropped by triton:queue_compute:ratio"):
         validate_doc(rule)
     mon = copy.deepcopy(docs["PodMonitor"])
     mon["spec"]["podMetricsEndpoints"][0]["intervall"] = "15s"
@@ -229,7 +251,8 @@ def test_tp1_medusa_manifests(builds, tmp_path):
     build = builds["medusa_tp1"]
     lock = json.loads((build / "engine" / "trtbuild.lock.json").read_text())
     docs = render(build, tmp_path / "k8s", "--image", "registry.example.com/trtbuild-trtllm:0.1.0",
-                  "--hpa", "2,6,1.5", "--model-store", "pvc:models/llama/medusa")
+                  "--hpa", "2,6,1.5", "--model-store", "pvc:models/llama/medusa",
+                  "--monitor-label", "release=kube-prometheus-stack")
     for doc in docs.values():
         validate_doc(doc)
     dep = docs["Deployment"]
@@ -257,12 +280,16 @@ def test_tp1_medusa_manifests(builds, tmp_path):
     assert triton["startupProbe"]["periodSeconds"] * triton["startupProbe"]["failureThreshold"] == 300
     assert {"name": "http", "containerPort": 8000, "protocol": "TCP"} in triton["ports"]
 
-    # tp x pp = 1: trtbuild serve on the repository the init check wrote for this mount; no mpirun
-    assert triton["command"] == ["trtbuild", "serve", "/srv/triton_repo", "--host", "0.0.0.0", "--http-port",
-                                 "8000", "--grpc-port", "8001", "--metrics-port", "8002"]
+    # tp x pp = 1: trtbuild serve (behind NVIDIA's entrypoint) on the repository the init check wrote for
+    # this mount, given the whole startup window; no mpirun
+    assert triton["command"] == [kube.NVIDIA_ENTRYPOINT, "trtbuild", "serve", "/srv/triton_repo", "--host",
+                                 "0.0.0.0", "--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002",
+                                 "--start-timeout", "300"]
+    assert "mpirun" not in triton["command"]
     pre = _container(dep, "preflight")
     assert [c["name"] for c in pod["initContainers"]] == ["preflight"]
-    assert pre["command"] == ["trtbuild", "preflight", "/models/build", "--repo-out", "/srv/triton_repo"]
+    assert pre["command"] == [kube.NVIDIA_ENTRYPOINT, "trtbuild", "preflight", "/models/build", "--repo-out",
+                              "/srv/triton_repo"]
     assert pre["resources"]["limits"]["nvidia.com/gpu"] == "1"  # it must see the GPUs it checks
     assert pre["image"] == triton["image"] == "registry.example.com/trtbuild-trtllm:0.1.0"
 
@@ -301,7 +328,11 @@ def test_tp1_medusa_manifests(builds, tmp_path):
     hpa = docs["HorizontalPodAutoscaler"]
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llama-medusa"}
-    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6) and dep["spec"]["replicas"] == 2
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert "replicas" not in dep["spec"]  # the HPA owns the count: `kubectl apply` must not reset it
+    for kind in ("PodMonitor", "PrometheusRule"):
+        assert docs[kind]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert "release" not in dep["metadata"]["labels"]
     (metric,) = hpa["spec"]["metrics"]
     assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "1500m"}
 
@@ -336,8 +367,9 @@ def test_tp2_lookahead_manifests(builds, tmp_path):
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert _container(dep, "preflight")["resources"]["limits"]["nvidia.com/gpu"] == "2"
     cmd = triton["command"]
-    assert cmd == mpi_command(Path("/srv/triton_repo"), 2, "0.0.0.0", 8000, 8001, 8002)
-    assert cmd[0] == "mpirun" and cmd.count(":") == 1 and cmd.count("-n") == 2
+    assert cmd == [kube.NVIDIA_ENTRYPOINT, *mpi_command(Path("/srv/triton_repo"), 2, "0.0.0.0", 8000, 8001, 8002)]
+    assert cmd[1] == "mpirun" and cmd.count(":") == 1 and cmd.count("-n") == 2
+    assert {"name": "OMPI_MCA_btl_vader_single_copy_mechanism", "value": "none"} in triton["env"]
     rank1 = cmd[cmd.index(":") + 1:]
     assert "--load-model=tensorrt_llm" in rank1 and "--allow-http=false" in rank1
     assert "--backend-config=python,shm-region-prefix-name=prefix1_" in rank1
@@ -393,15 +425,28 @@ def test_torch_cpu_build_manifests(tmp_path):
     # torch: 4 Python instances (tensorrt_llm is one too)
     assert read_build(tmp_path / "Demo_Build").python_instances == 4
     waiting = docs["PrometheusRule"]["spec"]["groups"][0]["rules"][1]
-    assert waiting["expr"].startswith("sum by (namespace, pod) (trtbuild_scheduler_waiting{")
+    assert waiting["expr"].startswith("sum by (namespace, pod, app_kubernetes_io_instance) (trtbuild_scheduler_waiting{")
+    # the torch backend names its engine relative to the repository: a moved build serves as it is
+    shutil.copytree(tmp_path / "Demo_Build", tmp_path / "mnt" / "build")
+    assert moved_engine(tmp_path / "mnt" / "build" / "triton_repo") is None
+    # a torch build for a GPU is not deployed (the CPU image has no CUDA; GPUs serve tensorrt-llm engines)
+    r = CliRunner().invoke(cli, [str(tmp_path / "hf"), "-o", str(tmp_path / "gpu_build"), "--max-seq-len", "128",
+                                 "--gpu", "h100-80gb", "--no-verify"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["k8s", str(tmp_path / "gpu_build"), "-o", str(tmp_path / "k8s-gpu")])
+    assert r.exit_code == 1 and "the torch backend deploys on the CPU image" in r.output
+    assert not (tmp_path / "k8s-gpu").exists()
 
 
 @pytest.mark.parametrize("args,message", [
     (["--hpa", "4,1,1"], "need 1 <= MIN <= MAX"),
     (["--hpa", "1,4"], "expected MIN,MAX,TARGET"),
-    (["--hpa", "1,4,0"], "TARGET must be a positive ratio"),
-    (["--hpa", "1,4,nan"], "TARGET must be a positive ratio"),
-    (["--replicas", "9"], "outside the autoscaler's range 1..4"),
+    (["--hpa", "1,4,0"], "TARGET must be a ratio between 0.001 and 1000000"),
+    (["--hpa", "1,4,nan"], "TARGET must be a ratio between 0.001 and 1000000"),
+    (["--hpa", "1,4,1e308"], "TARGET must be a ratio between 0.001 and 1000000"),
+    (["--hpa", "1,4,0.0001"], "TARGET must be a ratio between 0.001 and 1000000"),
+    (["--monitor-label", "release"], "expected KEY=VALUE"),
+    (["--monitor-label", "re lease=x"], "expected KEY=VALUE"),
     (["--model-store", "nfs:server/path"], "expected pvc:CLAIM[/PATH] or s3://BUCKET/PATH"),
     (["--model-store", "pvc:Bad_Claim"], "is not a PersistentVolumeClaim name"),
     (["--model-store", "pvc:models/../etc"], "must not contain '..'"),
@@ -413,6 +458,17 @@ def test_k8s_bad_arguments(builds, tmp_path, args, message):
     r = CliRunner().invoke(cli, ["k8s", str(builds["medusa_tp1"]), "-o", str(tmp_path / "k8s"), *args])
     assert r.exit_code == 1 and message in r.output and r.output.count("\n") == 1, r.output
     assert not (tmp_path / "k8s").exists()
+
+
+def test_k8s_fixed_replicas(builds, tmp_path):
+    docs = render(builds["medusa_tp1"], tmp_path / "k8s", "--replicas", "3")
+    for doc in docs.values():
+        validate_doc(doc)
+    assert docs["Deployment"]["spec"]["replicas"] == 3 and "HorizontalPodAutoscaler" not in docs
+    r = CliRunner().invoke(cli, ["k8s", str(builds["medusa_tp1"]), "-o", str(tmp_path / "k8s2"), "--replicas", "2",
+                                 "--hpa", "1,4,1"])
+    assert r.exit_code == 2 and "choose --replicas N (a fixed count) or --hpa" in r.output
+    assert not (tmp_path / "k8s2").exists()
 
 
 def test_k8s_refuses_what_is_not_a_build(builds, tmp_path):
@@ -532,7 +588,6 @@ def test_repository_follows_a_moved_build(builds, tmp_path):
                     old.parameters[key].string_value = new.parameters[key].string_value
         assert old == new, name
     assert moved_engine(repo) is None
-    # the torch backend names its engine relative to the repository: nothing to rewrite
 
 
 # ---------------------------------------------------------------- the Dockerfiles
@@ -561,7 +616,7 @@ def test_dockerfile_basics(name):
     assert kinds.index("USER") < kinds.index("ENTRYPOINT")
     (health,) = _instructions(p, "HEALTHCHECK")
     assert "http://127.0.0.1:8000/v2/health/ready" in health and "--start-period=" in health
-    assert json.loads(_instructions(p, "ENTRYPOINT")[0]) == ["trtbuild", "serve"]
+    assert json.loads(_instructions(p, "ENTRYPOINT")[0])[-2:] == ["trtbuild", "serve"]
     assert _instructions(p, "EXPOSE") == ["8000 8001 8002"]
     # no secrets in layers: no credential-like ARG/ENV, no dotfiles or keys copied in
     secret = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|API_KEY|ACCESS_KEY|AUTH)(_|$)", re.I)
@@ -595,7 +650,8 @@ def test_trtllm_image_matches_the_pin():
     row = next(ln for ln in readme.splitlines() if ln.startswith("|") and images.TRITON_TRTLLM_IMAGE in ln)
     for value in (images.TRTLLM_VERSION, images.TENSORRT_VERSION, images.CUDA_VERSION):
         assert value in row
-    assert re.search(r"docker run .*--gpus all --entrypoint trtbuild .*\s+build .*--backend tensorrt-llm", readme)
+    assert re.search(r"docker run .*--gpus all .*--entrypoint trtbuild .*\s+trtbuild-trtllm:\S+ build .*"
+                     r"--backend tensorrt-llm", readme)
 
 
 def test_cpu_image_installs_with_the_readme_install_step(tmp_path):

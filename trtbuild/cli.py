@@ -210,8 +210,10 @@ def repo(engine_dir: Path, out_dir: Path, streaming: bool, engine_dir_in_repo: s
 @click.option("--once", "once", default=None, metavar="PROMPT",
               help="Start, stream one request over gRPC (printed as it arrives), stop: a smoke test.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="For --once.")
+@click.option("--start-timeout", type=click.IntRange(min=1), default=600, show_default=True,
+              help="Seconds tritonserver may take to become ready (large engines load for minutes).")
 def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None,
-          once: str | None, max_tokens: int) -> None:
+          once: str | None, max_tokens: int, start_timeout: int) -> None:
     """Serve a model repository with tritonserver until Ctrl-C / SIGTERM (a build dir's triton_repo too)."""
     if (repo_dir / "triton_repo").is_dir() and not (repo_dir / "ensemble").is_dir():
         repo_dir = repo_dir / "triton_repo"
@@ -228,19 +230,19 @@ def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_por
         repo_dir = write_repo(moved, tmp / "triton_repo", streaming=bool(read_repo(repo_dir).get("streaming", True)))
         click.echo(f"the build has moved: serving its repository rewritten for {moved}")
     try:
-        _serve(repo_dir, host, http_port, grpc_port, metrics_port, log_file, once, max_tokens)
+        _serve(repo_dir, host, http_port, grpc_port, metrics_port, log_file, once, max_tokens, start_timeout)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None,
-           once: str | None, max_tokens: int) -> None:
+           once: str | None, max_tokens: int, start_timeout: int) -> None:
     import signal
 
     from trtbuild.serve import TritonServer
 
-    server = TritonServer(repo_dir, host, http_port, grpc_port, metrics_port, log_file)
+    server = TritonServer(repo_dir, host, http_port, grpc_port, metrics_port, log_file, timeout=start_timeout)
     stop = {"now": False}
 
     def handler(signum, frame):  # noqa: ARG001
@@ -273,16 +275,22 @@ def _serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_po
 @click.option("--image", default=None,
               help="Serving image (default: trtbuild-trtllm:VERSION for GPU builds, trtbuild-cpu:VERSION for CPU "
                    "builds, as docker/ builds them).")
-@click.option("--replicas", type=click.IntRange(min=1), default=None, help="Initial replicas (default: the HPA's MIN).")
+@click.option("--replicas", type=click.IntRange(min=1), default=None,
+              help="A fixed replica count, no autoscaler (instead of --hpa).")
 @click.option("--model-store", default=None,
               help="Where pods find the build: pvc:CLAIM[/PATH] (default: pvc:NAME-build) or s3://BUCKET/PATH.")
-@click.option("--hpa", "hpa_spec", default="1,4,1.0", show_default=True,
-              help="MIN,MAX,TARGET: replicas and the average queue/compute ratio per pod to scale on.")
+@click.option("--hpa", "hpa_spec", default=None,
+              help="MIN,MAX,TARGET: autoscale between MIN and MAX replicas on the average queue/compute ratio "
+                   "per pod (default 1,4,1.0 unless --replicas).")
+@click.option("--monitor-label", "monitor_labels", multiple=True, metavar="KEY=VALUE",
+              help="A label on the PodMonitor and PrometheusRule, for the Prometheus operator's selectors "
+                   "(e.g. release=kube-prometheus-stack); repeatable.")
 @click.option("--name", default=None, help="Kubernetes name (default: from BUILD_DIR's name).")
 @click.option("--namespace", default=None, help="metadata.namespace of every object (default: kubectl's).")
 @click.option("--force", is_flag=True, help="Replace OUT if trtbuild wrote it.")
 def k8s(build_dir: Path, out_dir: Path, image: str | None, replicas: int | None, model_store: str | None,
-        hpa_spec: str, name: str | None, namespace: str | None, force: bool) -> None:
+        hpa_spec: str | None, monitor_labels: tuple[str, ...], name: str | None, namespace: str | None,
+        force: bool) -> None:
     """Kubernetes manifests for a build: Deployment, Service, PodMonitor, PrometheusRule, HPA (kustomize)."""
     from trtbuild.deploy import images
     from trtbuild.deploy import k8s as kube
@@ -292,17 +300,28 @@ def k8s(build_dir: Path, out_dir: Path, image: str | None, replicas: int | None,
     name = kube.check_name(name) if name else kube.k8s_name(build_dir.resolve().name)
     if namespace is not None:
         kube.check_name(namespace, "--namespace")
-    hpa = kube.parse_hpa(hpa_spec)
+    if replicas is not None and hpa_spec is not None:
+        raise click.UsageError("choose --replicas N (a fixed count) or --hpa MIN,MAX,TARGET (autoscaled), not both")
+    hpa = None if replicas is not None else kube.parse_hpa(hpa_spec or "1,4,1.0")
+    labels = tuple(kube.parse_label(t) for t in monitor_labels)
     store = kube.parse_model_store(model_store or f"pvc:{name}-build")
-    image = image or (images.TRTLLM_IMAGE if b.gpu is not None else images.CPU_IMAGE)
-    opts = kube.Options(name=name, image=image, replicas=replicas or hpa.min_replicas, store=store, hpa=hpa,
-                        namespace=namespace)
+    default_image = images.TRTLLM_IMAGE if b.backend == "tensorrt-llm" else images.CPU_IMAGE
+    opts = kube.Options(name=name, image=image or default_image, store=store, hpa=hpa, replicas=replicas,
+                        namespace=namespace, monitor_labels=labels)
     kube.write(b, opts, out_dir, force=force)
     gpus = f"{b.world_size} x nvidia.com/gpu ({', '.join(kube.gpu_products(b))})" if b.gpu else "CPU only"
-    click.echo(f"wrote {out_dir}: Deployment {name} ({gpus}, image {image}, /dev/shm {kube.mi(kube.shm_bytes(b))}, "
-               f"startup window {kube.startup_failure_threshold(b) * kube.STARTUP_PERIOD} s), Service, PodMonitor, "
-               f"PrometheusRule, HPA {hpa.min_replicas}-{hpa.max_replicas}")
-    click.echo(f"apply: kubectl apply -k {out_dir}   (the build must be in the model store: {store.url or store.claim})")
+    scale = f"HPA {hpa.min_replicas}-{hpa.max_replicas}" if hpa else f"{replicas} replica(s)"
+    click.echo(f"wrote {out_dir}: Deployment {name} ({gpus}, image {opts.image}, /dev/shm "
+               f"{kube.mi(kube.shm_bytes(b))}, startup window {kube.startup_failure_threshold(b) * kube.STARTUP_PERIOD}"
+               f" s, {scale}), Service, PodMonitor, PrometheusRule")
+    if image is None:
+        click.echo(f"note: image {default_image} is what docker/ builds locally: push it to a registry the "
+                   "cluster pulls from and pass --image")
+    if store.kind == "pvc":
+        click.echo(f"note: the build must be on the claim {store.claim}"
+                   + (f" under {store.sub_path}" if store.sub_path else "")
+                   + " (ReadOnlyMany or ReadWriteMany, for replicas on several nodes)")
+    click.echo(f"apply: kubectl apply -k {out_dir}")
 
 
 @cli.command()

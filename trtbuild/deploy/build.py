@@ -82,9 +82,13 @@ def read_build(out: Path) -> Build:
     if not (out / "engine" / LOCK).is_file():
         raise ConfigError(f"{out}/engine has no {LOCK}: rebuild it with this trtbuild")
     lock = read_lock(out / "engine")
+    try:
+        instances = python_instances(out / "triton_repo")
+    except (OSError, ConfigError) as e:
+        raise ConfigError(f"{out}/triton_repo is incomplete ({' '.join(str(e).split())})") from None
     engine = out / "engine"
     ranks = sorted(engine.glob("rank*.engine")) or sorted((out / "checkpoint").glob("rank*.safetensors"))
     per_rank = max((p.stat().st_size for p in ranks), default=0)
     return Build(path=out, spec=spec, lock=lock, engine_config=engine_config, repo=repo,
-                 python_instances=python_instances(out / "triton_repo"), engine_bytes_per_rank=per_rank,
+                 python_instances=instances, engine_bytes_per_rank=per_rank,
                  total_bytes=_size(out.rglob("*")))

@@ -11,7 +11,8 @@ Triton repository), never configured separately.
     DIR/service.yaml         Service: http 8000, grpc 8001, metrics 8002
     DIR/podmonitor.yaml      PodMonitor (Prometheus operator) scraping :8002/metrics
     DIR/prometheusrule.yaml  recording rules: the queue/compute ratio and the waiting requests
-    DIR/hpa.yaml             autoscaling/v2 HorizontalPodAutoscaler on the queue/compute ratio
+    DIR/hpa.yaml             autoscaling/v2 HorizontalPodAutoscaler on the queue/compute ratio (the
+                             Deployment then has no replica count; with --replicas N: no HPA)
     DIR/kustomization.yaml   `kubectl apply -k DIR`
     DIR/prometheus-adapter-values.yaml  the adapter rule that serves the ratio to the HPA (Helm values)
 
@@ -52,7 +53,6 @@ LOAD_BYTES_PER_S = 200 * MiB
 RATIO_RECORD = "triton:queue_compute:ratio"
 RATIO_METRIC = "triton_queue_compute_ratio"  # the name prometheus-adapter serves it under
 WAITING_RECORD = "trtbuild:waiting_requests"
-FILES = ("deployment.yaml", "service.yaml", "podmonitor.yaml", "prometheusrule.yaml", "hpa.yaml")
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,11 @@ class Hpa:
 class Options:
     name: str
     image: str
-    replicas: int
     store: ModelStore
-    hpa: Hpa
+    hpa: Hpa | None  # autoscaled (the HPA owns the replica count) ...
+    replicas: int | None = None  # ... or a fixed count
     namespace: str | None = None
+    monitor_labels: tuple[tuple[str, str], ...] = ()  # what the Prometheus operator selects monitors by
 
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -126,9 +127,22 @@ def parse_hpa(text: str) -> Hpa:
                           "queue/compute ratio 1.0 per pod)") from None
     if lo < 1 or hi < lo:
         raise ConfigError(f"--hpa {text!r}: need 1 <= MIN <= MAX")
-    if not (target > 0 and math.isfinite(target)):
-        raise ConfigError(f"--hpa {text!r}: TARGET must be a positive ratio")
+    if not (0.001 <= target <= 1e6):
+        raise ConfigError(f"--hpa {text!r}: TARGET must be a ratio between 0.001 and 1000000")
     return Hpa(lo, hi, target)
+
+
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+        raise ConfigError(f"--monitor-label {text!r}: expected KEY=VALUE, a valid Kubernetes label "
+                          "(e.g. release=kube-prometheus-stack)")
+    return key, value
 
 
 def mi(n: int) -> str:
@@ -164,14 +178,22 @@ def memory_bytes(build: Build) -> int:
     return _round_up(n + shm_bytes(build), GiB)
 
 
+NVIDIA_ENTRYPOINT = "/opt/nvidia/nvidia_entrypoint.sh"  # the NGC image's own (CUDA compatibility set-up)
+
+
 def serve_command(build: Build) -> list[str]:
-    """The main container's command: the mpirun line when tp x pp > 1, else `trtbuild serve`."""
+    """The main container's command: the mpirun line when tp x pp > 1, else `trtbuild serve` (given
+    the whole startup window to become ready). In the Triton TRT-LLM image, behind NVIDIA's entrypoint
+    (a pod's `command` replaces the image's)."""
     if build.world_size > 1:
         from trtbuild.serve import mpi_command
 
-        return mpi_command(Path(REPO), build.world_size, "0.0.0.0", PORTS["http"], PORTS["grpc"], PORTS["metrics"])
-    return ["trtbuild", "serve", REPO, "--host", "0.0.0.0", "--http-port", str(PORTS["http"]),
-            "--grpc-port", str(PORTS["grpc"]), "--metrics-port", str(PORTS["metrics"])]
+        cmd = mpi_command(Path(REPO), build.world_size, "0.0.0.0", PORTS["http"], PORTS["grpc"], PORTS["metrics"])
+    else:
+        cmd = ["trtbuild", "serve", REPO, "--host", "0.0.0.0", "--http-port", str(PORTS["http"]),
+               "--grpc-port", str(PORTS["grpc"]), "--metrics-port", str(PORTS["metrics"]),
+               "--start-timeout", str(startup_failure_threshold(build) * STARTUP_PERIOD)]
+    return [NVIDIA_ENTRYPOINT, *cmd] if build.backend == "tensorrt-llm" else cmd
 
 
 def _label_value(text: str) -> str:
@@ -236,6 +258,8 @@ def deployment(build: Build, opts: Options) -> dict:
     gpu_res = {"nvidia.com/gpu": str(gpus)} if gpus else {}
     store_mount = {"name": "model-store", "mountPath": MOUNT, "readOnly": True}
     env = [{"name": "HOME", "value": "/tmp"}, {"name": "TOKENIZERS_PARALLELISM", "value": "false"}]
+    if build.world_size > 1:  # OpenMPI's single-copy (CMA) needs ptrace rights a non-root pod does not have
+        env.append({"name": "OMPI_MCA_btl_vader_single_copy_mechanism", "value": "none"})
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
     triton = {
         "name": "triton", "image": opts.image, "imagePullPolicy": "IfNotPresent",
@@ -254,7 +278,8 @@ def deployment(build: Build, opts: Options) -> dict:
     }
     preflight = {
         "name": "preflight", "image": opts.image, "imagePullPolicy": "IfNotPresent",
-        "command": ["trtbuild", "preflight", MOUNT, "--repo-out", REPO], "env": env[:1],
+        "command": ([NVIDIA_ENTRYPOINT] if build.backend == "tensorrt-llm" else [])
+        + ["trtbuild", "preflight", MOUNT, "--repo-out", REPO], "env": env[:1],
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi", **gpu_res},
                       "limits": {"memory": "2Gi", **gpu_res}},
         "volumeMounts": [dict(store_mount), {"name": "srv", "mountPath": SRV}, {"name": "tmp", "mountPath": "/tmp"}],
@@ -295,11 +320,12 @@ def deployment(build: Build, opts: Options) -> dict:
             {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In",
                                    "values": gpu_products(build)}]}]}}}
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    spec: dict = {} if opts.hpa else {"replicas": opts.replicas or 1}  # with an HPA, it owns the count
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {**_meta(build, opts), "annotations": annotations(build, opts)},
         "spec": {
-            "replicas": opts.replicas,
+            **spec,
             "selector": {"matchLabels": selector(opts)},
             # a new pod is ready before an old one goes (needs one spare node's worth of GPUs)
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
@@ -319,8 +345,14 @@ def service(build: Build, opts: Options) -> dict:
 INSTANCE_LABEL = "app_kubernetes_io_instance"  # the pod label the PodMonitor copies onto every series
 
 
+def _monitor_meta(build: Build, opts: Options) -> dict:
+    meta = _meta(build, opts)
+    meta["labels"].update(dict(opts.monitor_labels))
+    return meta
+
+
 def pod_monitor(build: Build, opts: Options) -> dict:
-    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": _meta(build, opts),
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": _monitor_meta(build, opts),
             "spec": {"selector": {"matchLabels": selector(opts)},
                      "podTargetLabels": ["app.kubernetes.io/instance"],
                      "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}]}}
@@ -330,23 +362,26 @@ def prometheus_rule(build: Build, opts: Options) -> dict:
     """Recording rules per pod of this Deployment: Triton's queue time over compute time (model and
     hardware independent), and the requests waiting for a batch slot inside the backend."""
     sel = f'{INSTANCE_LABEL}="{opts.name}"' + (f', namespace="{opts.namespace}"' if opts.namespace else "")
-    by = "sum by (namespace, pod)"
+    by = f"sum by (namespace, pod, {INSTANCE_LABEL})"  # keeps the labels the alert and the adapter select on
     ratio = (f"{by} (rate(nv_inference_queue_duration_us{{{sel}}}[1m])) / clamp_min({by} "
              f"(rate(nv_inference_compute_infer_duration_us{{{sel}}}[1m])), 1)")
     waiting = (f'{by} (nv_trt_llm_request_metrics{{request_type="waiting", {sel}}})'
                if build.backend == "tensorrt-llm" else f"{by} (trtbuild_scheduler_waiting{{{sel}}})")
-    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": _meta(build, opts),
+    target = opts.hpa.target if opts.hpa else 1.0
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": _monitor_meta(build, opts),
             "spec": {"groups": [{"name": f"trtbuild-{opts.name}", "interval": "15s", "rules": [
                 {"record": RATIO_RECORD, "expr": ratio},
                 {"record": WAITING_RECORD, "expr": waiting},
-                {"alert": "TritonQueueBacklog", "expr": f"{RATIO_RECORD}{{{sel}}} > {4 * opts.hpa.target:g}",
+                {"alert": "TritonQueueBacklog", "expr": f"{RATIO_RECORD}{{{sel}}} > {4 * target:g}",
                  "for": "10m", "labels": {"severity": "warning"},
-                 "annotations": {"summary": f"{opts.name}: requests queue {4 * opts.hpa.target:g}x longer than "
-                                            "they compute and the autoscaler has not caught up"}},
+                 "annotations": {"summary": f"{opts.name}: requests queue {4 * target:g}x longer than they "
+                                            "compute (add replicas or raise the autoscaler's maximum)"}},
             ]}]}}
 
 
 def hpa(build: Build, opts: Options) -> dict:
+    assert opts.hpa is not None
     return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _meta(build, opts),
             "spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": opts.name},
@@ -364,7 +399,8 @@ def hpa(build: Build, opts: Options) -> dict:
 
 def adapter_values() -> dict:
     """prometheus-adapter Helm values: serve the recorded ratio as the HPA's Pods metric."""
-    return {"rules": {"custom": [{
+    return {"prometheus": {"url": "http://prometheus-operated.monitoring.svc", "port": 9090},
+            "rules": {"custom": [{
         "seriesQuery": f'{{__name__="{RATIO_RECORD}",namespace!="",pod!=""}}',
         "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
         "name": {"matches": "^triton:queue_compute:ratio$", "as": RATIO_METRIC},
@@ -375,11 +411,17 @@ def adapter_values() -> dict:
 def render(build: Build, opts: Options) -> dict[str, dict]:
     if build.backend == "tensorrt-llm" and build.gpu is None:
         raise ConfigError("a tensorrt-llm build without a GPU target cannot be deployed")
-    if not (opts.hpa.min_replicas <= opts.replicas <= opts.hpa.max_replicas):
-        raise ConfigError(f"--replicas {opts.replicas} is outside the autoscaler's range "
-                          f"{opts.hpa.min_replicas}..{opts.hpa.max_replicas} (--hpa MIN,MAX,TARGET)")
-    return dict(zip(FILES, (deployment(build, opts), service(build, opts), pod_monitor(build, opts),
-                            prometheus_rule(build, opts), hpa(build, opts))))
+    if build.backend == "torch" and build.gpu is not None:
+        raise ConfigError(f"{build.path.name} is a torch-backend build for {build.spec['gpu']}: the torch backend "
+                          "deploys on the CPU image (build with --gpu cpu), GPU deployments serve tensorrt-llm "
+                          "engines (--backend tensorrt-llm)")
+    if (opts.hpa is None) == (opts.replicas is None):
+        raise ConfigError("choose --replicas N (a fixed count) or --hpa MIN,MAX,TARGET (autoscaled), not both")
+    docs = {"deployment.yaml": deployment(build, opts), "service.yaml": service(build, opts),
+            "podmonitor.yaml": pod_monitor(build, opts), "prometheusrule.yaml": prometheus_rule(build, opts)}
+    if opts.hpa is not None:
+        docs["hpa.yaml"] = hpa(build, opts)
+    return docs
 
 
 class _Dumper(yaml.SafeDumper):
@@ -398,11 +440,13 @@ def write(build: Build, opts: Options, out: Path, force: bool = False) -> Path:
     with staging_dir(out, force) as tmp:
         for fname, doc in docs.items():
             (tmp / fname).write_text(header + _dump(doc))
-        kust = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": list(FILES)}
+        kust = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": list(docs)}
         (tmp / "kustomization.yaml").write_text(header + _dump(kust))
-        (tmp / "prometheus-adapter-values.yaml").write_text(
-            "# helm upgrade --install prometheus-adapter prometheus-community/prometheus-adapter -f THIS_FILE\n"
-            + _dump(adapter_values()))
+        if opts.hpa is not None:
+            (tmp / "prometheus-adapter-values.yaml").write_text(
+                "# prometheus-adapter (Helm chart prometheus-community/prometheus-adapter): merge these into its\n"
+                "# values (prometheus.url: your Prometheus service) so the HPA's Pods metric exists.\n"
+                + _dump(adapter_values()))
         (tmp / MARKER).write_text(json.dumps({"kind": "k8s", "build": str(build.path), "name": opts.name},
                                              indent=2) + "\n")
     return out
