@@ -41,9 +41,9 @@ from trtbuild.cli import cli
 from trtbuild.deploy import images
 from trtbuild.deploy import k8s as kube
 from trtbuild.deploy.build import read_build
-from trtbuild.deploy.preflight import check_node, relocate_repo
+from trtbuild.deploy.preflight import check_node
 from trtbuild.errors import ConfigError
-from trtbuild.serve import mpi_command, moved_engine
+from trtbuild.serve import mpi_command, moved_engine, relocated_repo
 from trtbuild.spec import BuildSpec
 from trtbuild.triton_repo import MODELS, parse_config
 
@@ -561,7 +561,7 @@ def test_preflight_cli_refuses_a_node(builds, tmp_path, monkeypatch, fake_nvidia
     # the node matches and the image has the engine's TensorRT-LLM and TensorRT: the repository is written
     import trtbuild.deploy.preflight as pf
 
-    monkeypatch.setattr(pf, "installed_version", lambda dist: CONTAINER[dist])
+    monkeypatch.setattr(pf, "dist_version", lambda dist: CONTAINER[dist])
     fake_nvidia_smi("NVIDIA H100 80GB HBM3, 590.44.01, 9.0\\nNVIDIA H100 80GB HBM3, 590.44.01, 9.0\\n")
     r = CliRunner().invoke(cli, ["preflight", str(build), "--repo-out", str(tmp_path / "srv" / "repo")])
     assert r.exit_code == 0, r.output
@@ -576,7 +576,7 @@ def test_repository_follows_a_moved_build(builds, tmp_path):
     shutil.copytree(builds["medusa_tp1"], moved)
     assert moved_engine(builds["medusa_tp1"] / "triton_repo") is None  # in place: served as it is
     assert moved_engine(moved / "triton_repo") == moved / "engine"
-    repo = relocate_repo(read_build(moved), tmp_path / "srv" / "triton_repo")
+    repo = relocated_repo(moved, tmp_path / "srv" / "triton_repo")
     for name in MODELS:
         old = parse_config((builds["medusa_tp1"] / "triton_repo" / name / "config.pbtxt").read_text())
         new = parse_config((repo / name / "config.pbtxt").read_text())

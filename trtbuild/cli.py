@@ -220,14 +220,12 @@ def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_por
     import shutil
     import tempfile
 
-    from trtbuild.serve import moved_engine, read_repo
+    from trtbuild.serve import moved_engine, relocated_repo
 
     moved, tmp = moved_engine(repo_dir), None
     if moved is not None:  # serve a copy of the repository that names the engine where it is now
-        from trtbuild.triton_repo import write_repo
-
         tmp = Path(tempfile.mkdtemp(prefix="trtbuild-repo-"))
-        repo_dir = write_repo(moved, tmp / "triton_repo", streaming=bool(read_repo(repo_dir).get("streaming", True)))
+        repo_dir = relocated_repo(moved.parent, tmp / "triton_repo")
         click.echo(f"the build has moved: serving its repository rewritten for {moved}")
     try:
         _serve(repo_dir, host, http_port, grpc_port, metrics_port, log_file, once, max_tokens, start_timeout)

@@ -104,7 +104,8 @@ def engine_config(spec: ResolvedSpec, pretrained_config: dict, version: str) -> 
     return {"version": version, "pretrained_config": pretrained_config, "build_config": build_config(spec)}
 
 
-def _version(dist: str) -> str | None:
+def dist_version(dist: str) -> str | None:
+    """The installed version of a distribution (names are normalised: tensorrt_llm == tensorrt-llm)."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -118,8 +119,8 @@ def versions() -> dict:
     from trtbuild import __version__
 
     cuda = torch.version.cuda if torch.cuda.is_available() else None
-    return {"trtbuild": __version__, "tensorrt_llm": _version("tensorrt_llm") or _version("tensorrt-llm"),
-            "tensorrt": _version("tensorrt"), "torch": torch.__version__, "cuda": cuda,
+    return {"trtbuild": __version__, "tensorrt_llm": dist_version("tensorrt_llm"),
+            "tensorrt": dist_version("tensorrt"), "torch": torch.__version__, "cuda": cuda,
             "python": platform.python_version()}
 
 

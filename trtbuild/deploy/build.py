@@ -39,10 +39,6 @@ class Build:
         return GPUS.get(self.spec["gpu"])
 
     @property
-    def streaming(self) -> bool:
-        return bool(self.repo.get("streaming", True))
-
-    @property
     def trtllm_version(self) -> str | None:
         return (self.lock.get("versions") or {}).get("tensorrt_llm")
 

@@ -203,12 +203,10 @@ def _label_value(text: str) -> str:
 
 def labels(build: Build, opts: Options) -> dict[str, str]:
     """Selector labels first; then what the engine is (GPU, TensorRT-LLM version, spec hash)."""
-    out = {"app.kubernetes.io/name": "trtbuild", "app.kubernetes.io/instance": opts.name}
-    out.update({"app.kubernetes.io/component": "triton", "app.kubernetes.io/managed-by": "trtbuild",
-                "trtbuild.dev/backend": build.backend, "trtbuild.dev/gpu": _label_value(build.spec["gpu"]),
-                "trtbuild.dev/tensorrt-llm": _label_value(build.trtllm_version or "none"),
-                "trtbuild.dev/spec-hash": build.lock["spec_hash"][:16]})
-    return out
+    return {**selector(opts), "app.kubernetes.io/component": "triton", "app.kubernetes.io/managed-by": "trtbuild",
+            "trtbuild.dev/backend": build.backend, "trtbuild.dev/gpu": _label_value(build.spec["gpu"]),
+            "trtbuild.dev/tensorrt-llm": _label_value(build.trtllm_version or "none"),
+            "trtbuild.dev/spec-hash": build.lock["spec_hash"][:16]}
 
 
 def selector(opts: Options) -> dict[str, str]:

@@ -14,21 +14,12 @@ Kubernetes init container).
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
+from trtbuild.builder.engine import dist_version
 from trtbuild.builder.gpus import MIN_DRIVER, NodeGpu, driver_tuple, product_label
 from trtbuild.deploy.build import Build
 from trtbuild.errors import ConfigError
-
-
-def installed_version(dist: str) -> str | None:
-    for name in (dist, dist.replace("_", "-")):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def check_node(build: Build, gpus: list[NodeGpu], installed: dict[str, str | None]) -> list[str]:
@@ -77,19 +68,12 @@ def describe(gpus: list[NodeGpu]) -> str:
     return f"{len(gpus)} x " + ", ".join(names)
 
 
-def relocate_repo(build: Build, repo_out: Path) -> Path:
-    """Write the build's Triton repository at repo_out for the build where it is now."""
-    from trtbuild.triton_repo import write_repo
-
-    return write_repo(build.path / "engine", Path(repo_out), streaming=build.streaming, force=True)
-
-
 def node_facts(build: Build) -> tuple[list[NodeGpu], dict[str, str | None]]:
     """This node's GPUs (only asked for GPU builds) and the TensorRT-LLM/TensorRT of this image."""
     from trtbuild.builder.gpus import query_node_gpus
 
     gpus = query_node_gpus() if build.gpu is not None and build.lock.get("gpu") else []
-    return gpus, {d: installed_version(d) for d in ("tensorrt_llm", "tensorrt")}
+    return gpus, {d: dist_version(d) for d in ("tensorrt_llm", "tensorrt")}
 
 
 def preflight(build: Build, repo_out: Path | None) -> list[str]:
@@ -101,7 +85,9 @@ def preflight(build: Build, repo_out: Path | None) -> list[str]:
     lines = [f"node: {describe(gpus)}; matches the engine"
              + (f" (TensorRT-LLM {installed['tensorrt_llm']})" if build.backend == "tensorrt-llm" else "")]
     if repo_out is not None:
-        relocate_repo(build, repo_out)
+        from trtbuild.serve import relocated_repo
+
+        relocated_repo(build.path, Path(repo_out), force=True)
         lines.append(f"wrote {repo_out} (engine {build.path / 'engine'})")
     return lines
 

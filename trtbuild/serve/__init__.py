@@ -72,6 +72,15 @@ def moved_engine(repo: Path) -> Path | None:
     return engine
 
 
+def relocated_repo(build_dir: Path, out: Path, force: bool = False) -> Path:
+    """A build's repository written again at `out` for the build where it is now (same streaming
+    switch): what serves a build whose repository names its engine somewhere else."""
+    from trtbuild.triton_repo import write_repo
+
+    info = read_repo(Path(build_dir) / "triton_repo")
+    return write_repo(Path(build_dir) / "engine", out, streaming=bool(info.get("streaming", True)), force=force)
+
+
 def pytriton_dir() -> Path:
     try:
         import pytriton
