@@ -64,6 +64,16 @@ def _metrics(server: TritonServer) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^trtbuild_scheduler_(\w+)\{[^}]*\} (\S+)$", text, re.M)}
 
 
+def _after_cancel(server: TritonServer, before: dict[str, float]) -> dict[str, float]:
+    """The scheduler's metrics once a cancellation has landed and no row is active (or after 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        m = _metrics(server)
+        if (m["cancelled"] > before["cancelled"] and m["active"] == 0) or time.monotonic() >= deadline:
+            return m
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_text_through_triton_equals_generate(builds, tmp_path, kind):
     want = {p: _expected(builds[kind], p, 24) for p in PROMPTS}
@@ -154,12 +164,7 @@ def test_concurrency_bad_requests_and_disconnect(builds, tmp_path):
             time.sleep(0.05)
         client.stop_stream(cancel_requests=True)  # the client goes away mid-stream
         client.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            m = _metrics(s)
-            if m["cancelled"] > before["cancelled"] and m["active"] == 0:
-                break
-            time.sleep(0.2)
+        m = _after_cancel(s, before)
         assert m["cancelled"] == before["cancelled"] + 1 and m["active"] == 0
         assert m["tokens_generated"] - before["tokens_generated"] < 300  # stopped long before 400 tokens
         # ... and through the ensemble (postprocessing sees the cancelled steps and tells tensorrt_llm)
@@ -168,12 +173,7 @@ def test_concurrency_bad_requests_and_disconnect(builds, tmp_path):
         next(stream)
         next(stream)
         stream.close()  # stops the stream, cancelling the request
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            m = _metrics(s)
-            if m["cancelled"] > before["cancelled"] and m["active"] == 0:
-                break
-            time.sleep(0.2)
+        m = _after_cancel(s, before)
         assert m["cancelled"] == before["cancelled"] + 1 and m["active"] == 0
         assert m["tokens_generated"] - before["tokens_generated"] < 300
         assert "".join(c["text_output"] for c in stream_grpc(s.grpc_url, PROMPTS[0], 8)) == _expected(

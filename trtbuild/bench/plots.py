@@ -19,6 +19,14 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
         label[str(sorted(load.items()))] = (f"concurrency {load['concurrency']}" if "concurrency" in load
                                             else f"{load['request_rate']} req/s")
     written = []
+
+    def save(fig, ax, name: str) -> None:  # every plot: legend, tight layout, PNG, figure closed
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        written.append(out_dir / name)
+
     for metric, title, name in (("ttft", "Time to first token", "ttft.png"), ("itl", "Inter-token latency", "itl.png")):
         import numpy as np
 
@@ -34,11 +42,7 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
         ax.set_title(f"{title} distribution")
         ax.set_xlabel(f"{title} (ms)")
         ax.set_ylabel("requests")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=100)
-        plt.close(fig)
-        written.append(out_dir / name)
+        save(fig, ax, name)
 
     results = [r for r in report["results"] if r.get("output_token_throughput_per_s")]
     conc = [r for r in results if "concurrency" in r["load"]]
@@ -49,11 +53,7 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
         ax.set_title("Output token throughput vs concurrency")
         ax.set_xlabel("concurrency (requests in flight)")
         ax.set_ylabel("output tokens/s")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out_dir / "throughput_vs_concurrency.png", dpi=100)
-        plt.close(fig)
-        written.append(out_dir / "throughput_vs_concurrency.png")
+        save(fig, ax, "throughput_vs_concurrency.png")
     if results:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         xs = [r["output_token_throughput_per_s"] for r in results]
@@ -62,9 +62,5 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
         ax.set_title("Latency vs throughput")
         ax.set_xlabel("output tokens/s")
         ax.set_ylabel("request latency (ms)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out_dir / "latency_vs_throughput.png", dpi=100)
-        plt.close(fig)
-        written.append(out_dir / "latency_vs_throughput.png")
+        save(fig, ax, "latency_vs_throughput.png")
     return written
