@@ -207,7 +207,7 @@ def test_pod_command_chain_on_a_mounted_build(builds, tmp_path):
     from trtbuild.triton_repo import parse_config
 
     cfg = parse_config((repo / "tensorrt_llm" / "config.pbtxt").read_text())
-    assert (repo / "tensorrt_llm" / cfg.parameters["engine_dir"].string_value).resolve() == (mounted / "engine").resolve()
+    assert (repo / "tensorrt_llm" / cfg.parameters["gpt_model_path"].string_value).resolve() == (mounted / "engine").resolve()
     want = _expected(builds["lookahead"], PROMPTS[0], 16)
     host = "127.0.0.1"
     with TritonServer(repo, host, free_port(host), free_port(host), free_port(host),

@@ -79,8 +79,8 @@ def test_trtllm_repository_golden(hf, tmp_path, case):
     llm = parse_config((repo / "tensorrt_llm" / "config.pbtxt").read_text())
     p = {k: v.string_value for k, v in llm.parameters.items()}
     assert llm.backend == "tensorrtllm" and llm.model_transaction_policy.decoupled
-    assert p["batching_strategy"] == "inflight_fused_batching" and p["exclude_input_in_output"] == "true"
-    assert p["engine_dir"] == "/engines/model" and p["max_beam_width"] == "1"
+    assert p["gpt_model_type"] == "inflight_fused_batching" and p["exclude_input_in_output"] == "true"
+    assert p["gpt_model_path"] == "/engines/model" and p["max_beam_width"] == "1"
     if case == "trtllm_medusa":
         assert p["decoding_mode"] == "medusa"
         assert p["medusa_choices"] == "{0}, {1}, {0, 0}, {0, 0, 1}"  # the missing prefix {0, 0} is listed
@@ -109,7 +109,7 @@ def test_streaming_switch_and_backends_share_the_text_models(hf, tmp_path):
         assert (a / name / "config.pbtxt").read_text() == (b / name / "config.pbtxt").read_text()
     llm = parse_config((b / "tensorrt_llm" / "config.pbtxt").read_text())
     assert llm.backend == "python" and (b / "tensorrt_llm" / "1" / "model.py").is_file()
-    engine_param = llm.parameters["engine_dir"].string_value
+    engine_param = llm.parameters["gpt_model_path"].string_value
     assert (b / "tensorrt_llm" / engine_param).resolve() == torch_engine.resolve()
     pre = parse_config((b / "preprocessing" / "config.pbtxt").read_text()).parameters
     assert pre["max_input_len"].string_value == "200" and pre["max_seq_len"].string_value == "256"

@@ -12,7 +12,9 @@ Every value comes from the engine (config.json, trtbuild.json) and the build's s
 present; every `${...}` is filled (a missing one is an error), and each config.pbtxt is parsed back
 as a Triton ModelConfig before the repository is published. `decoupled_mode` follows one
 streaming switch for tensorrt_llm and the BLS. Paths inside are relative to each model's
-directory, except `engine_dir` for the tensorrtllm backend, which must be absolute there.
+directory, except the engine (`gpt_model_path`) for the tensorrtllm backend, which must be absolute
+there. The tensorrt_llm model's parameters are the C++ backend's keys (`contract.py`), checked
+before anything is written.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from trtbuild.errors import ConfigError
 from trtbuild.fsutil import MARKER, staging_dir
+from trtbuild.triton_repo import contract
 from trtbuild.triton_repo.templates import TEMPLATES
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -50,45 +53,69 @@ def _read_engine(engine_dir: Path) -> tuple[dict, dict, dict]:
 
 
 def parameters(cfg: dict, marker: dict, spec: dict, engine_param: str, streaming: bool) -> dict[str, dict[str, str]]:
-    """Template values per model, all strings."""
-    bc, pre = cfg["build_config"], cfg["pretrained_config"]
+    """Template values per model, all strings; `tensorrt_llm` also gets `parameters`, its key/value
+    list rendered from `tensorrt_llm_parameters` (checked against the C++ backend's contract)."""
+    bc = cfg["build_config"]
     draft = int(bc.get("max_draft_len") or 0)
-    common = {"triton_max_batch_size": str(bc["max_batch_size"]), "decoupled_mode": "true" if streaming else "false"}
+    max_batch = str(bc["max_batch_size"])
+    common = {"triton_max_batch_size": max_batch, "decoupled_mode": "true" if streaming else "false",
+              "logits_datatype": "TYPE_FP32", "encoder_input_features_data_type": "TYPE_FP16",
+              "max_queue_delay_microseconds": "0", "max_queue_size": "0"}
     end_ids = spec.get("end_ids") or []
-    speculative, decoding = "", "top_k_top_p"
-    if pre.get("architecture") == "MedusaForCausalLM":
-        from trtbuild.medusa.choices import parse_choices, to_brace
-
-        decoding = "medusa"
-        tree = parse_choices([list(p) for p in pre["medusa_choices"]]).choices  # every prefix listed
-        speculative = _param("medusa_choices", to_brace(tree))
-    elif pre.get("lookahead_config"):
-        la = pre["lookahead_config"]
-        decoding = "lookahead"
-        speculative = "".join(_param(k, str(la[f])) for k, f in (
-            ("lookahead_window_size", "max_window_size"), ("lookahead_ngram_size", "max_ngram_size"),
-            ("lookahead_verification_set_size", "max_verification_set_size")))
     torch_backend = marker.get("backend") == "torch"
     tok = "../preprocessing/tokenizer"
+    llm = tensorrt_llm_parameters(cfg, spec, engine_param)
+    contract.check_written(llm)
     return {
         "ensemble": common,
         "preprocessing": {**common, "tokenizer_dir": "tokenizer", "add_special_tokens": "true",
                           "max_input_len": str(bc["max_input_len"]), "max_seq_len": str(int(bc["max_seq_len"]) - draft),
-                          "end_ids": ",".join(str(i) for i in end_ids), "preprocessing_instance_count": "1"},
+                          "end_ids": ",".join(str(i) for i in end_ids),
+                          "vocab_size": str(cfg["pretrained_config"]["vocab_size"]),
+                          "preprocessing_instance_count": "1"},
         "postprocessing": {**common, "tokenizer_dir": tok, "skip_special_tokens": "true",
                            "postprocessing_instance_count": "1"},
         "tensorrt_llm": {**common, "triton_backend": "python" if torch_backend else "tensorrtllm",
-                         "max_queue_delay_microseconds": "0", "max_beam_width": "1", "engine_dir": engine_param,
-                         "batching_strategy": "inflight_fused_batching",
-                         "batch_scheduler_policy": "guaranteed_no_evict",
-                         "kv_cache_free_gpu_mem_fraction": str(spec.get("kv_cache_free_gpu_mem_fraction", 0.9)),
-                         "exclude_input_in_output": "true", "enable_chunked_context": "true",
-                         "enable_kv_cache_reuse": "false", "normalize_log_probs": "true",
-                         "cancellation_check_period_ms": "100", "stats_check_period_ms": "100",
-                         "decoding_mode": decoding, "speculative_parameters": speculative},
-        "tensorrt_llm_bls": {**common, "accumulate_tokens": "true", "tensorrt_llm_model_name": "tensorrt_llm",
-                             "tokenizer_dir": tok, "logits_datatype": "TYPE_FP32", "bls_instance_count": "1"},
+                         "parameters": "".join(_param(k, v) for k, v in llm.items())},
+        # accumulate_tokens false: streamed responses carry the new text only, what upstream's
+        # clients append (end_to_end_grpc_client.py); one BLS instance serves one request at a time,
+        # so as many instances as the engine has rows (docs/model_config.md@c2e65b8)
+        "tensorrt_llm_bls": {**common, "accumulate_tokens": "false", "tensorrt_llm_model_name": "tensorrt_llm",
+                             "tensorrt_llm_draft_model_name": "", "multimodal_encoders_name": "",
+                             "tokenizer_dir": tok, "bls_instance_count": max_batch},
     }
+
+
+def tensorrt_llm_parameters(cfg: dict, spec: dict, engine_param: str) -> dict[str, str]:
+    """The tensorrt_llm model's parameters: the C++ backend's keys (contract.CPP_PARAMETERS), filled
+    from the engine and spec; keys it would default are written only where trtbuild's value differs
+    or matters to the reader."""
+    bc, pre = cfg["build_config"], cfg["pretrained_config"]
+    p = {"gpt_model_type": "inflight_fused_batching", "gpt_model_path": engine_param,
+         # read with no fallback; empty: no tokenizer for guided decoding, which stays off
+         "tokenizer_dir": "", "xgrammar_tokenizer_info_path": "", "guided_decoding_backend": "",
+         "max_beam_width": "1", "batch_scheduler_policy": "guaranteed_no_evict",
+         "kv_cache_free_gpu_mem_fraction": str(spec.get("kv_cache_free_gpu_mem_fraction", 0.9)),
+         "enable_kv_cache_reuse": "false", "normalize_log_probs": "true", "enable_chunked_context": "true",
+         "exclude_input_in_output": "true", "cancellation_check_period_ms": "100", "stats_check_period_ms": "100"}
+    window = pre.get("sliding_window")
+    if window and int(window) < int(bc["max_seq_len"]):
+        # without it the executor attends over max_seq_len (mis.cc:141-151): a Mistral engine must say it
+        p["max_attention_window_size"] = str(int(window))
+    if pre.get("architecture") == "MedusaForCausalLM":
+        from trtbuild.medusa.choices import parse_choices, to_brace
+
+        p["decoding_mode"] = "medusa"
+        p["medusa_choices"] = to_brace(parse_choices([list(c) for c in pre["medusa_choices"]]).choices)
+    elif pre.get("lookahead_config"):
+        la = pre["lookahead_config"]
+        p["decoding_mode"] = "lookahead"
+        p["lookahead_window_size"] = str(la["max_window_size"])
+        p["lookahead_ngram_size"] = str(la["max_ngram_size"])
+        p["lookahead_verification_set_size"] = str(la["max_verification_set_size"])
+    else:
+        p["decoding_mode"] = "top_k_top_p"
+    return p
 
 
 def _param(key: str, value: str) -> str:

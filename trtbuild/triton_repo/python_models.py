@@ -96,15 +96,22 @@ class Preprocessor:
     """text -> ids, with the request limits of the engine checked."""
 
     def __init__(self, tokenizer_dir: Path, add_special_tokens: bool, max_input_len: int, max_seq_len: int,
-                 end_ids: tuple[int, ...]) -> None:
+                 end_ids: tuple[int, ...], vocab_size: int | None = None) -> None:
         self.tok = load_tokenizer(tokenizer_dir)
+        self.vocab_size = vocab_size or len(self.tok)
         self.add_special_tokens = add_special_tokens
         self.max_input_len, self.max_seq_len = max_input_len, max_seq_len
         self.end_id = end_ids[0] if end_ids else (self.tok.eos_token_id or 0)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_id
 
     def __call__(self, query, max_tokens: int, bad_words: list, stop_words: list, end_id: int | None,
-                 pad_id: int | None) -> dict[str, np.ndarray]:
+                 pad_id: int | None, decoder_query=None, bias_words: list | None = None,
+                 bias_weights: list | None = None, prompt_table_extra_id=None) -> dict[str, np.ndarray]:
+        if decoder_query is not None and utf8(decoder_query, "decoder_text_input"):
+            raise RequestError("decoder_text_input is for encoder-decoder engines; this engine is decoder-only")
+        if prompt_table_extra_id is not None:
+            raise RequestError("prompt_table_extra_id needs a prompt table; this engine has none "
+                               "(max_prompt_embedding_table_size 0)")
         text = utf8(query, "text_input")
         if not text:
             raise RequestError("text_input is empty")
@@ -120,7 +127,8 @@ class Preprocessor:
                                f"{self.max_seq_len}")
         bad = [utf8(w, "bad_words") for w in bad_words]
         stop = [utf8(w, "stop_words") for w in stop_words]
-        return {
+        out = {} if not bias_words else {"EMBEDDING_BIAS": self.embedding_bias(bias_words, bias_weights or [])[None]}
+        return out | {
             "INPUT_ID": np.array([ids], dtype=np.int32),
             "REQUEST_INPUT_LEN": np.array([[len(ids)]], dtype=np.int32),
             "REQUEST_OUTPUT_LEN": np.array([[max_tokens]], dtype=np.int32),
@@ -129,6 +137,20 @@ class Preprocessor:
             "OUT_END_ID": np.array([[self.end_id if end_id is None else end_id]], dtype=np.int32),
             "OUT_PAD_ID": np.array([[self.pad_id if pad_id is None else pad_id]], dtype=np.int32),
         }
+
+
+    def embedding_bias(self, words: list, weights: list) -> np.ndarray:
+        """[V] fp32: each word's weight added at each of its token ids, as upstream's preprocessing
+        does (preprocessing/1/model.py@c2e65b8 `_get_embedding_bias`; the words are encoded without
+        special tokens here, so a BOS is never biased)."""
+        if len(words) != len(weights):
+            raise RequestError(f"embedding_bias_words has {len(words)} words but embedding_bias_weights "
+                               f"{len(weights)} weights")
+        bias = np.zeros(self.vocab_size, dtype=np.float32)
+        for w, x in zip(words, weights):
+            for t in self.tok(utf8(w, "embedding_bias_words"), add_special_tokens=False)["input_ids"]:
+                bias[t] += float(x)
+        return bias
 
 
 class Postprocessor:

@@ -25,7 +25,8 @@ class TritonPythonModel:
         here = Path(args["model_repository"])
         self.impl = Preprocessor(here / p["tokenizer_dir"], p["add_special_tokens"] == "true",
                                  int(p["max_input_len"]), int(p["max_seq_len"]),
-                                 tuple(int(x) for x in p["end_ids"].split(",") if x))
+                                 tuple(int(x) for x in p["end_ids"].split(",") if x),
+                                 int(p["vocab_size"]) if p.get("vocab_size") else None)
 
     def execute(self, requests):
         responses = []
@@ -35,11 +36,17 @@ class TritonPythonModel:
                 max_tokens = int(_opt(request, "REQUEST_OUTPUT_LEN").reshape(-1)[0])
                 bad, stop = _opt(request, "BAD_WORDS_DICT"), _opt(request, "STOP_WORDS_DICT")
                 end, pad = _opt(request, "END_ID"), _opt(request, "PAD_ID")
+                decoder = _opt(request, "DECODER_QUERY")
+                words, weights = _opt(request, "EMBEDDING_BIAS_WORDS"), _opt(request, "EMBEDDING_BIAS_WEIGHTS")
                 out = self.impl(query, max_tokens,
                                 [] if bad is None else list(bad.reshape(-1)),
                                 [] if stop is None else list(stop.reshape(-1)),
                                 None if end is None else int(end.reshape(-1)[0]),
-                                None if pad is None else int(pad.reshape(-1)[0]))
+                                None if pad is None else int(pad.reshape(-1)[0]),
+                                decoder_query=None if decoder is None else decoder.reshape(-1)[0],
+                                bias_words=None if words is None else list(words.reshape(-1)),
+                                bias_weights=None if weights is None else list(weights.reshape(-1)),
+                                prompt_table_extra_id=_opt(request, "PROMPT_TABLE_EXTRA_ID"))
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in out.items()]))
             except RequestError as e:

@@ -1,6 +1,10 @@
 """Triton Python model `tensorrt_llm` for the torch backend (written by trtbuild): the reference
-runtime's in-flight batching scheduler behind the tensorrtllm backend's tensor names."""
+runtime's in-flight batching scheduler behind the tensorrtllm backend's tensor names. Its config is
+read as the C++ backend reads it (`trtbuild.triton_repo.contract`: the engine from gpt_model_path,
+the same required keys and messages, the same value parsing), its requests as the C++ backend reads
+them (`trtbuild.triton_repo.llm_requests`), and it writes the outputs the C++ backend writes."""
 
+import dataclasses
 import json
 import os
 import queue
@@ -11,24 +15,69 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from trtbuild.errors import TrtbuildError
-from trtbuild.runtime import Model, Request, SamplingParams
+from trtbuild.runtime import Model
 from trtbuild.runtime.scheduler import Scheduler
 from trtbuild.runtime.tokenizer import default_end_ids
-from trtbuild.triton_repo.python_models import Holdback, cancel_dir, load_tokenizer, tag_tokens, words_from_list
+from trtbuild.triton_repo.contract import ContractError, read_parameters
+from trtbuild.triton_repo.llm_requests import parse_request
+from trtbuild.triton_repo.python_models import Holdback, RequestError, cancel_dir, load_tokenizer, tag_tokens
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
-def _opt(request, name, default=None):
-    t = pb_utils.get_input_tensor_by_name(request, name)
-    return default if t is None else t.as_numpy().reshape(-1)
+def _inputs(request) -> dict:
+    return {t.name(): t.as_numpy() for t in request.inputs()}
+
+
+def speculation(p: dict, model: Model, max_draft_len: int):
+    """(medusa choices, lookahead spec, scheduler mode) from decoding_mode and its parameters, as the
+    C++ backend resolves them: unset = what the engine was built for; medusa without a parseable
+    medusa_choices = mc_sim_7b_63 (mis.cc@c2e65b8:596-608); lookahead = the three lookahead_* values."""
+    from trtbuild.lookahead.spec import LookaheadSpec
+    from trtbuild.medusa.choices import parse_choices, presets
+
+    mode = p["decoding_mode"]
+    if mode is None:
+        return None, None, None
+    if mode == "medusa":
+        if not model.medusa:
+            raise ContractError("decoding_mode medusa, but the engine has no Medusa heads")
+        tree = p["medusa_choices"] or [list(c) for c in presets()["mc_sim_7b_63"]]
+        try:
+            choices = parse_choices(tree, num_heads=len(model.medusa), max_draft_len=max_draft_len).choices
+        except Exception as e:  # noqa: BLE001 (a tree the engine cannot verify)
+            raise ContractError(f"medusa_choices do not fit this engine: {e}") from None
+        return choices, None, "medusa"
+    if mode == "lookahead":
+        spec = LookaheadSpec(p["lookahead_window_size"], p["lookahead_ngram_size"],
+                             p["lookahead_verification_set_size"])
+        if spec.max_draft_len > max_draft_len:
+            raise ContractError(f"lookahead {spec.as_tuple()} needs max_draft_len {spec.max_draft_len}; the engine "
+                                f"was built for {max_draft_len}")
+        return None, spec, "lookahead"
+    if mode in ("top_k", "top_p", "top_k_top_p"):
+        return None, None, "plain"
+    raise ContractError(f"decoding_mode {mode} is not supported by the torch backend")
 
 
 class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
-        p = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
-        engine = Path(args["model_repository"]) / p["engine_dir"]
+        p = read_parameters({k: v["string_value"] for k, v in cfg.get("parameters", {}).items()})
+        if p["gpt_model_type"] in ("V1", "v1"):
+            raise ContractError("gpt_model_type V1 (static batching): the torch backend batches in flight only")
+        if int(p["max_beam_width"]) != 1:
+            raise ContractError(f"max_beam_width {p['max_beam_width']}: the torch backend decodes one beam")
+        if p["batch_scheduler_policy"] != "guaranteed_no_evict":
+            raise ContractError(f"batch_scheduler_policy {p['batch_scheduler_policy']}: the torch backend "
+                                "schedules guaranteed_no_evict only")
+        # mis.cc@c2e65b8:746-772: a path that does not exist is dropped with a warning, then the load fails
+        engine = Path(args["model_repository"]) / p["gpt_model_path"] if p["gpt_model_path"] else None
+        if engine is None or not engine.exists():
+            raise ContractError("Both encoder and decoder model paths are empty")
+        self.exclude_input = bool(p["exclude_input_in_output"])
+        self.decoding_mode = p["decoding_mode"]
+        self.window = p["max_attention_window_size"]
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(cfg)
         self.end_ids = default_end_ids(engine)
         self.cancelled = cancel_dir()
@@ -49,8 +98,13 @@ class TritonPythonModel:
                 model = Model.load(engine)
                 build = json.loads((engine / "config.json").read_text())["build_config"]
                 draft = int(build.get("max_draft_len") or 0)
+                choices, lookahead, self.mode = speculation(p, model, draft)
+                if self.window and min(self.window) < int(build["max_seq_len"]):
+                    # max_attention_window_size: attend over that many tokens (sliding window), as the
+                    # C++ executor's cyclic KV cache does
+                    model.cfg = dataclasses.replace(model.cfg, sliding_window=min(self.window))
                 self.scheduler = Scheduler(model, int(build["max_batch_size"]), int(build["max_seq_len"]) - draft,
-                                           int(build["max_num_tokens"]))
+                                           int(build["max_num_tokens"]), medusa_choices=choices, lookahead=lookahead)
             except BaseException as e:  # noqa: BLE001 (re-raised in initialize)
                 failure["error"] = e
                 booted.set()
@@ -101,39 +155,41 @@ class TritonPythonModel:
             for key, metric in gauges.items():
                 metric.set(float(getattr(stats, key)))
 
-    def _request(self, request) -> tuple[Request, bool]:
-        ids = _opt(request, "input_ids")
-        n = int(_opt(request, "input_lengths", [len(ids)])[0])
-        end = _opt(request, "end_id")
-        ends = tuple(dict.fromkeys(([int(end[0])] if end is not None else []) + list(self.end_ids)))
-        stop = _opt(request, "stop_words_list")
-        sampling = SamplingParams(temperature=float(_opt(request, "temperature", [0.0])[0]),
-                                  top_k=int(_opt(request, "runtime_top_k", [0])[0]),
-                                  top_p=float(_opt(request, "runtime_top_p", [1.0])[0]) or 1.0,
-                                  seed=None if _opt(request, "random_seed") is None
-                                  else int(_opt(request, "random_seed")[0]))
-        req = Request(tuple(int(t) for t in ids[:n]), int(_opt(request, "request_output_len")[0]), sampling, ends,
-                      words_from_list(stop) if stop is not None and stop.size else ())
-        return req, bool(_opt(request, "streaming", [False])[0])
+    def _request(self, request):
+        llm = parse_request(_inputs(request), default_exclude_input=self.exclude_input, end_ids=self.end_ids,
+                            engine_lookahead=self.scheduler.lookahead)
+        if llm.streaming and not self.decoupled:  # utils.cc@c2e65b8:904-907
+            raise RequestError("Streaming is only supported if model is deployed using decoupled mode.")
+        return llm
 
     @staticmethod
-    def _response(tokens, job_stats, job_id):
-        steps, accepted, drafted = job_stats
-        rate = accepted / drafted if drafted else 0.0
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("output_ids", np.array(tag_tokens(tokens, job_id), dtype=np.int32).reshape(1, 1, -1)),
-            pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
-            pb_utils.Tensor("acceptance_rate", np.array([[rate]], dtype=np.float32)),
-            pb_utils.Tensor("total_accepted_draft_tokens", np.array([[accepted]], dtype=np.int32)),
-            pb_utils.Tensor("total_draft_tokens", np.array([[drafted]], dtype=np.int32)),
-        ])
+    def _response(tokens, info, job_id, llm, log_probs):
+        """The outputs the C++ backend writes for one response of a request (beam width 1)."""
+        out = [pb_utils.Tensor("output_ids", np.array(tag_tokens(tokens, job_id), dtype=np.int32).reshape(1, 1, -1)),
+               pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32))]
+        if llm.return_log_probs:
+            out += [pb_utils.Tensor("cum_log_probs", np.array([[info.cum_log_prob]], dtype=np.float32)),
+                    pb_utils.Tensor("output_log_probs", np.array(log_probs, dtype=np.float32).reshape(1, 1, -1))]
+        if llm.return_perf_metrics:
+            rate = info.accepted / info.drafted if info.drafted else 0.0
+            ints = {"kv_cache_alloc_new_blocks": info.kv_cache_alloc_new_blocks,
+                    "kv_cache_reused_blocks": info.kv_cache_reused_blocks,
+                    "kv_cache_alloc_total_blocks": info.kv_cache_alloc_total_blocks}
+            times = {"arrival_time_ns": info.arrival_time_ns, "first_scheduled_time_ns": info.first_scheduled_time_ns,
+                     "first_token_time_ns": info.first_token_time_ns, "last_token_time_ns": info.last_token_time_ns}
+            out += [pb_utils.Tensor(k, np.array([[v]], dtype=np.int32)) for k, v in ints.items()]
+            out += [pb_utils.Tensor(k, np.array([[v]], dtype=np.int64)) for k, v in times.items()]
+            out += [pb_utils.Tensor("acceptance_rate", np.array([[rate]], dtype=np.float32)),
+                    pb_utils.Tensor("total_accepted_draft_tokens", np.array([[info.accepted]], dtype=np.int32)),
+                    pb_utils.Tensor("total_draft_tokens", np.array([[info.drafted]], dtype=np.int32))]
+        return pb_utils.InferenceResponse(output_tensors=out)
 
     def execute(self, requests):
         waits = []
         for request in requests:
             sender = request.get_response_sender() if self.decoupled else None
             try:
-                req, streaming = self._request(request)
+                llm = self._request(request)
             except (TrtbuildError, ValueError, TypeError) as e:
                 err = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e)))
                 if sender:
@@ -141,7 +197,7 @@ class TritonPythonModel:
                 else:
                     waits.append((None, err))
                 continue
-            waits.append(self._submit(req, streaming, sender))
+            waits.append(self._submit(llm, sender))
         if self.decoupled:
             return None
         out = []
@@ -151,10 +207,13 @@ class TritonPythonModel:
             out.append(box if done is None else box["response"])
         return out
 
-    def _submit(self, req, streaming, sender):
+    def _submit(self, llm, sender):
         done, box = threading.Event(), {}
         hold = Holdback(self.tokenizer)
-        collected = []
+        streaming = llm.streaming and sender is not None
+        # a non-streamed response carries the prompt first unless exclude_input_in_output
+        collected = [] if llm.exclude_input or streaming else list(llm.request.prompt)
+        logs = {"sent": 0, "all": []}
         state = {"id": self.scheduler.reserve_id()}
         sched = self.scheduler
 
@@ -164,28 +223,37 @@ class TritonPythonModel:
                 flag.unlink(missing_ok=True)
                 sched.cancel(state["id"])
                 return
-            job = sched.progress(state["id"])
-            if streaming and sender is not None:
+            info = sched.job_info(state["id"])
+            if streaming:
                 chunk = hold.push(tokens, result is not None)
                 if chunk or result is not None:
-                    self._outbox.put((sender, self._response(chunk, job, state["id"]), FINAL if result is not None else 0))
+                    lp = list(info.log_probs[logs["sent"]:logs["sent"] + len(chunk)]) if llm.return_log_probs else []
+                    logs["sent"] += len(chunk)
+                    self._outbox.put((sender, self._response(chunk, info, state["id"], llm, lp),
+                                      FINAL if result is not None else 0))
                 return
             collected.extend(tokens)
             if result is not None:
-                resp = self._response(collected, job, state["id"])
+                resp = self._response(collected, info, state["id"], llm, list(info.log_probs))
                 if sender is not None:
                     self._outbox.put((sender, resp, FINAL))
                 box["response"] = resp
                 done.set()
 
         try:
-            sched.submit(req, on_tokens, job_id=state["id"])
+            sched.submit(llm.request, on_tokens, job_id=state["id"], mode=self._mode(llm),
+                         lookahead=llm.lookahead)
         except TrtbuildError as e:
             err = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e)))
             if sender is not None:
                 sender.send(err, flags=FINAL)
             return None, err
         return (None, None) if sender is not None else (done, box)
+
+    def _mode(self, llm):
+        if llm.lookahead is not None:
+            return "lookahead"
+        return self.mode  # None: what the engine was built for
 
     def finalize(self):
         self._outbox.put(None)

@@ -1,6 +1,11 @@
 """Triton Python model `tensorrt_llm_bls` (written by trtbuild): preprocessing -> tensorrt_llm ->
-text in one model, streaming text deltas computed from all tokens so far (accumulate_tokens), so
-a streamed multi-byte character or a leading space is never broken, whatever the backend."""
+text in one model, with upstream's inputs and outputs (tensorrt_llm_bls/config.pbtxt@c2e65b8).
+Every request input is forwarded to the model that reads it, under that model's name (as
+upstream's `lib/triton_decoder.py` maps them), so the composing models honour or refuse it; every
+tensorrt_llm output is passed back. Streaming text: `accumulate_tokens` true sends the whole text
+so far in each response, as upstream; false sends the new text only, computed from all tokens so
+far, so a multi-byte character or a leading space is never broken (upstream decodes each response's
+tokens alone)."""
 
 import json
 from pathlib import Path
@@ -11,14 +16,32 @@ import triton_python_backend_utils as pb_utils
 from trtbuild.triton_repo.python_models import Detokenizer, load_tokenizer
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-PRE_INPUTS = {"text_input": "QUERY", "max_tokens": "REQUEST_OUTPUT_LEN", "bad_words": "BAD_WORDS_DICT",
-              "stop_words": "STOP_WORDS_DICT", "end_id": "END_ID", "pad_id": "PAD_ID"}
+PRE_INPUTS = {"text_input": "QUERY", "decoder_text_input": "DECODER_QUERY", "max_tokens": "REQUEST_OUTPUT_LEN",
+              "bad_words": "BAD_WORDS_DICT", "stop_words": "STOP_WORDS_DICT",
+              "embedding_bias_words": "EMBEDDING_BIAS_WORDS", "embedding_bias_weights": "EMBEDDING_BIAS_WEIGHTS",
+              "end_id": "END_ID", "pad_id": "PAD_ID", "prompt_table_extra_id": "PROMPT_TABLE_EXTRA_ID"}
 LLM_FROM_PRE = {"INPUT_ID": "input_ids", "REQUEST_INPUT_LEN": "input_lengths",
                 "REQUEST_OUTPUT_LEN": "request_output_len", "STOP_WORDS_IDS": "stop_words_list",
-                "BAD_WORDS_IDS": "bad_words_list", "OUT_END_ID": "end_id", "OUT_PAD_ID": "pad_id"}
-LLM_FROM_REQUEST = {"top_k": "runtime_top_k", "top_p": "runtime_top_p", "temperature": "temperature",
-                    "seed": "random_seed", "stream": "streaming"}
-STATS = ("acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens")
+                "BAD_WORDS_IDS": "bad_words_list", "EMBEDDING_BIAS": "embedding_bias", "OUT_END_ID": "end_id",
+                "OUT_PAD_ID": "pad_id"}
+LLM_FROM_REQUEST = {"exclude_input_in_output": "exclude_input_in_output", "top_k": "runtime_top_k",
+                    "top_p": "runtime_top_p", "temperature": "temperature", "length_penalty": "len_penalty",
+                    "repetition_penalty": "repetition_penalty", "min_tokens": "min_tokens",
+                    "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+                    "seed": "seed", "return_log_probs": "return_log_probs",
+                    "return_context_logits": "return_context_logits",
+                    "return_generation_logits": "return_generation_logits",
+                    "return_perf_metrics": "return_perf_metrics", "num_return_sequences": "num_return_sequences",
+                    "beam_width": "beam_width", "stream": "streaming",
+                    "prompt_embedding_table": "prompt_embedding_table", "prompt_vocab_size": "prompt_vocab_size",
+                    "lora_task_id": "lora_task_id", "lora_weights": "lora_weights", "lora_config": "lora_config",
+                    "guided_decoding_guide_type": "guided_decoding_guide_type",
+                    "guided_decoding_guide": "guided_decoding_guide"}
+MULTIMODAL = ("image_input", "image_bytes_input", "image_url_input", "video_bytes_input")
+PASSED_BACK = ("cum_log_probs", "output_log_probs", "context_logits", "generation_logits", "batch_index",
+               "sequence_index", "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks",
+               "arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns",
+               "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens")
 
 
 class TritonPythonModel:
@@ -26,6 +49,8 @@ class TritonPythonModel:
         cfg = json.loads(args["model_config"])
         p = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
         self.llm = p["tensorrt_llm_model_name"]
+        self.draft = p.get("tensorrt_llm_draft_model_name", "")
+        self.accumulate = p.get("accumulate_tokens", "false").lower() in ("true", "1")
         self.tok = load_tokenizer(Path(args["model_repository"]) / p["tokenizer_dir"])
 
     def execute(self, requests):
@@ -41,22 +66,35 @@ class TritonPythonModel:
     def _one(self, request, sender):
         def get(name):  # with the batch dimension the composing models expect: [1, ...]
             t = pb_utils.get_input_tensor_by_name(request, name)
-            return None if t is None else t.as_numpy().reshape(1, -1)
+            if t is None:
+                return None
+            a = t.as_numpy()
+            return a.reshape(1, *a.shape[1:]) if a.ndim > 1 else a.reshape(1, -1)
 
+        for name in MULTIMODAL:
+            if get(name) is not None:
+                raise ValueError(f"{name}: this engine has no multimodal encoder (multimodal_encoders_name is empty)")
+        drafts = get("num_draft_tokens")
+        if drafts is not None and int(drafts.reshape(-1)[0]) > 0 and not self.draft:
+            raise ValueError("num_draft_tokens needs a draft model (tensorrt_llm_draft_model_name is empty); "
+                             "this engine drafts with Medusa or lookahead itself")
+        use_draft_logits = get("use_draft_logits")
+        if use_draft_logits is not None and bool(use_draft_logits.reshape(-1)[0]) and not self.draft:
+            raise ValueError("use_draft_logits needs a draft model (tensorrt_llm_draft_model_name is empty)")
         pre_in = [pb_utils.Tensor(dst, get(src)) for src, dst in PRE_INPUTS.items() if get(src) is not None]
         pre = pb_utils.InferenceRequest(model_name="preprocessing", inputs=pre_in,
                                         requested_output_names=list(LLM_FROM_PRE)).exec()
         if pre.has_error():
             raise RuntimeError(pre.error().message())
-        llm_in = [pb_utils.Tensor(dst, pb_utils.get_output_tensor_by_name(pre, src).as_numpy())
-                  for src, dst in LLM_FROM_PRE.items()]
+        llm_in = [pb_utils.Tensor(dst, t.as_numpy()) for src, dst in LLM_FROM_PRE.items()
+                  if (t := pb_utils.get_output_tensor_by_name(pre, src)) is not None]
         llm_in += [pb_utils.Tensor(dst, get(src)) for src, dst in LLM_FROM_REQUEST.items() if get(src) is not None]
         stream = get("stream")
         streaming = bool(stream is not None and stream.reshape(-1)[0])
         detok = Detokenizer(self.tok)
-        last = None
+        last, pending, sent_before = None, "", ""
         for resp in pb_utils.InferenceRequest(model_name=self.llm, inputs=llm_in,
-                                              requested_output_names=["output_ids", "sequence_length", *STATS]
+                                              requested_output_names=["output_ids", "sequence_length", *PASSED_BACK]
                                               ).exec(decoupled=True):
             if resp.has_error():
                 raise RuntimeError(resp.error().message())
@@ -65,18 +103,24 @@ class TritonPythonModel:
             ids = pb_utils.get_output_tensor_by_name(resp, "output_ids").as_numpy()
             n = int(pb_utils.get_output_tensor_by_name(resp, "sequence_length").as_numpy().reshape(-1)[0])
             delta = detok.add([int(t) for t in ids.reshape(-1)[:n]])
-            last = resp
-            if streaming and delta:
-                sender.send(self._text(delta, resp))
+            if streaming and last is not None and (self.accumulate or pending):
+                # one response behind the model, so the last one can carry the final flag
+                sender.send(self._text(sent_before if self.accumulate else pending, last))
+            pending, last, sent_before = delta, resp, detok.sent
+        if last is None:
+            raise RuntimeError(f"{self.llm} returned no response")
         tail = detok.add([], final=True)
-        text = tail if streaming else detok.sent
+        if streaming:
+            text = detok.sent if self.accumulate else pending + tail
+        else:
+            text = detok.sent
         sender.send(self._text(text, last), flags=FINAL)
 
     @staticmethod
     def _text(text, llm_resp):
         out = [pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=object))]
-        for name in STATS:
-            t = None if llm_resp is None else pb_utils.get_output_tensor_by_name(llm_resp, name)
-            dtype = np.float32 if name == "acceptance_rate" else np.int32
-            out.append(pb_utils.Tensor(name, t.as_numpy() if t is not None else np.zeros((1, 1), dtype=dtype)))
+        for name in PASSED_BACK:
+            t = pb_utils.get_output_tensor_by_name(llm_resp, name)
+            if t is not None:
+                out.append(pb_utils.Tensor(name, t.as_numpy()))
         return pb_utils.InferenceResponse(output_tensors=out)
