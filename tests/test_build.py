@@ -193,6 +193,243 @@ def test_trtllm_dry_run_prints_the_trtllm_build_command(tmp_path, hf, heads, ext
     assert "trtbuild convert" in (tmp_path / "o" / "commands.sh").read_text()
 
 
+# --- dry runs: everything a build writes but the checkpoint and the engine -------------------------
+
+DRY_RUN_FILES = {"spec.yaml", "build_config.json", "engine_config.json", "commands.sh", "triton_repo", "trtbuild.json"}
+
+
+def _repo_params(cfg) -> dict[str, str]:
+    return {p: cfg.parameters[p].string_value for p in cfg.parameters}
+
+
+def test_dry_run_writes_the_repository_of_the_future_engine(tmp_path, hf):
+    from trtbuild.triton_repo import MODELS, parse_config
+
+    out = tmp_path / "o"
+    r = CliRunner().invoke(cli, ["build", str(hf), "-o", str(out), "--backend", "tensorrt-llm", "--gpu", "h100-80gb",
+                                 "--lookahead", "4,3,4", "--max-seq-len", "256", "--max-batch-size", "4", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in out.iterdir()} == DRY_RUN_FILES
+    assert f"wrote {out}/spec.yaml, {out}/build_config.json, {out}/engine_config.json, {out}/commands.sh, " \
+           f"{out}/triton_repo/ (dry run" in r.output
+    engine = str((out / "engine").resolve())
+    cfg = parse_config((out / "triton_repo" / "tensorrt_llm" / "config.pbtxt").read_text())
+    params = _repo_params(cfg)
+    assert cfg.backend == "tensorrtllm" and params["gpt_model_path"] == engine
+    assert (params["decoding_mode"], params["lookahead_window_size"], params["lookahead_ngram_size"],
+            params["lookahead_verification_set_size"]) == ("lookahead", "4", "3", "4")
+    for name in MODELS:  # every model's config parses as a Triton ModelConfig
+        parse_config((out / "triton_repo" / name / "config.pbtxt").read_text())
+    assert cfg.max_batch_size == 4
+    pre = _repo_params(parse_config((out / "triton_repo" / "preprocessing" / "config.pbtxt").read_text()))
+    assert (pre["max_seq_len"], pre["max_input_len"], pre["end_ids"]) == ("256", "255", "2")
+    assert (out / "triton_repo" / "preprocessing" / "tokenizer" / "generation_config.json").is_file()
+    predicted = json.loads((out / "engine_config.json").read_text())
+    assert set(predicted) == {"version", "pretrained_config", "build_config"} and predicted["version"] == "1.2.x"
+    assert predicted["build_config"] == json.loads((out / "build_config.json").read_text())
+    assert predicted["pretrained_config"]["lookahead_config"] == {"max_window_size": 4, "max_ngram_size": 3,
+                                                                  "max_verification_set_size": 4}
+    # clearly a dry run: no engine, no checkpoint, no lock; the markers say so
+    assert not (out / "engine").exists() and not (out / "checkpoint").exists()
+    assert not list(out.rglob("trtbuild.lock.json")) and not (out / ".engine-preview").exists()
+    marker = json.loads((out / "trtbuild.json").read_text())
+    assert marker["kind"] == "dry-run" and marker["engine_dir"] == engine
+    assert json.loads((out / "triton_repo" / "trtbuild.json").read_text())["engine_dir"] == engine
+    # a real build into OUT is not fooled: here it stops for want of TensorRT-LLM (not "up to date")
+    # and leaves the dry run as it was
+    try:
+        import tensorrt_llm  # noqa: F401
+    except ImportError:
+        with pytest.raises(BuildError, match="needs TensorRT-LLM 1.2.x"):
+            build(BuildSpec(model=str(hf), backend="tensorrt-llm", gpu="h100-80gb", lookahead="4,3,4", max_seq_len=256,
+                            max_batch_size=4), out, echo=_quiet)
+        assert {p.name for p in out.iterdir()} == DRY_RUN_FILES
+
+
+def test_a_build_after_a_dry_run_builds(tmp_path, hf):
+    out = tmp_path / "o"
+    spec = BuildSpec(model=str(hf), lookahead="2,2,1", max_seq_len=128)
+    build(spec, out, dry_run=True, echo=_quiet)
+    assert json.loads((out / "trtbuild.json").read_text())["kind"] == "dry-run"
+    r = build(spec, out, echo=_quiet)  # same spec and inputs: still built, not "reused"
+    assert not r.reused and (out / "engine" / "trtbuild.lock.json").is_file() and verify_build(out) == []
+    assert json.loads((out / "trtbuild.json").read_text())["kind"] == "build"
+    assert not (out / "engine_config.json").exists() and not (out / "build_config.json").exists()
+    assert build(spec, out, echo=_quiet).reused
+    with pytest.raises(ConfigError, match="holds a build; a dry run does not replace it"):
+        build(spec, out, dry_run=True, echo=_quiet)
+
+
+@pytest.mark.parametrize("extra", [{}, {"medusa_choices": "{0}, {1}, {0, 0}"}, {"lookahead": "4,3,4"}],
+                         ids=["plain", "medusa", "lookahead"])
+def test_dry_run_predicts_what_the_build_writes(tmp_path, hf, heads, extra):
+    """torch backend: the predicted config.json and the dry run's repository are the real build's."""
+    from trtbuild.triton_repo import MODELS
+
+    if "medusa_choices" in extra:
+        extra = {**extra, "medusa": str(heads)}
+    spec = BuildSpec(model=str(hf), max_seq_len=200, max_batch_size=3, **extra)
+    build(spec, tmp_path / "dry", dry_run=True, echo=_quiet)
+    build(spec, tmp_path / "real", verify=False, echo=_quiet)
+    predicted = json.loads((tmp_path / "dry" / "engine_config.json").read_text())
+    assert predicted == json.loads((tmp_path / "real" / "engine" / "config.json").read_text())
+    for name in MODELS:
+        rel = Path("triton_repo") / name / "config.pbtxt"
+        assert (tmp_path / "dry" / rel).read_text() == (tmp_path / "real" / rel).read_text(), name
+    tok = Path("triton_repo") / "preprocessing" / "tokenizer"
+    assert sorted(p.name for p in (tmp_path / "dry" / tok).iterdir()) == \
+        sorted(p.name for p in (tmp_path / "real" / tok).iterdir())
+
+
+# TensorRT-LLM 1.2's BuildConfig fields less auto_parallel_config, dry_run and visualize_network
+# (tensorrt_llm/builder.py BuildConfig, EngineConfig.to_dict), and PluginConfig's fields (plugin/plugin.py)
+BUILD_CONFIG_KEYS = [
+    "max_input_len", "max_seq_len", "opt_batch_size", "max_batch_size", "max_beam_width", "max_num_tokens",
+    "opt_num_tokens", "max_prompt_embedding_table_size", "kv_cache_type", "gather_context_logits",
+    "gather_generation_logits", "strongly_typed", "force_num_profiles", "profiling_verbosity", "enable_debug_output",
+    "max_draft_len", "speculative_decoding_mode", "use_refit", "input_timing_cache", "output_timing_cache",
+    "lora_config", "weight_sparsity", "weight_streaming", "plugin_config", "use_strip_plan", "max_encoder_input_len",
+    "monitor_memory", "use_mrope"]
+PLUGIN_CONFIG_KEYS = [
+    "dtype", "bert_attention_plugin", "gpt_attention_plugin", "gemm_plugin", "gemm_swiglu_plugin",
+    "fp8_rowwise_gemm_plugin", "qserve_gemm_plugin", "identity_plugin", "nccl_plugin", "lora_plugin", "dora_plugin",
+    "weight_only_groupwise_quant_matmul_plugin", "weight_only_quant_matmul_plugin", "smooth_quant_plugins",
+    "smooth_quant_gemm_plugin", "layernorm_quantization_plugin", "rmsnorm_quantization_plugin",
+    "quantize_per_token_plugin", "quantize_tensor_plugin", "moe_plugin", "mamba_conv1d_plugin",
+    "low_latency_gemm_plugin", "low_latency_gemm_swiglu_plugin", "gemm_allreduce_plugin", "context_fmha",
+    "bert_context_fmha_fp32_acc", "paged_kv_cache", "remove_input_padding", "norm_quant_fusion", "reduce_fusion",
+    "user_buffer", "tokens_per_block", "use_paged_context_fmha", "use_fp8_context_fmha", "fuse_fp4_quant",
+    "multiple_profiles", "paged_state", "streamingllm", "manage_weights", "use_fused_mlp", "pp_reduce_scatter"]
+
+
+@pytest.mark.parametrize("extra,want", [
+    # plain, B 4 x S 256: max_num_tokens 8192 capped at 4 * 256 = 1024 (check_max_num_tokens),
+    # opt_num_tokens = min(max_batch_size * max_beam_width, max_num_tokens) = 4
+    ({"max_batch_size": "4", "max_seq_len": "256"},
+     {"max_seq_len": 256, "max_input_len": 255, "max_batch_size": 4, "max_num_tokens": 1024, "opt_num_tokens": 4,
+      "max_draft_len": 0, "speculative_decoding_mode": 1, "nccl_plugin": None}),
+    # Medusa (63 draft tokens) at tp 2: max_seq_len + 63; 8192 capped at 4 * 256 = 1024, which already
+    # exceeds 4 * (63 + 1) = 256; nccl_plugin is the model dtype with more than one rank
+    ({"max_batch_size": "4", "max_seq_len": "256", "medusa": None, "tp": "2"},
+     {"max_seq_len": 319, "max_input_len": 255, "max_batch_size": 4, "max_num_tokens": 1024, "opt_num_tokens": 4,
+      "max_draft_len": 63, "speculative_decoding_mode": 4, "nccl_plugin": "float16"}),
+    # lookahead 7,7,7 (83 draft tokens), B 16 x S 64: capped at 16 * 64 = 1024, then raised to
+    # 16 * (83 + 1) = 1344; opt_num_tokens min(16, 8192) = 16, derived before the raise
+    ({"max_batch_size": "16", "max_seq_len": "64", "lookahead": "7,7,7"},
+     {"max_seq_len": 147, "max_input_len": 63, "max_batch_size": 16, "max_num_tokens": 1344, "opt_num_tokens": 16,
+      "max_draft_len": 83, "speculative_decoding_mode": 8, "nccl_plugin": None}),
+], ids=["plain", "medusa-tp2", "lookahead"])
+def test_predicted_build_config_follows_tensorrt_llm(tmp_path, hf, heads, extra, want):
+    args = ["build", str(hf), "-o", str(tmp_path / "o"), "--backend", "tensorrt-llm", "--gpu", "h100-80gb", "--dry-run"]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", v if v is not None else str(heads)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    bc = json.loads((tmp_path / "o" / "build_config.json").read_text())
+    assert list(bc) == BUILD_CONFIG_KEYS and list(bc["plugin_config"]) == PLUGIN_CONFIG_KEYS
+    pc = bc["plugin_config"]
+    assert {k: bc[k] for k in want if k in bc} == {k: v for k, v in want.items() if k in bc}
+    assert pc["nccl_plugin"] == want["nccl_plugin"]
+    # the same whatever the mode: TensorRT-LLM's defaults and build() overrides
+    assert (bc["opt_batch_size"], bc["max_beam_width"], bc["kv_cache_type"], bc["strongly_typed"]) == (8, 1, "PAGED", True)
+    assert (bc["output_timing_cache"], bc["max_prompt_embedding_table_size"], bc["gather_generation_logits"]) == \
+        ("model.cache", 0, False)
+    assert bc["lora_config"] == {"lora_dir": [], "lora_ckpt_source": "hf", "max_lora_rank": 64, "lora_target_modules": [],
+                                 "trtllm_modules_to_hf_modules": {}, "max_loras": None, "max_cpu_loras": None,
+                                 "swap_gate_up_proj_lora_b_weight": True}
+    assert (pc["dtype"], pc["gemm_plugin"], pc["gpt_attention_plugin"]) == ("float16", "float16", "auto")
+    assert (pc["paged_kv_cache"], pc["paged_state"], pc["use_paged_context_fmha"], pc["use_fp8_context_fmha"]) == \
+        (True, False, True, False)
+    assert (pc["tokens_per_block"], pc["remove_input_padding"], pc["context_fmha"], pc["use_fused_mlp"]) == \
+        (32, True, True, True)
+    assert (pc["moe_plugin"], pc["mamba_conv1d_plugin"], pc["smooth_quant_plugins"], pc["reduce_fusion"]) == \
+        ("auto", "auto", True, False)
+
+
+def test_check_max_num_tokens_by_hand():
+    from trtbuild.builder.engine import check_max_num_tokens
+
+    # unset: max_batch_size * max_seq_len; opt_num_tokens: max_batch_size * max_beam_width
+    assert check_max_num_tokens(None, None, 8, 100, 128) == (1024, 8)
+    assert check_max_num_tokens(8192, None, 8, 100, 128) == (1024, 8)  # capped at 8 * 128
+    assert check_max_num_tokens(10, None, 8, 5, 128) == (32, 8)  # at least tokens_per_block with context FMHA
+    assert check_max_num_tokens(10, None, 64, 5, 128) == (32, 10)  # opt from the max_num_tokens given
+    assert check_max_num_tokens(10, None, 8, 50, 128, enable_context_fmha=False) == (50, 8)  # at least max_input_len
+    assert check_max_num_tokens(500, 900, 8, 5, 128) == (500, 500)  # opt_num_tokens <= max_num_tokens
+
+
+def test_a_build_reports_what_tensorrt_llm_recorded_otherwise():
+    from trtbuild.builder.engine import build_config, diff_build_config
+    from trtbuild.spec import ResolvedSpec
+
+    rs = ResolvedSpec(model="m", backend="tensorrt-llm", gpu="h100-80gb", gpus=1, tp=1, pp=1, dtype="float16",
+                      quantization="none", max_batch_size=4, max_input_len=63, max_seq_len=64, max_num_tokens=8192,
+                      max_draft_len=0, medusa=None, medusa_choices=None, lookahead=None, gather_context_logits=False,
+                      kv_cache_free_gpu_mem_fraction=0.9, end_ids=(2,), architecture="LlamaForCausalLM",
+                      speculative_decoding_mode=None, world_size=1, medusa_heads=0, medusa_layers=0, medusa_nodes=0,
+                      vocab_size=101)
+    predicted = build_config(rs)
+    assert diff_build_config(predicted, json.loads(json.dumps(predicted))) == []
+    recorded = json.loads(json.dumps(predicted))
+    recorded["opt_num_tokens"] = 8
+    recorded["plugin_config"]["paged_state"] = True
+    recorded["auto_parallel_config"] = {}
+    del recorded["use_mrope"]
+    assert diff_build_config(predicted, recorded) == [
+        "TensorRT-LLM recorded build_config.opt_num_tokens = 8 (trtbuild predicted 4)",
+        "TensorRT-LLM recorded build_config.plugin_config.paged_state = True (trtbuild predicted False)",
+        "TensorRT-LLM recorded no build_config.use_mrope (trtbuild predicted False)",
+        "TensorRT-LLM recorded build_config.auto_parallel_config = {}, which trtbuild does not predict"]
+
+
+@pytest.mark.parametrize("wng", ["1,2,0", "1,1,0"])
+@pytest.mark.parametrize("dry", [False, True])
+def test_lookahead_with_no_draft_tokens_is_refused(tmp_path, hf, wng, dry):
+    out = tmp_path / "o"
+    r = CliRunner().invoke(cli, ["build", str(hf), "-o", str(out), "--lookahead", wng, "--max-seq-len", "128",
+                                 *(["--dry-run", "--backend", "tensorrt-llm"] if dry else [])])
+    assert r.exit_code == 1
+    assert r.output == f"Error: lookahead ({wng}) gives max_draft_len 0 ((N-2) + (W-1+G)(N-1)): nothing to " \
+                       "speculate (use e.g. 4,3,4, or build without --lookahead)\n"
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# --- rope scaling in both HF forms -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scaling,limit", [
+    (None, 512),
+    ({"rope_type": "linear", "factor": 2.0}, 1024),
+    ({"rope_type": "dynamic", "factor": 4.0}, 2048),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 128}, 512),  # no factor for llama3, as TensorRT-LLM
+])
+def test_rope_parameters_and_rope_scaling_allow_the_same_max_seq_len(tmp_path, hf, scaling, limit):
+    from trtbuild.builder.validate import resolve_spec
+
+    base = json.loads((hf / "config.json").read_text())
+    base.pop("rope_parameters", None)
+    forms = {  # transformers >= 5, and before
+        "rope_parameters": {**base, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, **(scaling or {})}},
+        "rope_scaling": {**base, "rope_theta": 10000.0, "rope_scaling": scaling},
+    }
+    if scaling:  # the oldest spelling: "type"
+        forms["rope_scaling type"] = {**base, "rope_theta": 10000.0,
+                                      "rope_scaling": {("type" if k == "rope_type" else k): v for k, v in scaling.items()}}
+    for name, config in forms.items():
+        d = tmp_path / name.replace(" ", "-")
+        d.mkdir()
+        for f in hf.iterdir():
+            if f.name != "config.json":
+                (d / f.name).symlink_to(f)
+        (d / "config.json").write_text(json.dumps(config))
+        r = resolve_spec(BuildSpec(model=str(d)))
+        assert r.spec.max_seq_len == min(limit, 4096), name  # the default: the model's positions
+        assert resolve_spec(BuildSpec(model=str(d), max_seq_len=limit)).spec.max_seq_len == limit
+        with pytest.raises(ConfigError, match=f"max_seq_len {limit + 1} exceeds the model's {limit} positions"):
+            resolve_spec(BuildSpec(model=str(d), max_seq_len=limit + 1))
+
+
 def test_trtllm_build_without_tensorrt_llm_stops_clearly(tmp_path, hf):
     try:
         import tensorrt_llm  # noqa: F401
@@ -249,6 +486,8 @@ def _bad_cases(hf: Path, heads: Path, tmp: Path) -> list[tuple[dict, str]]:
         ({"gpu": "t4-16gb", "dtype": "float16", "max_num_tokens": 10**9}, "does not fit: weights"),
         ({"gpu": "b300"}, "unknown GPU 'b300'"),
         ({"lookahead": "4,0,4"}, "n-gram size N must be >= 1"),
+        ({"lookahead": "1,2,0"}, r"lookahead \(1,2,0\) gives max_draft_len 0"),
+        ({"lookahead": "3,2,0"}, r"lookahead \(3,2,0\): an engine needs verification set size G >= 1"),
     ]
 
 

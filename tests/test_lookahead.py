@@ -15,7 +15,7 @@ from trtbuild.cli import cli
 from trtbuild.convert import convert
 from trtbuild.errors import ConfigError
 from trtbuild.lookahead.pool import NgramPool
-from trtbuild.lookahead.spec import LookaheadSpec, parse_lookahead
+from trtbuild.lookahead.spec import LookaheadSpec, parse_engine_lookahead, parse_lookahead
 from trtbuild.runtime import Model, Request, SamplingParams, generate
 from trtbuild.runtime.lookahead import _local_mask, longest_chain, lookahead_generate, step_layout
 from trtbuild.runtime.speculative import draft_attention_mask
@@ -41,6 +41,43 @@ def test_max_draft_len_formula(wng, want):
 def test_illegal_specs_are_rejected(text, msg):
     with pytest.raises(ConfigError, match=msg):
         parse_lookahead(text)
+
+
+# the specs whose max_draft_len is 0: N = 1 (legal only as (1,1,0)) and N = 2 with W - 1 + G = 0
+@pytest.mark.parametrize("wng", [(w, n, g) for w in range(1, 5) for n in range(1, 5) for g in range(0, 5)
+                                 if not (n == 1 and (w, g) != (1, 0))])
+def test_max_draft_len_is_zero_only_for_1_1_0_and_1_2_0(wng):
+    assert (LookaheadSpec(*wng).max_draft_len == 0) == (wng in {(1, 1, 0), (1, 2, 0)})
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("1,1,0", r"lookahead \(1,1,0\) gives max_draft_len 0 \(\(N-2\) \+ \(W-1\+G\)\(N-1\)\): nothing to speculate"),
+    ("1,2,0", r"lookahead \(1,2,0\) gives max_draft_len 0"),
+    # TensorRT-LLM's LLM API LookaheadDecodingConfig: W, N and G must be positive
+    ("3,2,0", r"lookahead \(3,2,0\): an engine needs verification set size G >= 1"),
+    ("5,4,0", r"lookahead \(5,4,0\): an engine needs verification set size G >= 1"),
+    ("0,3,4", "window size W must be >= 1, got 0"),
+    ("4,0,4", "n-gram size N must be >= 1, got 0"),
+    ("2,1,0", "N = 1 is plain decoding and needs W = 1 and G = 0"),
+])
+def test_engine_specs_follow_the_llm_api(text, msg):
+    with pytest.raises(ConfigError, match=msg):
+        parse_engine_lookahead(text)
+
+
+@pytest.mark.parametrize("text", ["1,2,1", "2,2,1", "1,5,2", "4,3,4", "7,7,7", "1,3,1"])
+def test_engine_specs_that_speculate_are_accepted(text):
+    spec = parse_engine_lookahead(text)
+    assert spec == parse_lookahead(text) and spec.max_draft_len >= 1
+
+
+def test_requests_keep_the_executor_rules():
+    """Per request, (1,1,0) (plain decoding) and G = 0 stay legal, as in the C++ executor's isLegal."""
+    engine = parse_engine_lookahead("4,3,4")
+    for w, n, g in ((1, 1, 0), (1, 2, 0), (2, 3, 0), (4, 3, 4)):
+        engine.check_request(LookaheadSpec(w, n, g))
+    with pytest.raises(ConfigError, match="gives max_draft_len 0"):
+        LookaheadSpec(1, 1, 0).check_engine()
 
 
 def test_spec_round_trip_and_request_limits():

@@ -14,6 +14,18 @@
 Incremental: the build key hashes the resolved spec, the input files and the versions; a build
 whose key matches and whose files still hash as locked is reused as is. Anything else rebuilds
 into a staging directory that replaces OUT only when complete and self-checked.
+
+A dry run (`--dry-run`) converts and builds nothing and writes what a build would, for review:
+
+    OUT/
+      spec.yaml, commands.sh    the resolved spec; the equivalent trtbuild convert / trtllm-build lines
+      build_config.json         the build_config TensorRT-LLM would record (engine.build_config)
+      engine_config.json        the engine's predicted config.json: {version, pretrained_config, build_config}
+      triton_repo/              the repository, rendered from engine_config.json, naming OUT/engine
+      trtbuild.json             {"kind": "dry-run", ...}
+
+It has no engine/ and no lock file, so nothing takes it for a build: a later build into OUT
+rebuilds (and replaces it), `trtbuild k8s` refuses it.
 """
 
 from __future__ import annotations
@@ -25,8 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trtbuild.builder.engine import (convert_command, engine_config, gpu_info, shell, trtllm_build_command,
-                                     versions)
+from trtbuild.builder.engine import (TRTLLM_PIN, build_config, convert_command, diff_build_config, engine_config,
+                                     gpu_info, shell, trtllm_build_command, versions)
 from trtbuild.builder.validate import Resolved, resolve_spec
 from trtbuild.errors import BuildError, ConfigError
 from trtbuild.fsutil import MARKER, check_output_dir, staging_dir
@@ -129,8 +141,7 @@ def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool 
         from trtbuild.triton_repo import write_repo
 
         (tmp / "spec.yaml").write_text(rs.to_yaml())
-        engine_in_repo = "../../engine" if rs.backend == "torch" else str(out.resolve() / "engine")
-        write_repo(tmp / "engine", tmp / "triton_repo", engine_dir_in_repo=engine_in_repo)
+        write_repo(tmp / "engine", tmp / "triton_repo", engine_dir_in_repo=_engine_dir_in_repo(rs, out))
         lock = _write_lock(tmp, resolved, key, inputs, vers)
         (tmp / MARKER).write_text(json.dumps({"kind": "build", "build_key": key}, indent=2) + "\n")
     echo(f"wrote {out} ({rs.backend} backend, {rs.speculative_decoding_mode or 'no'} speculative decoding)")
@@ -154,10 +165,10 @@ def _build_into(tmp: Path, resolved: Resolved, echo: Callable[[str], None]) -> N
         version = build_engines(rs, ckpt, engine)
         cfg = json.loads((engine / "config.json").read_text())
         cfg["pretrained_config"].setdefault("lookahead_config", pretrained.get("lookahead_config"))
+        for note in diff_build_config(build_config(rs), cfg["build_config"]):
+            echo(f"note: {note}")
     else:
-        from trtbuild import __version__
-
-        version = f"trtbuild-{__version__}+torch"
+        version = _engine_version(rs)
         cfg = engine_config(rs, pretrained, version)
     (engine / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (engine / MARKER).write_text(json.dumps({"backend": rs.backend, "checkpoint": "../checkpoint",
@@ -179,27 +190,66 @@ def _write_lock(tmp: Path, resolved: Resolved, key: str, inputs: dict[str, str],
     return lock
 
 
+DRY_RUN_FILES = ("spec.yaml", "build_config.json", "engine_config.json", "commands.sh", "triton_repo")
+
+
+def _engine_version(rs) -> str:
+    """config.json's "version": trtbuild's for the torch backend; for tensorrt-llm, TensorRT-LLM's
+    own version (a dry run, which has none, records the pinned line)."""
+    if rs.backend == "torch":
+        from trtbuild import __version__
+
+        return f"trtbuild-{__version__}+torch"
+    return f"{TRTLLM_PIN}.x"
+
+
+def _engine_dir_in_repo(rs, out: Path) -> str:
+    """The engine path the repository names: relative for torch, OUT/engine absolute for tensorrt-llm
+    (where the build will put it; the tensorrtllm backend needs an absolute path)."""
+    return "../../engine" if rs.backend == "torch" else str(Path(out).resolve() / "engine")
+
+
 def _dry_run(resolved: Resolved, out: Path, force: bool, echo: Callable[[str], None]) -> BuildResult:
-    """Print the plan and the equivalent commands; write spec.yaml and the would-be build_config."""
-    from trtbuild.builder.engine import build_config
+    """Print the plan and the equivalent commands; write everything a build would write except the
+    checkpoint and the engine (see the module docstring), each derived as the build derives it."""
+    from trtbuild.builder.engine import build_config, checkpoint_config
+    from trtbuild.triton_repo import write_repo
 
     rs = resolved.spec
     if _is_build_dir(out) and (out / "engine").is_dir() and not force:
         raise ConfigError(f"{out} holds a build; a dry run does not replace it (choose another -o, or --force)")
     replace_ok = force or _is_build_dir(out)
+    version = _engine_version(rs)
+    predicted = engine_config(rs, checkpoint_config(rs, resolved.dims), version)
     with staging_dir(out, replace_ok) as tmp:
         (tmp / "spec.yaml").write_text(rs.to_yaml())
         (tmp / "build_config.json").write_text(json.dumps(build_config(rs), indent=2) + "\n")
+        (tmp / "engine_config.json").write_text(json.dumps(predicted, indent=2) + "\n")
         cmds = [shell(convert_command(rs, out / "checkpoint"))]
         if rs.backend == "tensorrt-llm":
             cmds.append(shell(trtllm_build_command(rs, out / "checkpoint", out / "engine")))
         (tmp / "commands.sh").write_text("#!/bin/sh\nset -e\n" + "\n".join(cmds) + "\n")
-        (tmp / MARKER).write_text(json.dumps({"kind": "dry-run"}, indent=2) + "\n")
+        # the repository is rendered from an engine directory as _build_into writes it (config.json,
+        # marker, tokenizer files); this one holds no weights and is not published
+        preview = tmp / ".engine-preview"
+        preview.mkdir()
+        (preview / "config.json").write_text(json.dumps(predicted, indent=2) + "\n")
+        (preview / MARKER).write_text(json.dumps({"backend": rs.backend, "checkpoint": "../checkpoint",
+                                                  "engine_version": version, "dry_run": True}, indent=2) + "\n")
+        for name in COPIED:
+            if (Path(rs.model) / name).is_file():
+                shutil.copy2(Path(rs.model) / name, preview / name)
+        write_repo(preview, tmp / "triton_repo", engine_dir_in_repo=_engine_dir_in_repo(rs, out))
+        shutil.rmtree(preview)
+        (tmp / MARKER).write_text(json.dumps({"kind": "dry-run", "backend": rs.backend,
+                                              "engine_dir": str(Path(out).resolve() / "engine"),
+                                              "files": list(DRY_RUN_FILES)}, indent=2) + "\n")
     p = resolved.plan
     echo(f"plan: {p.summary()}")
     for c in cmds:
         echo(c)
-    echo(f"wrote {out}/spec.yaml, {out}/build_config.json and {out}/commands.sh (dry run: nothing built)")
+    listing = ", ".join(f"{out}/{name}" + ("/" if name == "triton_repo" else "") for name in DRY_RUN_FILES)
+    echo(f"wrote {listing} (dry run: nothing converted or built; no engine/)")
     return BuildResult(out, resolved, False, {})
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trtbuild.builder.engine import TRTLLM_PIN, build_config
+from trtbuild.builder.engine import TRTLLM_PIN, build_inputs
 from trtbuild.errors import BuildError
 from trtbuild.spec import ResolvedSpec
 
@@ -35,8 +35,7 @@ def build_engines(spec: ResolvedSpec, checkpoint_dir: Path, engine_dir: Path) ->
     from tensorrt_llm.builder import BuildConfig, build
     from tensorrt_llm.models import MODEL_MAP
 
-    cfg = build_config(spec)
-    cfg["max_seq_len"] = spec.max_seq_len  # the builder adds max_draft_len itself
+    cfg = build_inputs(spec)  # what trtllm-build passes; the builder derives the rest (engine.build_config)
     for rank in range(spec.world_size):
         model = MODEL_MAP[spec.architecture].from_checkpoint(str(checkpoint_dir), rank=rank)
         engine = build(model, BuildConfig.from_dict(dict(cfg)))

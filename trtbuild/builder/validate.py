@@ -14,7 +14,7 @@ from trtbuild.builder.plan import Plan, plan
 from trtbuild.convert import family_for, resolve_dtype
 from trtbuild.convert.hf import read_hf_dir
 from trtbuild.convert.layout import Dims, Mapping, validate_dims
-from trtbuild.convert.rope_scaling import max_sequence_length
+from trtbuild.convert.rope_scaling import hf_rope_scaling, max_sequence_length
 from trtbuild.errors import ConfigError
 from trtbuild.runtime.tokenizer import default_end_ids
 from trtbuild.spec import BACKENDS, QUANTIZATIONS, BuildSpec, ResolvedSpec
@@ -94,16 +94,16 @@ def resolve_spec(spec: BuildSpec) -> Resolved:
         mode, draft, choices, nodes = "medusa", cfg["max_draft_len"], to_brace(tree), len(tree)
         validate_dims(dims, Mapping(spec.tp, spec.pp))
     elif spec.lookahead:
-        from trtbuild.lookahead.spec import format_spec, parse_lookahead
+        from trtbuild.lookahead.spec import format_spec, parse_engine_lookahead
 
-        la = parse_lookahead(spec.lookahead)
+        la = parse_engine_lookahead(spec.lookahead)  # no max_draft_len 0, W, N, G all positive
         if spec.max_draft_len is not None and spec.max_draft_len != la.max_draft_len:
             raise ConfigError(f"lookahead {format_spec(la)} needs max_draft_len {la.max_draft_len} "
                               f"((N-2) + (W-1+G)(N-1)), got {spec.max_draft_len}")
         mode, draft, lookahead = "lookahead_decoding", la.max_draft_len, "{},{},{}".format(*la.as_tuple())
 
-    limit = max_sequence_length(int(hf.config.get("max_position_embeddings") or 2048),
-                                hf.config.get("rope_scaling"))
+    # rope scaling in either HF form (transformers >= 5: rope_parameters; before: rope_scaling)
+    limit = max_sequence_length(int(hf.config.get("max_position_embeddings") or 2048), hf_rope_scaling(hf.config))
     max_seq_len = spec.max_seq_len
     if max_seq_len is None:
         max_seq_len = min(limit, DEFAULT_MAX_SEQ_LEN)

@@ -40,9 +40,30 @@ def check_scaling(scaling: object) -> dict | None:
     return scaling
 
 
+def hf_rope_scaling(hf_config: dict) -> dict | None:
+    """The RoPE scaling of a HF config.json, validated, or None for plain RoPE.
+
+    Both forms: transformers >= 5 writes one `rope_parameters` dict (`rope_type`, `rope_theta` and the
+    scaling fields; `rope_type` "default" when there is no scaling), older versions `rope_scaling`
+    next to `rope_theta`. `rope_parameters` wins where both are present, as in the converter."""
+    params = hf_config.get("rope_parameters")
+    if isinstance(params, dict):
+        scaling: object = {k: v for k, v in params.items() if k != "rope_theta"}
+    else:
+        scaling = hf_config.get("rope_scaling")
+    scaling = check_scaling(scaling)
+    if scaling is None or scaling_kind(scaling) == "default":
+        return None
+    return scaling
+
+
 def max_sequence_length(max_positions: int, scaling: dict | None) -> int:
     """Longest sequence the runtime accepts: max_position_embeddings, times the factor of a
-    linear or dynamic scaling (TensorRT-LLM's default max_seq_len, and what the scaling is for)."""
+    linear or dynamic scaling (TensorRT-LLM's default max_seq_len, and what the scaling is for).
+
+    TensorRT-LLM scales by `factor` for every type but su/longrope/llama3 and warns above
+    max_position_embeddings * factor: NVIDIA/TensorRT-LLM@008b2b8d23af95e4e19fa6f354f9c5f6349b2bfc:
+    tensorrt_llm/builder.py:874-883, 914 (of those types trtbuild supports linear, dynamic, llama3)."""
     if scaling_kind(scaling) in ("linear", "dynamic"):
         return int(max_positions * float(scaling["factor"]))
     return max_positions
