@@ -71,9 +71,9 @@ def convert(hf_dir: Path, out_dir: Path, dtype: str, tp: int, pp: int, force: bo
             medusa_choices: str | None, max_draft_len: int | None, lookahead: str | None) -> None:
     """Convert a HF checkpoint (+ Medusa heads) into a TensorRT-LLM checkpoint."""
     from trtbuild.convert import convert as run
-    from trtbuild.lookahead.spec import parse_lookahead
+    from trtbuild.lookahead.spec import parse_engine_lookahead
 
-    spec = parse_lookahead(lookahead) if lookahead is not None else None
+    spec = parse_engine_lookahead(lookahead) if lookahead is not None else None  # max_draft_len 0 refused
     run(hf_dir, out_dir, dtype=dtype, tp=tp, pp=pp, force=force, medusa=medusa, medusa_choices=medusa_choices,
         max_draft_len=max_draft_len, lookahead=spec)
     mode = ", medusa" if medusa else f", lookahead {lookahead}" if spec else ""
@@ -342,14 +342,26 @@ def preflight(build_dir: Path, repo_out: Path | None) -> None:
 @click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--model", default="ensemble", show_default=True)
-def ask(url: str, prompt: str, protocol: str, max_tokens: int, model: str) -> None:
+@click.option("--stats", is_flag=True, help="Then print the server's perf metrics (return_perf_metrics).")
+def ask(url: str, prompt: str, protocol: str, max_tokens: int, model: str, stats: bool) -> None:
     """Send one streamed request to a running server and print the text as it arrives."""
-    from trtbuild.serve.client import stream_grpc, stream_http
+    from trtbuild.serve.client import STATS, stream_grpc, stream_http
 
     stream = stream_grpc if protocol == "grpc" else stream_http
+    last: dict = {}
     for out in stream(url, prompt, max_tokens, model):
         click.echo(out.get("text_output", ""), nl=False)
+        last = out
     click.echo()
+    if stats:
+        values = {k: last[k] for k in STATS if k in last}
+        if not values:
+            raise click.ClickException("the server returned no perf metrics (return_perf_metrics)")
+        t0 = values.get("arrival_time_ns")
+        for k, v in values.items():
+            shown = f"+{(v - t0) / 1e6:.1f} ms" if k.endswith("_time_ns") and t0 is not None else (
+                f"{v:.3f}" if isinstance(v, float) else str(v))
+            click.echo(f"{k}: {shown}")
 
 
 @cli.group(invoke_without_command=True)

@@ -18,16 +18,25 @@ class ServerError(TrtbuildError):
     """The server answered a request with an error."""
 
 
+# What a streamed response may carry besides text_output: with return_perf_metrics (which these
+# clients send) both backends return the ten perf outputs, acceptance among them.
+STATS = ("kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks", "arrival_time_ns",
+         "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns", "acceptance_rate",
+         "total_accepted_draft_tokens", "total_draft_tokens")
+
+
 def _inputs(mod, prompt: str, max_tokens: int, stream: bool, extra: dict | None = None) -> list:
     values = {"text_input": np.array([[prompt.encode("utf-8")]], dtype=object),
               "max_tokens": np.array([[max_tokens]], dtype=np.int32),
-              "stream": np.array([[stream]], dtype=bool)}
+              "stream": np.array([[stream]], dtype=bool),
+              "return_perf_metrics": np.array([[True]], dtype=bool)}
     for k, v in (extra or {}).items():
         values[k] = v
     out = []
     for name, arr in values.items():
         dtype = {np.dtype(object): "BYTES", np.dtype(np.int32): "INT32", np.dtype(bool): "BOOL",
-                 np.dtype(np.float32): "FP32", np.dtype(np.uint64): "UINT64"}[arr.dtype]
+                 np.dtype(np.float32): "FP32", np.dtype(np.uint64): "UINT64", np.dtype(np.float16): "FP16",
+                 np.dtype(np.int64): "INT64"}[arr.dtype]
         t = mod.InferInput(name, list(arr.shape), dtype)
         t.set_data_from_numpy(arr)
         out.append(t)
@@ -63,7 +72,7 @@ def stream_grpc(url: str, prompt: str, max_tokens: int, model: str = "ensemble",
 
 def _outputs(result) -> dict:
     out = {}
-    for name in ("text_output", "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens"):
+    for name in ("text_output", *STATS):
         arr = result.as_numpy(name)
         if arr is None:
             continue
@@ -79,7 +88,7 @@ def _post(url: str, body: dict, timeout: float) -> urllib.request.Request:
 def generate_http(url: str, prompt: str, max_tokens: int, model: str = "ensemble", extra: dict | None = None,
                   timeout: float = 600) -> dict:
     """POST /v2/models/{model}/generate: one JSON answer."""
-    body = {"text_input": prompt, "max_tokens": max_tokens, **(extra or {})}
+    body = {"text_input": prompt, "max_tokens": max_tokens, "return_perf_metrics": True, **(extra or {})}
     try:
         with urllib.request.urlopen(_post(f"http://{url}/v2/models/{model}/generate", body, timeout),
                                     timeout=timeout) as r:
@@ -91,7 +100,8 @@ def generate_http(url: str, prompt: str, max_tokens: int, model: str = "ensemble
 def stream_http(url: str, prompt: str, max_tokens: int, model: str = "ensemble", extra: dict | None = None,
                 timeout: float = 600) -> Iterator[dict]:
     """POST /v2/models/{model}/generate_stream: yield each server-sent event's JSON."""
-    body = {"text_input": prompt, "max_tokens": max_tokens, "stream": True, **(extra or {})}
+    body = {"text_input": prompt, "max_tokens": max_tokens, "stream": True, "return_perf_metrics": True,
+            **(extra or {})}
     try:
         with urllib.request.urlopen(_post(f"http://{url}/v2/models/{model}/generate_stream", body, timeout),
                                     timeout=timeout) as r:

@@ -29,8 +29,10 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError("cancelled", pb_utils.TritonError.CANCELLED)))
                 continue
-            texts = [[self.impl(list(tokens[b, k, : lengths[b, k]])).encode("utf-8")
-                      for k in range(tokens.shape[1])] for b in range(tokens.shape[0])]
+            # one string per beam, flat, as upstream's postprocessing answers (model.py@c2e65b8:143-153),
+            # so upstream's clients read text_output[0]
+            texts = [self.impl(list(tokens[b, k, : lengths[b, k]])).encode("utf-8")
+                     for b in range(tokens.shape[0]) for k in range(tokens.shape[1])]
             out = pb_utils.Tensor("OUTPUT", np.array(texts, dtype=object))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
         return responses

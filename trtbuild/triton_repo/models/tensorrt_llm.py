@@ -104,7 +104,8 @@ class TritonPythonModel:
                     # C++ executor's cyclic KV cache does
                     model.cfg = dataclasses.replace(model.cfg, sliding_window=min(self.window))
                 self.scheduler = Scheduler(model, int(build["max_batch_size"]), int(build["max_seq_len"]) - draft,
-                                           int(build["max_num_tokens"]), medusa_choices=choices, lookahead=lookahead)
+                                           int(build["max_num_tokens"]), medusa_choices=choices, lookahead=lookahead,
+                                           normalize_log_probs=bool(p["normalize_log_probs"]))
             except BaseException as e:  # noqa: BLE001 (re-raised in initialize)
                 failure["error"] = e
                 booted.set()

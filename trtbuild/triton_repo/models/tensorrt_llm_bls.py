@@ -118,7 +118,7 @@ class TritonPythonModel:
 
     @staticmethod
     def _text(text, llm_resp):
-        out = [pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=object))]
+        out = [pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=object))]  # as upstream's
         for name in PASSED_BACK:
             t = pb_utils.get_output_tensor_by_name(llm_resp, name)
             if t is not None:
