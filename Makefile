@@ -49,8 +49,20 @@ demo: $(DEMO)/hf/config.json $(DEMO)/heads/config.json
 	$(BIN)/trtbuild bench sweep $(DEMO)/plain $(DEMO)/medusa $(DEMO)/lookahead --concurrency 1,4,16 \
 		--num-requests 16 --isl 128 --osl 64 -o $(DEMO)/bench
 
+# The ModelOpt oracle of tests/test_modelopt_oracle.py: its own venv, never $(VENV) (its pins are not
+# the project's). --no-compile, then one warm-up import byte-compiles only what the export imports.
+ORACLE_VENV ?= .cache/modelopt-venv
+.PHONY: oracle
+$(ORACLE_VENV)/.installed: tests/oracle/requirements.txt constraints-cpu.txt
+	$(PYTHON) -m venv --clear $(ORACLE_VENV)
+	$(ORACLE_VENV)/bin/pip install -q --no-compile -c constraints-cpu.txt -r tests/oracle/requirements.txt
+	env -u PYTHONDONTWRITEBYTECODE $(ORACLE_VENV)/bin/python tests/oracle/export_modelopt.py --warm-up
+	touch $@
+
+oracle: $(ORACLE_VENV)/.installed
+
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
-test: setup
+test: setup $(ORACLE_VENV)/.installed
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
