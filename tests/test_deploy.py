@@ -267,7 +267,8 @@ def test_tp1_medusa_manifests(builds, tmp_path):
                                          "values": ["NVIDIA-H100-80GB-HBM3"]}]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
-    # /dev/shm: 256 MiB + 3 Python instances x (64 MiB + 8 x 256 x 8 B) = 448 MiB + 48 KiB -> 512 MiB -> min 1 GiB
+    # /dev/shm: 256 MiB + 10 Python instances (pre, post, 8 BLS = max_batch_size) x (64 MiB + 8 x 256 x 8 B)
+    # = 896 MiB + 160 KiB -> 1024 MiB (also the minimum)
     assert _volume(dep, "dshm") == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1024Mi"}}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in triton["volumeMounts"]
     # memory: the engine (a few KiB here) + 4 GiB + the shm emptyDir (it counts), rounded up: 6 GiB
@@ -375,10 +376,10 @@ def test_tp2_lookahead_manifests(builds, tmp_path):
     assert "--backend-config=python,shm-region-prefix-name=prefix1_" in rank1
     assert "--http-port=8000" in cmd[:cmd.index(":")]
 
-    # /dev/shm: 256 + 3 x (64 MiB + 16 KiB) + 2 ranks x 512 MiB for NCCL = 1472 MiB + 48 KiB -> 1536 MiB
-    assert _volume(dep, "dshm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "1536Mi"}
-    # memory: 2 ranks x (engine + 4 GiB) + 1.5 GiB shm -> 10 GiB
-    assert triton["resources"]["limits"]["memory"] == "10240Mi"
+    # /dev/shm: 256 + 10 x (64 MiB + 16 KiB) + 2 ranks x 512 MiB for NCCL = 1920 MiB + 160 KiB -> 2048 MiB
+    assert _volume(dep, "dshm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "2048Mi"}
+    # memory: 2 ranks x (engine + 4 GiB) + 2 GiB shm = 10 GiB and the engines' KiB, rounded up: 11 GiB
+    assert triton["resources"]["limits"]["memory"] == "11264Mi"
 
     # the build comes from S3 into an emptyDir before the init check reads it
     pod = dep["spec"]["template"]["spec"]
@@ -400,11 +401,11 @@ def test_tp2_lookahead_manifests(builds, tmp_path):
 
 def test_sizing_rules_by_hand(builds):
     b = read_build(builds["lookahead_tp2"])
-    assert b.python_instances == 3 and b.world_size == 2
+    assert b.python_instances == 10 and b.world_size == 2  # pre, post, 8 BLS (one per engine row)
     big = b.__class__(**{**b.__dict__, "engine_bytes_per_rank": 70 * 2**30})  # a 70 GiB rank engine
     assert kube.load_seconds(big) == 60 + 359  # 70 GiB at 200 MiB/s = 358.4 s
     assert kube.startup_failure_threshold(big) == 84  # 2 x 419 s in 10 s periods
-    assert kube.memory_bytes(big) == (2 * (70 + 4) * 2**30 + 1536 * 2**20 + 2**30 - 1) // 2**30 * 2**30
+    assert kube.memory_bytes(big) == (2 * (70 + 4) * 2**30 + 2048 * 2**20 + 2**30 - 1) // 2**30 * 2**30
 
 
 def test_torch_cpu_build_manifests(tmp_path):
@@ -422,8 +423,8 @@ def test_torch_cpu_build_manifests(tmp_path):
     assert "nvidia.com/gpu" not in triton["resources"]["limits"]
     assert "affinity" not in pod and "tolerations" not in pod
     assert triton["image"] == images.CPU_IMAGE and triton["command"][:2] == ["trtbuild", "serve"]
-    # torch: 4 Python instances (tensorrt_llm is one too)
-    assert read_build(tmp_path / "Demo_Build").python_instances == 4
+    # torch: pre, post, tensorrt_llm and 8 BLS instances (the default max_batch_size 8)
+    assert read_build(tmp_path / "Demo_Build").python_instances == 11
     waiting = docs["PrometheusRule"]["spec"]["groups"][0]["rules"][1]
     assert waiting["expr"].startswith("sum by (namespace, pod, app_kubernetes_io_instance) (trtbuild_scheduler_waiting{")
     # the torch backend names its engine relative to the repository: a moved build serves as it is

@@ -19,7 +19,7 @@ from trtbuild.convert import convert
 from trtbuild.fsutil import MARKER
 from trtbuild.spec import BuildSpec
 from trtbuild.triton_repo import MODELS, parse_config, write_repo
-from trtbuild.triton_repo.python_models import (Detokenizer, Holdback, Postprocessor, word_list,
+from trtbuild.triton_repo.python_models import (Detokenizer, FastDecoder, Holdback, Postprocessor, word_list,
                                                 words_from_list)
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -144,9 +144,23 @@ def test_streamed_text_never_splits_characters_or_drops_spaces(tok, demo_hf):
     chunks = [hold.push([t], final=(i == len(ids) - 1)) for i, t in enumerate(ids)]
     assert "".join(post(c) for c in chunks if c) == tok.decode(ids)
     assert all("\ufffd" not in post(c) for c in chunks if c)
-    det = Detokenizer(tok)
-    deltas = [det.add([t]) for t in ids] + [det.add([], final=True)]
-    assert "".join(deltas) == tok.decode(ids) and all("\ufffd" not in d for d in deltas)
+    for decoder in (tok, FastDecoder(demo_hf)):  # the BLS's tokenizers-only decoder streams the same
+        det = Detokenizer(decoder)
+        deltas = [det.add([t]) for t in ids] + [det.add([], final=True)]
+        assert "".join(deltas) == tok.decode(ids) and all("\ufffd" not in d for d in deltas)
+
+
+@pytest.mark.slow
+def test_fast_decoder_decodes_as_transformers(tok, demo_hf):
+    import random
+
+    fast, r = FastDecoder(demo_hf), random.Random(0)
+    for _ in range(200):
+        ids = [r.randrange(len(tok)) for _ in range(r.randrange(1, 30))] + [tok.eos_token_id]
+        r.shuffle(ids)
+        for skip in (True, False):
+            assert fast.decode(ids, skip_special_tokens=skip) == tok.decode(
+                ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
 
 
 def test_cancellation_tag_rides_after_sequence_length():
@@ -164,5 +178,7 @@ def test_mpirun_command_for_a_tp2_engine(tmp_path):
     assert cmd[:2] == ["mpirun", "--allow-run-as-root"] and cmd.count(":") == 1
     first, second = " ".join(cmd).split(" : ")
     assert "shm-region-prefix-name=prefix0_" in first and "--http-port=8000" in first and "--load-model" not in first
+    for endpoint in ("http", "grpc", "metrics"):  # rank 0's endpoints all bind to the host asked for
+        assert f"--{endpoint}-address=0.0.0.0" in first
     assert "shm-region-prefix-name=prefix1_" in second and "--model-control-mode=explicit" in second
     assert "--load-model=tensorrt_llm" in second and "--http-port" not in second

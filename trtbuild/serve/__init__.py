@@ -108,7 +108,7 @@ def mpi_command(repo: Path, world_size: int, host: str, http: int, grpc: int, me
                 f"--backend-config=python,shm-region-prefix-name=prefix{rank}_"]
         if rank == 0:
             cmd += [f"--http-address={host}", f"--http-port={http}", f"--grpc-address={host}", f"--grpc-port={grpc}",
-                    f"--metrics-port={metrics}"]
+                    f"--metrics-address={host}", f"--metrics-port={metrics}"]  # all three on --host
         else:  # ranks > 0: only the engine, no endpoints of their own that could clash
             cmd += ["--model-control-mode=explicit", "--load-model=tensorrt_llm", "--allow-http=false",
                     "--allow-grpc=false", "--allow-metrics=false"]

@@ -83,6 +83,25 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
+class FastDecoder:
+    """`decode` of a tokenizer.json through the `tokenizers` library alone (what transformers' fast
+    tokenizers call, with clean_up_tokenization_spaces off): the BLS runs max_batch_size stubs, and
+    each importing transformers (and with it torch) cost ~300 MB and seconds of start-up."""
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
+
+    def decode(self, ids, skip_special_tokens: bool = True, clean_up_tokenization_spaces: bool = False) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+
+def load_decoder(path: Path):
+    """A decoder for text out: FastDecoder where there is a tokenizer.json, else the full tokenizer."""
+    return FastDecoder(path) if (Path(path) / "tokenizer.json").is_file() else load_tokenizer(path)
+
+
 def utf8(value, what: str) -> str:
     if isinstance(value, bytes):
         try:

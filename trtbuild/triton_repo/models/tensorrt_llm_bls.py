@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from trtbuild.triton_repo.python_models import Detokenizer, load_tokenizer
+from trtbuild.triton_repo.python_models import Detokenizer, load_decoder
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 PRE_INPUTS = {"text_input": "QUERY", "decoder_text_input": "DECODER_QUERY", "max_tokens": "REQUEST_OUTPUT_LEN",
@@ -51,7 +51,7 @@ class TritonPythonModel:
         self.llm = p["tensorrt_llm_model_name"]
         self.draft = p.get("tensorrt_llm_draft_model_name", "")
         self.accumulate = p.get("accumulate_tokens", "false").lower() in ("true", "1")
-        self.tok = load_tokenizer(Path(args["model_repository"]) / p["tokenizer_dir"])
+        self.tok = load_decoder(Path(args["model_repository"]) / p["tokenizer_dir"])
 
     def execute(self, requests):
         for request in requests:
