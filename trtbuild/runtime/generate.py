@@ -5,6 +5,12 @@ token in slot s has position s - pad_b, and pad slots are masked out. One prefil
 each request's first token; every later token costs one decode step (a target forward pass).
 A request stops at its max_new_tokens, at an end id (not included in the output) or after a stop
 word (included, as TensorRT-LLM does). The engine knows nothing about text: token ids only.
+
+Per-request rules of TensorRT-LLM's executor (`trtbuild.runtime.sampling.TokenPicker`): repetition /
+presence / frequency penalties (`SamplingParams`), `min_tokens` (end ids masked until that many
+tokens were generated) and `return_log_probs` (`Result.cum_log_prob`, `Result.output_log_probs`).
+`generate()` and the scheduler (every mode) honour them; `validate` refuses them for any other
+caller (Medusa / lookahead `*_generate`), which would otherwise ignore them.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 from trtbuild.convert.rope_scaling import max_sequence_length
 from trtbuild.errors import GenerationError
 from trtbuild.runtime.model import Model
-from trtbuild.runtime.sampling import SamplingParams, sample
+from trtbuild.runtime.sampling import SamplingParams, TokenPicker
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,27 @@ class Request:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     end_ids: tuple[int, ...] = ()
     stop_words: tuple[tuple[int, ...], ...] = ()
+    # end ids are masked (never chosen) until this many tokens were generated:
+    #   NVIDIA/TensorRT-LLM@3585984b32cd:cpp/tensorrt_llm/kernels/penaltyKernels.cu:242
+    # Upstream's minTokens "Values < 1 have no effect. Default is 1":
+    #   NVIDIA/TensorRT-LLM@0165bd7ac275:cpp/include/tensorrt_llm/executor/executor.h:168
+    #   NVIDIA/TensorRT-LLM@1020a8d799d0:cpp/tensorrt_llm/layers/defaultDecodingParams.h:53-55
+    # and its penalty layer passes no min lengths at all when every request of the batch has the
+    # default 1 (macro GET_PENALTIES):
+    #   NVIDIA/TensorRT-LLM@05316d331336:cpp/tensorrt_llm/layers/penaltyLayer.cpp:forwardAsync
+    # Here 0 (the default) has no effect and 1 forbids an immediate end id, whatever the other requests.
+    min_tokens: int = 0
+    return_log_probs: bool = False  # upstream OutputConfig returnLogProbs (default false)
+
+    @property
+    def per_token_rules(self) -> bool:
+        """Needs a decoder that applies TokenPicker's rules (penalties, min_tokens, log probs)."""
+        return self.sampling.penalised or self.min_tokens > 0 or self.return_log_probs
+
+    def picker(self, vocab_size: int, device, normalize_log_probs: bool = False) -> TokenPicker:
+        return TokenPicker(self.sampling, self.sampling.generator(device), prompt=self.prompt, vocab_size=vocab_size,
+                           end_ids=self.end_ids, min_tokens=self.min_tokens, log_probs=self.return_log_probs,
+                           normalize_log_probs=normalize_log_probs, device=device)
 
 
 @dataclass(frozen=True)
@@ -34,6 +61,10 @@ class Result:
     finish_reason: str  # "length" | "end_id" | "stop_word"
     num_steps: int  # target forward passes in the decode phase (the prefill is not counted)
     accepted_draft_tokens: int = 0  # speculative decoding: draft tokens the target model confirmed
+    # return_log_probs only (else None): the sum of the chosen tokens' log probs, an end id the request
+    # stopped at included (as upstream's cumLogProbs), and one log prob per output_ids token
+    cum_log_prob: float | None = None
+    output_log_probs: tuple[float, ...] | None = None
 
     @property
     def tokens_per_step(self) -> float | None:
@@ -50,7 +81,10 @@ class Result:
         return (len(self.output_ids) + (self.finish_reason == "end_id")) / (self.num_steps + 1)
 
 
-def validate(model: Model, requests: list[Request]) -> None:
+def validate(model: Model, requests: list[Request], per_token_rules: bool = False) -> None:
+    """Refuse what the model cannot run. per_token_rules: the caller applies TokenPicker's rules;
+    without it, a request asking for penalties, min_tokens or log probs is refused (they need plain
+    decoding here, or the scheduler, which applies them to Medusa and lookahead rows too)."""
     if not requests:
         raise GenerationError("no requests to generate")
     vocab = model.cfg.dims.vocab_size
@@ -68,6 +102,18 @@ def validate(model: Model, requests: list[Request]) -> None:
         if len(r.prompt) + r.max_new_tokens > limit:
             raise GenerationError(f"request {i}: prompt ({len(r.prompt)} tokens) + max_new_tokens "
                                   f"({r.max_new_tokens}) exceeds the model's {limit} positions")
+        # minTokens >= 0 (checkMinTokens):
+        #   NVIDIA/TensorRT-LLM@3585984b32cd:cpp/tensorrt_llm/executor/samplingConfig.cpp:50
+        if isinstance(r.min_tokens, bool) or not isinstance(r.min_tokens, int) or r.min_tokens < 0:
+            raise GenerationError(f"request {i}: min_tokens must be an integer >= 0, got {r.min_tokens!r}")
+        if not isinstance(r.return_log_probs, bool):
+            raise GenerationError(f"request {i}: return_log_probs must be true or false, got {r.return_log_probs!r}")
+        if r.per_token_rules and not per_token_rules:
+            asked = [n for n, on in (("repetition/presence/frequency penalties", r.sampling.penalised),
+                                     ("min_tokens", r.min_tokens > 0),
+                                     ("return_log_probs", r.return_log_probs)) if on]
+            raise GenerationError(f"request {i}: {', '.join(asked)} need plain decoding (generate()) or the "
+                                  "scheduler; this Medusa/lookahead generation does not apply them")
 
 
 def attention_mask(q_lo: int, q_hi: int, pads: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -96,9 +142,11 @@ def _stopped(out: list[int], r: Request) -> str | None:
     return None
 
 
-def generate(model: Model, requests: list[Request]) -> list[Result]:
-    """Run every request to completion in one left-padded batch; results in request order."""
-    validate(model, requests)
+def generate(model: Model, requests: list[Request], normalize_log_probs: bool = False) -> list[Result]:
+    """Run every request to completion in one left-padded batch; results in request order.
+
+    normalize_log_probs: TensorRT-LLM's engine-wide option (sampling.TokenPicker); off by default."""
+    validate(model, requests, per_token_rules=True)
     dev = model.device
     B = len(requests)
     lens = torch.tensor([len(r.prompt) for r in requests], device=dev)
@@ -111,14 +159,22 @@ def generate(model: Model, requests: list[Request]) -> list[Result]:
     positions = (slots[None, :] - pads[:, None]).clamp(min=0)  # [B, P + N]
     window = model.cfg.sliding_window
     cache = model.new_cache(B, P + N)
-    params = [r.sampling for r in requests]
-    gens = [p.generator(dev) for p in params]
+    pickers = [r.picker(model.cfg.dims.vocab_size, dev, normalize_log_probs) for r in requests]
+    outs: list[list[int]] = [[] for _ in range(B)]
+    done: list[str | None] = [None] * B
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        """Each unfinished row's next token from its logits [B, V] (one batched argmax for the greedy
+        rows without per-token rules; a finished row's token is never read)."""
+        nxt = logits.argmax(-1)
+        for b in range(B):
+            if done[b] is None and not (requests[b].sampling.greedy and pickers[b].trivial):
+                nxt[b] = pickers[b].pick(logits[b])
+        return nxt
 
     logits = model.forward(tokens, positions[:, :P], cache, 0, attention_mask(0, P, pads, window),
                            logits_for=torch.full((B,), P - 1, device=dev))
-    nxt = sample(logits, params, gens)
-    outs: list[list[int]] = [[] for _ in range(B)]
-    done: list[str | None] = [None] * B
+    nxt = choose(logits)
     steps = [0] * B
     slot = P
     while True:
@@ -132,10 +188,14 @@ def generate(model: Model, requests: list[Request]) -> list[Result]:
             steps[b] += done[b] is None
         logits = model.forward(nxt[:, None], positions[:, slot:slot + 1], cache, slot,
                                attention_mask(slot, slot + 1, pads, window))[:, -1]
-        nxt = sample(logits, params, gens)
+        nxt = choose(logits)
         slot += 1
-    return [Result(tuple(o[:-1] if d == "end_id" else o), d or "length", s)
-            for o, d, s in zip(outs, done, steps)]
+    results = []
+    for o, d, s, pk in zip(outs, done, steps, pickers):
+        kept = o[:-1] if d == "end_id" else o
+        cum, lps = pk.report(len(o), len(kept))
+        results.append(Result(tuple(kept), d or "length", s, 0, cum, lps))
+    return results
 
 
 def hidden_states(model: Model, seq: list[int]) -> torch.Tensor:

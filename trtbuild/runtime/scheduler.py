@@ -16,11 +16,26 @@ the last row's KV into it), so a step computes exactly the n running rows. Every
 Plain, Medusa and lookahead requests of one engine share the batch. Greedy output equals plain
 greedy decoding token for token; sampled requests draw each emitted token from the model.
 `serve_forever` runs the loop in a thread for servers; `run_until_idle` serves scripts and tests.
+
+Per-request rules (TensorRT-LLM's executor, `trtbuild.runtime.sampling.TokenPicker`): repetition /
+presence / frequency penalties, `min_tokens` and `return_log_probs` hold in every mode, the
+speculative ones included: verification walks the draft nodes in order and each node's token is
+chosen by the request's own picker from that node's logits, with the counts (prompt + tokens emitted
+before that node) and the generated-token count (min_tokens) as they stand at that node. Every
+chosen token is emitted, so the picker sees exactly the sequence plain decoding would, and a
+request's output equals its plain decoding's (greedy: token for token). The drafts themselves
+(Medusa heads, lookahead window and pool) stay unpenalised guesses: only acceptance follows the rule.
+
+Per job, `job_info(job_id)` (a `JobInfo`, also inside the job's callbacks) has the decode steps,
+accepted and drafted tokens, the log probs of the tokens delivered so far (`log_probs[-len(new):]`
+are the latest callback's) and their cumulative log prob, the perf timestamps of TensorRT-LLM's
+RequestPerfMetrics and the KV cache blocks of the job's row (`JobInfo`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections import deque
@@ -35,12 +50,43 @@ from trtbuild.runtime.generate import Request, Result, _stopped, validate
 from trtbuild.runtime.lookahead import StepLayout, _local_mask, _RowState, longest_chain, step_layout
 from trtbuild.runtime.medusa import tree_buffers
 from trtbuild.runtime.model import KVCache, Model
-from trtbuild.runtime.sampling import sample
+from trtbuild.runtime.sampling import TokenPicker
 from trtbuild.runtime.speculative import draft_attention_mask, keep_path
 
 # on_tokens(new_tokens, result): called from the scheduler thread with each step's new tokens;
 # `result` is set (and new_tokens may be empty) exactly once, when the request is finished
 Callback = Callable[[list[int], Result | None], None]
+
+# TensorRT-LLM's KV cache block size: trtllm-build's tokens_per_block, 32, as trtbuild's engine
+# build_config writes it (trtbuild/builder/engine.py plugin_config)
+TOKENS_PER_BLOCK = 32
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job's progress and the figures the C++ backend reports per request.
+
+    Timestamps: nanoseconds of `time.monotonic_ns()`, the clock of upstream's RequestPerfMetrics
+    (`TimePoint = std::chrono::time_point<std::chrono::steady_clock>`, which tensorrtllm_backend
+    sends as `time_since_epoch()` in ns: model_instance_state.cc@c2e65b8:1275-1281, 1296-1300); 0 =
+    not reached yet (upstream's default time point). arrival = submit, first_scheduled = admitted
+    (its prefill starts), first_token / last_token = when the first / latest token was emitted (the
+    latest is the last one once the job is finished).
+    KV cache: the job's row holds prompt + max_new_tokens + one step's draft tokens, counted in blocks
+    of `tokens_per_block` when it is admitted; nothing is reused (no prefix cache); 0 before admission."""
+
+    steps: int  # decode steps (target forward passes after the prefill)
+    accepted: int  # draft tokens accepted
+    drafted: int  # draft tokens verified
+    log_probs: tuple[float, ...]  # return_log_probs: one per token delivered so far, else ()
+    cum_log_prob: float | None  # return_log_probs: their sum (and an end id's it stopped at), else None
+    arrival_time_ns: int
+    first_scheduled_time_ns: int
+    first_token_time_ns: int
+    last_token_time_ns: int
+    kv_cache_alloc_new_blocks: int
+    kv_cache_reused_blocks: int
+    kv_cache_alloc_total_blocks: int
 
 
 @dataclass
@@ -50,7 +96,12 @@ class _Job:
     mode: str  # plain | medusa | lookahead
     lookahead: LookaheadSpec | None
     on_tokens: Callback
-    arrived: float
+    picker: TokenPicker
+    arrival_ns: int
+    first_scheduled_ns: int = 0
+    first_token_ns: int = 0
+    last_token_ns: int = 0
+    kv_blocks: int = 0
     row: int = -1
     length: int = 0  # tokens in the row's cache
     outs: list[int] = field(default_factory=list)
@@ -59,13 +110,22 @@ class _Job:
     drafted: int = 0
     done: str | None = None
     cancelled: bool = False
-    generator: torch.Generator | None = None
     h_last: torch.Tensor | None = None  # Medusa: hidden state of the last accepted token [H]
     la: _RowState | None = None
 
+    def kept(self) -> int:
+        """Output tokens so far (an end id the job stopped at is not one)."""
+        return len(self.outs) - (self.done == "end_id")
+
     def result(self) -> Result:
-        o = self.outs[:-1] if self.done == "end_id" else self.outs
-        return Result(tuple(o), self.done or "length", self.steps, self.accepted)
+        cum, lps = self.picker.report(len(self.outs), self.kept())
+        return Result(tuple(self.outs[:self.kept()]), self.done or "length", self.steps, self.accepted, cum, lps)
+
+    def info(self) -> JobInfo:
+        cum, lps = self.picker.report(len(self.outs), self.kept())
+        return JobInfo(self.steps, self.accepted, self.drafted, lps or (), cum, self.arrival_ns,
+                       self.first_scheduled_ns, self.first_token_ns, self.last_token_ns, self.kv_blocks, 0,
+                       self.kv_blocks)
 
 
 @dataclass
@@ -87,8 +147,15 @@ class Stats:
 
 class Scheduler:
     def __init__(self, model: Model, max_batch_size: int = 8, max_seq_len: int | None = None,
-                 max_num_tokens: int = 8192, medusa_choices=None, lookahead: LookaheadSpec | None = None) -> None:
+                 max_num_tokens: int = 8192, medusa_choices=None, lookahead: LookaheadSpec | None = None,
+                 normalize_log_probs: bool = False, tokens_per_block: int = TOKENS_PER_BLOCK) -> None:
+        """normalize_log_probs: TensorRT-LLM's engine-wide option (`sampling.TokenPicker`);
+        tokens_per_block: the block size of the KV cache figures in `JobInfo`."""
         self.model = model
+        self.normalize_log_probs = normalize_log_probs
+        if tokens_per_block < 1:
+            raise GenerationError(f"tokens_per_block must be >= 1, got {tokens_per_block}")
+        self.tokens_per_block = tokens_per_block
         self.max_batch_size = max_batch_size
         self.max_num_tokens = max_num_tokens
         self.lookahead = lookahead or model.cfg.lookahead
@@ -116,7 +183,7 @@ class Scheduler:
     def submit(self, request: Request, on_tokens: Callback, mode: str | None = None,
                lookahead: LookaheadSpec | None = None, job_id: int | None = None) -> int:
         """Queue a request; returns its id. mode: plain | medusa | lookahead (default: the engine's)."""
-        validate(self.model, [request])
+        validate(self.model, [request], per_token_rules=True)
         if len(request.prompt) + request.max_new_tokens > self.max_seq_len:
             raise GenerationError(f"prompt ({len(request.prompt)} tokens) + max_tokens ({request.max_new_tokens}) "
                                   f"exceeds max_seq_len {self.max_seq_len}")
@@ -136,10 +203,10 @@ class Scheduler:
                 mode, lookahead = "plain", None
         elif mode != "plain" and mode != "medusa":
             raise GenerationError(f"unknown decoding mode {mode!r}")
+        picker = request.picker(self.model.cfg.dims.vocab_size, self.model.device, self.normalize_log_probs)
         with self._cv:
             job = _Job(next(self._ids) if job_id is None else job_id, request, mode, lookahead, on_tokens,
-                       time.monotonic())
-            job.generator = request.sampling.generator(self.model.device)
+                       picker, time.monotonic_ns())
             self.waiting.append(job)
             self._jobs[job.id] = job
             self._cv.notify_all()
@@ -159,6 +226,11 @@ class Scheduler:
         """(decode steps, accepted draft tokens, draft tokens verified) of a job so far."""
         job = self._jobs.get(job_id)
         return (job.steps, job.accepted, job.drafted) if job is not None else (0, 0, 0)
+
+    def job_info(self, job_id: int) -> JobInfo | None:
+        """A job's `JobInfo` (from submit until its final callback has returned); None if unknown."""
+        job = self._jobs.get(job_id)
+        return job.info() if job is not None else None
 
     def run_forever(self) -> None:
         """The step loop, in the calling thread, until `shutdown()` (idle: waits for work).
@@ -209,6 +281,10 @@ class Scheduler:
                 self.waiting.popleft()
                 job.row = len(self.running) + len(admit)
                 budget -= len(job.request.prompt)
+                job.first_scheduled_ns = time.monotonic_ns()
+                r = job.request
+                job.kv_blocks = math.ceil((len(r.prompt) + r.max_new_tokens + self._step_tokens(job) - 1)
+                                          / self.tokens_per_block)
                 admit.append(job)
             already = len(self.running)
         for job in admit:
@@ -242,7 +318,7 @@ class Scheduler:
         if model.cfg.sliding_window:
             mask &= q - k < model.cfg.sliding_window
         h = model.hidden(torch.tensor([r.prompt], device=dev), t[None], view, 0, mask[None, None])[0, -1]  # [H]
-        first = int(sample(model.logits(h[None]), [r.sampling], [job.generator])[0])
+        first = job.picker.pick(model.logits(h[None])[0])
         job.length = P
         job.h_last = h
         if job.mode == "lookahead":
@@ -308,11 +384,13 @@ class Scheduler:
         self.stats.history.append((time.monotonic(), len(jobs), sum(len(p[1]) for p in plans.values())))
         for i, j in enumerate(jobs):
             layout, toks, _, _, chains = plans[j.id]
-            if j.request.sampling.greedy:
+            if j.request.sampling.greedy and j.picker.trivial:
                 choose = pred[i].__getitem__
             else:
+                # the walk asks for the nodes in order and emits every choice: the picker's counts and
+                # generated-token count are those of plain decoding at each node (module docstring)
                 def choose(node: int, i: int = i, j: _Job = j) -> int:
-                    return int(sample(logits[i, node][None], [j.request.sampling], [j.generator])[0])
+                    return j.picker.pick(logits[i, node])
             path, bonus = longest_chain(chains, toks, choose)
             j.steps += 1
             j.accepted += len(path) - 1
@@ -326,6 +404,9 @@ class Scheduler:
             self._emit(j, emitted)
 
     def _emit(self, job: _Job, tokens: list[int]) -> None:
+        now = time.monotonic_ns()
+        job.first_token_ns = job.first_token_ns or now
+        job.last_token_ns = now
         new = []
         for t in tokens:
             job.outs.append(t)
