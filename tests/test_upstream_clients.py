@@ -23,6 +23,7 @@ import torch
 from click.testing import CliRunner
 
 from trtbuild.cli import cli
+from trtbuild.errors import ConfigError
 from trtbuild.serve import TritonServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -177,7 +178,7 @@ def _llm(url: str, ids: list[int], n: int, **extra) -> dict:
         raise r
     n_out = int(r.as_numpy("sequence_length").reshape(-1)[0])
     out = {"ids": r.as_numpy("output_ids").reshape(-1)[:n_out].tolist()}
-    for k in ("cum_log_probs", "output_log_probs"):
+    for k in ("cum_log_probs", "output_log_probs", "num_input_tokens", "num_output_tokens"):
         if r.as_numpy(k) is not None:
             out[k] = r.as_numpy(k).reshape(-1).tolist()
     return out
@@ -238,6 +239,11 @@ def test_honoured_inputs_change_the_output_as_computed_by_hand(build, server, re
     # exclude_input_in_output false: the prompt first
     assert _llm(url, prompt, 6, exclude_input_in_output=False)["ids"] == prompt + plain
 
+    # the 1.x token counts: the prompt's length and the generated tokens (the prompt not counted)
+    counts_out = _llm(url, prompt, 6, exclude_input_in_output=False, return_num_input_tokens=True,
+                      return_num_output_tokens=True)
+    assert counts_out["num_input_tokens"] == [len(prompt)] and counts_out["num_output_tokens"] == [6]
+
     # log probs of a sampled request (top_p 1: over the whole vocabulary): log_softmax of the
     # logits at each chosen token, and their sum
     lp = _llm(url, prompt, 6, return_log_probs=True, runtime_top_p=1.0, seed=3)
@@ -283,7 +289,8 @@ def test_torch_model_refuses_a_config_without_gpt_model_type(build, tmp_path):
     cfg.write_text(cfg.read_text().replace('string_value: "../../engine"', f'string_value: "{build / "engine"}"'))
     host = "127.0.0.1"
     log = tmp_path / "triton.log"
-    with pytest.raises(Exception):
-        with TritonServer(repo, host, free_port(host), free_port(host), free_port(host), log_file=log):
+    # the server runs with --exit-on-error=false: it never becomes ready, the model's load fails
+    with pytest.raises(ConfigError, match="not ready"):
+        with TritonServer(repo, host, free_port(host), free_port(host), free_port(host), log_file=log, timeout=45):
             pass
     assert "Cannot find parameter with name: gpt_model_type" in log.read_text()

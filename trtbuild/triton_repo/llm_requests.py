@@ -86,6 +86,8 @@ class LlmRequest:
     return_log_probs: bool
     return_perf_metrics: bool
     lookahead: LookaheadSpec | None = None
+    return_num_input_tokens: bool = False
+    return_num_output_tokens: bool = False
 
 
 def _scalar(inputs: dict, name: str, default=None):
@@ -180,4 +182,6 @@ def parse_request(inputs: dict, *, default_exclude_input: bool, end_ids: tuple[i
             raise RequestError(str(e)) from None
     return LlmRequest(request, bool(_scalar(inputs, "streaming", False)),
                       bool(_scalar(inputs, "exclude_input_in_output", default_exclude_input)), return_log_probs,
-                      bool(_scalar(inputs, "return_perf_metrics", False)), lookahead)
+                      bool(_scalar(inputs, "return_perf_metrics", False)), lookahead,
+                      bool(_scalar(inputs, "return_num_input_tokens", False)),
+                      bool(_scalar(inputs, "return_num_output_tokens", False)))

@@ -294,9 +294,33 @@ POSTPROCESSING_INPUTS = _table(
 POSTPROCESSING_OUTPUTS = _table(
     ("OUTPUT", "TYPE_STRING", (-1,), False, False, False, 45),
 )
+# The 1.x copies of these files (NVIDIA/TensorRT-LLM:triton_backend/all_models/inflight_batcher_llm/,
+# where the backend moved: ensemble/config.pbtxt@2a9abd95, tensorrt_llm/config.pbtxt@0c8de69a,
+# tensorrt_llm_bls/config.pbtxt@0193dbd4) add token counts: two request flags after
+# return_perf_metrics and two outputs after total_draft_tokens; the C++ backend writes num_input_tokens
+# (the prompt's length) and num_output_tokens (the response's generated tokens) when asked
+# (triton_backend/inflight_batcher_llm/src/model_instance_state.cc@c8c6df08, fillTritonResponse).
+_COUNT_FLAGS = ("return_num_input_tokens", "return_num_output_tokens")
+_COUNTS = _table(("num_input_tokens", "TYPE_INT32", (1,)), ("num_output_tokens", "TYPE_INT32", (1,)))
+
+
+def _after(table: tuple[Tensor, ...], name: str, added: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    i = [t.name for t in table].index(name) + 1
+    return table[:i] + added + table[i:]
+
+
+ENSEMBLE_INPUTS = _after(ENSEMBLE_INPUTS, "return_perf_metrics",
+                         tuple(Tensor(n, "TYPE_BOOL", (1,), True) for n in _COUNT_FLAGS))
+TENSORRT_LLM_BLS_INPUTS = _after(TENSORRT_LLM_BLS_INPUTS, "return_perf_metrics",
+                                 tuple(Tensor(n, "TYPE_BOOL", (1,), True, True) for n in _COUNT_FLAGS))
+TENSORRT_LLM_INPUTS = _after(TENSORRT_LLM_INPUTS, "return_perf_metrics",
+                             tuple(Tensor(n, "TYPE_BOOL", (1,), True, True) for n in _COUNT_FLAGS))
+ENSEMBLE_OUTPUTS, TENSORRT_LLM_BLS_OUTPUTS, TENSORRT_LLM_OUTPUTS = (
+    t + _COUNTS for t in (ENSEMBLE_OUTPUTS, TENSORRT_LLM_BLS_OUTPUTS, TENSORRT_LLM_OUTPUTS))
+
 # The ensemble's steps, (model, [(step input, ensemble tensor)], [(step output, ensemble tensor)]):
 # tensorrtllm_backend@c2e65b8:all_models/inflight_batcher_llm/ensemble/config.pbtxt:354 (preprocessing),
-# :442 (tensorrt_llm), :658 (postprocessing).
+# :442 (tensorrt_llm), :658 (postprocessing), with the 1.x token counts (ensemble/config.pbtxt@2a9abd95).
 ENSEMBLE_STEPS: tuple[tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]], ...] = (
     ("preprocessing",
      (("QUERY", "text_input"), ("DECODER_QUERY", "decoder_text_input"), ("REQUEST_OUTPUT_LEN", "max_tokens"),
@@ -319,6 +343,7 @@ ENSEMBLE_STEPS: tuple[tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, s
       ("presence_penalty", "presence_penalty"), ("frequency_penalty", "frequency_penalty"), ("seed", "seed"),
       ("return_log_probs", "return_log_probs"), ("return_context_logits", "return_context_logits"),
       ("return_generation_logits", "return_generation_logits"), ("return_perf_metrics", "return_perf_metrics"),
+      ("return_num_input_tokens", "return_num_input_tokens"), ("return_num_output_tokens", "return_num_output_tokens"),
       ("num_return_sequences", "num_return_sequences"), ("beam_width", "beam_width"), ("streaming", "stream"),
       ("prompt_embedding_table", "prompt_embedding_table"), ("prompt_vocab_size", "prompt_vocab_size"),
       ("stop_words_list", "_STOP_WORDS_IDS"), ("bad_words_list", "_BAD_WORDS_IDS"),
@@ -332,7 +357,8 @@ ENSEMBLE_STEPS: tuple[tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, s
       ("kv_cache_alloc_total_blocks", "kv_cache_alloc_total_blocks"), ("arrival_time_ns", "arrival_time_ns"),
       ("first_scheduled_time_ns", "first_scheduled_time_ns"), ("first_token_time_ns", "first_token_time_ns"),
       ("last_token_time_ns", "last_token_time_ns"), ("acceptance_rate", "acceptance_rate"),
-      ("total_accepted_draft_tokens", "total_accepted_draft_tokens"), ("total_draft_tokens", "total_draft_tokens"))),
+      ("total_accepted_draft_tokens", "total_accepted_draft_tokens"), ("total_draft_tokens", "total_draft_tokens"),
+      ("num_input_tokens", "num_input_tokens"), ("num_output_tokens", "num_output_tokens"))),
     ("postprocessing",
      (("TOKENS_BATCH", "_TOKENS_BATCH"), ("SEQUENCE_LENGTH", "_SEQUENCE_LENGTH")),
      (("OUTPUT", "text_output"),)),

@@ -164,10 +164,15 @@ class TritonPythonModel:
         return llm
 
     @staticmethod
-    def _response(tokens, info, job_id, llm, log_probs):
-        """The outputs the C++ backend writes for one response of a request (beam width 1)."""
+    def _response(tokens, info, job_id, llm, log_probs, generated):
+        """The outputs the C++ backend writes for one response of a request (beam width 1);
+        `generated`: the response's generated tokens (its tokens less a prompt in front)."""
         out = [pb_utils.Tensor("output_ids", np.array(tag_tokens(tokens, job_id), dtype=np.int32).reshape(1, 1, -1)),
                pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32))]
+        if llm.return_num_input_tokens:
+            out.append(pb_utils.Tensor("num_input_tokens", np.array([[len(llm.request.prompt)]], dtype=np.int32)))
+        if llm.return_num_output_tokens:
+            out.append(pb_utils.Tensor("num_output_tokens", np.array([[generated]], dtype=np.int32)))
         if llm.return_log_probs:
             out += [pb_utils.Tensor("cum_log_probs", np.array([[info.cum_log_prob]], dtype=np.float32)),
                     pb_utils.Tensor("output_log_probs", np.array(log_probs, dtype=np.float32).reshape(1, 1, -1))]
@@ -230,12 +235,13 @@ class TritonPythonModel:
                 if chunk or result is not None:
                     lp = list(info.log_probs[logs["sent"]:logs["sent"] + len(chunk)]) if llm.return_log_probs else []
                     logs["sent"] += len(chunk)
-                    self._outbox.put((sender, self._response(chunk, info, state["id"], llm, lp),
+                    self._outbox.put((sender, self._response(chunk, info, state["id"], llm, lp, len(chunk)),
                                       FINAL if result is not None else 0))
                 return
             collected.extend(tokens)
             if result is not None:
-                resp = self._response(collected, info, state["id"], llm, list(info.log_probs))
+                generated = len(collected) - (0 if llm.exclude_input else len(llm.request.prompt))
+                resp = self._response(collected, info, state["id"], llm, list(info.log_probs), generated)
                 if sender is not None:
                     self._outbox.put((sender, resp, FINAL))
                 box["response"] = resp

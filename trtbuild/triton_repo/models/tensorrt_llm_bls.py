@@ -31,7 +31,9 @@ LLM_FROM_REQUEST = {"exclude_input_in_output": "exclude_input_in_output", "top_k
                     "seed": "seed", "return_log_probs": "return_log_probs",
                     "return_context_logits": "return_context_logits",
                     "return_generation_logits": "return_generation_logits",
-                    "return_perf_metrics": "return_perf_metrics", "num_return_sequences": "num_return_sequences",
+                    "return_perf_metrics": "return_perf_metrics", "return_num_input_tokens": "return_num_input_tokens",
+                    "return_num_output_tokens": "return_num_output_tokens",
+                    "num_return_sequences": "num_return_sequences",
                     "beam_width": "beam_width", "stream": "streaming",
                     "prompt_embedding_table": "prompt_embedding_table", "prompt_vocab_size": "prompt_vocab_size",
                     "lora_task_id": "lora_task_id", "lora_weights": "lora_weights", "lora_config": "lora_config",
@@ -41,7 +43,8 @@ MULTIMODAL = ("image_input", "image_bytes_input", "image_url_input", "video_byte
 PASSED_BACK = ("cum_log_probs", "output_log_probs", "context_logits", "generation_logits", "batch_index",
                "sequence_index", "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks",
                "arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns",
-               "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens")
+               "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens", "num_input_tokens",
+               "num_output_tokens")
 
 
 class TritonPythonModel:
