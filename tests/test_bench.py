@@ -83,7 +83,9 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
             ins = []
             for name, arr, dt in (("text_input", np.array([[p.text.encode()]], dtype=object), "BYTES"),
                                   ("max_tokens", np.array([[p.max_tokens]], np.int32), "INT32"),
-                                  ("stream", np.array([[True]]), "BOOL")):
+                                  ("stream", np.array([[True]]), "BOOL"),
+                                  # the same request as bench's (it asks for the perf metrics it reads)
+                                  ("return_perf_metrics", np.array([[True]]), "BOOL")):
                 t = grpcclient.InferInput(name, list(arr.shape), dt)
                 t.set_data_from_numpy(arr)
                 ins.append(t)

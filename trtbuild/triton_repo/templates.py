@@ -59,7 +59,9 @@ PREPROCESSING = Template(
 
 POSTPROCESSING = Template(
     "name: \"postprocessing\"\nbackend: \"python\"\nmax_batch_size: ${triton_max_batch_size}\n"
-    + "dynamic_batching {}\n"  # as upstream: postprocessing/config.pbtxt@c2e65b8:30
+    # no dynamic_batching, unlike upstream (postprocessing/config.pbtxt@c2e65b8:30): Triton's dynamic
+    # batcher answers a cancelled request itself, and postprocessing must see an ensemble's cancelled
+    # steps to stop the torch backend's request (python_models.py, "Cancellation through an ensemble")
     + _block("input", up.POSTPROCESSING_INPUTS)
     + _block("output", up.POSTPROCESSING_OUTPUTS)
     + _params(["tokenizer_dir", "skip_special_tokens"])
