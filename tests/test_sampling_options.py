@@ -330,3 +330,58 @@ def test_invalid_request_options_and_plain_only_decoders(ckpts, model):
     # the defaults are no option at all: Medusa / lookahead generation still takes them
     assert medusa_generate(md, [Request(PROMPTS[0], 4)], parse_choices(CHOICES).choices)[0].output_ids == \
         generate(md, [Request(PROMPTS[0], 4)])[0].output_ids
+
+
+# --- bad words and embedding bias ---------------------------------------------------------------------
+
+
+def test_banned_tokens_by_hand():
+    from trtbuild.runtime.sampling import banned_tokens
+
+    assert banned_tokens([(7,)], []) == (7,)  # one token: always
+    assert banned_tokens([(3, 4, 9)], [1, 3, 4]) == (9,) and banned_tokens([(3, 4, 9)], [3, 4, 1]) == ()
+    assert banned_tokens([(3, 4, 9), (4, 8), (5,)], [2, 3, 4]) == (9, 8, 5)
+    assert banned_tokens([(3, 4, 9)], [4]) == ()  # too short to match
+
+
+def test_bad_words_and_embedding_bias_greedy_by_hand(model, ckpts):
+    prompt, n = PROMPTS[0], 6
+    plain = generate(model, [Request(prompt, n)])[0].output_ids
+    # ban the plain greedy second token after the first: the second token changes, by hand
+    bad = ((plain[0], plain[1]), (plain[3],))
+    got = generate(model, [Request(prompt, n, bad_words=bad)])[0].output_ids
+    seq, want = list(prompt), []
+    for k in range(n):
+        x = next_logits(model, prompt, want)[k].clone()
+        x[plain[3]] = float("-inf")
+        if seq[-1] == plain[0]:
+            x[plain[1]] = float("-inf")
+        want.append(int(x.argmax()))
+        seq.append(want[-1])
+    assert list(got) == want and got != plain and plain[3] not in got
+    # a bias that makes token 42 win everywhere, and one that only nudges
+    vocab = model.cfg.dims.vocab_size
+    bias = [0.0] * vocab
+    bias[42] = 1e4
+    assert generate(model, [Request(prompt, 3, embedding_bias=tuple(bias))])[0].output_ids == (42, 42, 42)
+    nudge = [0.0] * vocab
+    nudge[plain[0]] = -3.0
+    got = generate(model, [Request(prompt, n, embedding_bias=tuple(nudge))])[0].output_ids
+    want = []
+    for k in range(n):
+        x = next_logits(model, prompt, want)[k] + torch.tensor(nudge, dtype=torch.float64)
+        want.append(int(x.argmax()))
+    assert list(got) == want
+    # the scheduler, on a speculative engine, gives the same (verification under the request's rule)
+    for kind in ("lookahead", "medusa"):
+        from trtbuild.runtime.scheduler import schedule_all
+
+        spec_model = Model.load(ckpts[kind])
+        res = schedule_all(Scheduler(spec_model, 4, 128), [Request(prompt, n, bad_words=bad),
+                                                           Request(prompt, n, embedding_bias=tuple(nudge))])
+        assert list(res[0].output_ids) == list(generate(model, [Request(prompt, n, bad_words=bad)])[0].output_ids)
+        assert list(res[1].output_ids) == want
+    with pytest.raises(GenerationError, match="embedding_bias has 3 entries"):
+        generate(model, [Request(prompt, 2, embedding_bias=(0.0, 1.0, 2.0))])
+    with pytest.raises(GenerationError, match="empty bad word"):
+        generate(model, [Request(prompt, 2, bad_words=((),))])

@@ -141,6 +141,20 @@ def test_perf_metrics_are_all_there_and_ordered(server, model):
     assert v["total_draft_tokens"] == v["total_accepted_draft_tokens"] == 0 and v["acceptance_rate"] == 0.0
 
 
+def test_bad_words_and_embedding_bias_words_through_the_ensemble(build, server):
+    """Upstream's string forms: bad_words and embedding_bias_words/weights go through preprocessing."""
+    want = _generate(build, PROMPT, 12)["text"]
+    word = want[: len(want) - len(want.lstrip())] + want.split()[0]  # the first word, with its space
+    no_first, _ = e2e_client(server.grpc_url, "ensemble", PROMPT, 12, False,
+                             {"bad_words": np.array([[word]], dtype=object)})
+    assert no_first.startswith(PROMPT) and not no_first[len(PROMPT):].startswith(word)
+    assert " Paris" in want  # the greedy answer, so the bias below has something to remove
+    biased, _ = e2e_client(server.grpc_url, "ensemble", PROMPT, 12, False,
+                           {"embedding_bias_words": np.array([[" Paris"]], dtype=object),
+                            "embedding_bias_weights": np.array([[-100.0]], dtype=np.float32)})
+    assert biased.startswith(PROMPT) and " Paris" not in biased[len(PROMPT):]
+
+
 def test_seed_reproduces_sampled_text(server):
     def sampled(seed: int) -> str:
         extra = {"top_k": np.array([[50]], dtype=np.int32), "seed": np.array([[seed]], dtype=np.uint64)}
@@ -166,6 +180,9 @@ def _llm(url: str, ids: list[int], n: int, **extra) -> dict:
     inputs = {"input_ids": np.array([ids], dtype=np.int32), "input_lengths": np.array([[len(ids)]], dtype=np.int32),
               "request_output_len": np.array([[n]], dtype=np.int32)}
     for k, v in extra.items():
+        if isinstance(v, np.ndarray):
+            inputs[k] = v
+            continue
         dtype = {bool: bool, int: np.int32, float: np.float32}[type(v)] if k != "seed" else np.uint64
         inputs[k] = np.array([[v]], dtype=dtype)
     client = grpcclient.InferenceServerClient(url=url)
@@ -235,6 +252,25 @@ def test_honoured_inputs_change_the_output_as_computed_by_hand(build, server, re
     ban = lambda x, p, o: x.index_fill(0, torch.tensor([end]), float("-inf")) if len(o) < 4 else x  # noqa: E731
     want = _by_hand(reference, prompt, 6, ban)
     assert forced == (want[:want.index(end, 4)] if end in want[4:] else want) and len(forced) >= 4
+
+    # bad words (TensorRT-LLM's word-list form [1, 2, L]): the greedy first token banned outright,
+    # and (plain[2] after plain[1]) banned where it would follow
+    words = np.array([[[plain[0], plain[1], plain[2]], [1, 3, -1]]], dtype=np.int32)
+    got = _llm(url, prompt, 6, bad_words_list=words)["ids"]
+
+    def banned(x, p, o):
+        x = x.clone()
+        x[plain[0]] = float("-inf")
+        if (p + o)[-1] == plain[1]:
+            x[plain[2]] = float("-inf")
+        return x
+
+    assert got == _by_hand(reference, prompt, 6, banned) and plain[0] not in got
+    # embedding bias [1, V]: added to the logits
+    bias = np.zeros((1, reference.cfg.dims.vocab_size), dtype=np.float32)
+    bias[0, plain[0]], bias[0, plain[1]] = -4.0, 2.5
+    got = _llm(url, prompt, 6, embedding_bias=bias)["ids"]
+    assert got == _by_hand(reference, prompt, 6, lambda x, p, o: x + torch.from_numpy(bias[0])) and got != plain
 
     # exclude_input_in_output false: the prompt first
     assert _llm(url, prompt, 6, exclude_input_in_output=False)["ids"] == prompt + plain

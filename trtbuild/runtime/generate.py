@@ -43,16 +43,23 @@ class Request:
     # Here 0 (the default) has no effect and 1 forbids an immediate end id, whatever the other requests.
     min_tokens: int = 0
     return_log_probs: bool = False  # upstream OutputConfig returnLogProbs (default false)
+    # bad words (token sequences whose last token is banned where the sequence so far ends with the
+    # rest) and an additive bias per vocabulary entry: `sampling.TokenPicker`
+    bad_words: tuple[tuple[int, ...], ...] = ()
+    embedding_bias: tuple[float, ...] | None = None  # [V], or None
 
     @property
     def per_token_rules(self) -> bool:
-        """Needs a decoder that applies TokenPicker's rules (penalties, min_tokens, log probs)."""
-        return self.sampling.penalised or self.min_tokens > 0 or self.return_log_probs
+        """Needs a decoder that applies TokenPicker's rules (penalties, min_tokens, log probs, bad
+        words, embedding bias)."""
+        return (self.sampling.penalised or self.min_tokens > 0 or self.return_log_probs or bool(self.bad_words)
+                or self.embedding_bias is not None)
 
     def picker(self, vocab_size: int, device, normalize_log_probs: bool = False) -> TokenPicker:
         return TokenPicker(self.sampling, self.sampling.generator(device), prompt=self.prompt, vocab_size=vocab_size,
                            end_ids=self.end_ids, min_tokens=self.min_tokens, log_probs=self.return_log_probs,
-                           normalize_log_probs=normalize_log_probs, device=device)
+                           normalize_log_probs=normalize_log_probs, device=device, bad_words=self.bad_words,
+                           embedding_bias=self.embedding_bias)
 
 
 @dataclass(frozen=True)
@@ -108,10 +115,16 @@ def validate(model: Model, requests: list[Request], per_token_rules: bool = Fals
             raise GenerationError(f"request {i}: min_tokens must be an integer >= 0, got {r.min_tokens!r}")
         if not isinstance(r.return_log_probs, bool):
             raise GenerationError(f"request {i}: return_log_probs must be true or false, got {r.return_log_probs!r}")
+        if any(len(w) == 0 for w in r.bad_words):
+            raise GenerationError(f"request {i}: empty bad word")
+        if r.embedding_bias is not None and len(r.embedding_bias) != vocab:
+            raise GenerationError(f"request {i}: embedding_bias has {len(r.embedding_bias)} entries, the "
+                                  f"vocabulary {vocab}")
         if r.per_token_rules and not per_token_rules:
             asked = [n for n, on in (("repetition/presence/frequency penalties", r.sampling.penalised),
                                      ("min_tokens", r.min_tokens > 0),
-                                     ("return_log_probs", r.return_log_probs)) if on]
+                                     ("return_log_probs", r.return_log_probs), ("bad_words", bool(r.bad_words)),
+                                     ("embedding_bias", r.embedding_bias is not None)) if on]
             raise GenerationError(f"request {i}: {', '.join(asked)} need plain decoding (generate()) or the "
                                   "scheduler; this Medusa/lookahead generation does not apply them")
 

@@ -131,13 +131,20 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
 
 
 def adjust_logits(logits: torch.Tensor, p: SamplingParams, counts: torch.Tensor | None = None,
-                  masked: Sequence[int] = ()) -> torch.Tensor:
-    """The logits a token is chosen from: logits [V] -> fp32 [V] (TensorRT-LLM's penalty layer).
+                  masked: Sequence[int] = (), bias: torch.Tensor | None = None,
+                  banned: Sequence[int] = ()) -> torch.Tensor:
+    """The logits a token is chosen from: logits [V] -> fp32 [V] (TensorRT-LLM's penalty layer, then
+    its ban-words layer).
 
     counts: [V] occurrences of each token in the prompt and the output so far (None: no penalty);
-    masked: token ids set to -inf (the end ids while min_tokens is not reached).
+    masked: token ids set to -inf (the end ids while min_tokens is not reached);
+    bias: [V] added first (the request's embedding bias); banned: token ids set to -inf last (bad words).
     """
     x = logits.float()
+    if bias is not None:
+        # `logit += biasBase[index]` before the temperature:
+        #   NVIDIA/TensorRT-LLM@249d93d551e8:cpp/tensorrt_llm/kernels/penaltyKernels.cu:batchApplyPenalty ("Bias")
+        x = x + bias
     # the temperature first, `logit *= invTemperature`:
     #   NVIDIA/TensorRT-LLM@3585984b32cd:cpp/tensorrt_llm/kernels/penaltyKernels.cu:190-193
     # with invTemperature = 1 / (temperature + 1e-6) (here an exact division, as `sample` does):
@@ -174,7 +181,24 @@ def adjust_logits(logits: torch.Tensor, p: SamplingParams, counts: torch.Tensor 
         #   NVIDIA/TensorRT-LLM@3585984b32cd:cpp/tensorrt_llm/kernels/penaltyKernels.cu:237-244
         # (upstream has one end id per request; every end id of the request is masked here)
         x = x.index_fill(0, torch.tensor(list(masked), device=x.device), float("-inf"))
+    if banned:
+        # the ban-words layer runs after the penalty layer (layersFactory.h: PENALTY_LAYER first, then
+        # BAN_WORDS_LAYER, DECODING_LAYER): NVIDIA/TensorRT-LLM@c629546ce429:cpp/tensorrt_llm/layers/layersFactory.h
+        x = x.index_fill(0, torch.tensor(list(banned), device=x.device), float("-inf"))
     return x
+
+
+def banned_tokens(bad_words: Sequence[Sequence[int]], seq: Sequence[int]) -> tuple[int, ...]:
+    """The last token of each bad word whose other tokens end the sequence so far (prompt + output;
+    a one-token bad word is always banned): TensorRT-LLM's ban_bad_words kernel,
+    NVIDIA/TensorRT-LLM@829d3e2c34c7:cpp/tensorrt_llm/kernels/banBadWords.cu:ban_bad_words (it compares
+    against output_ids, which hold the prompt first)."""
+    out = []
+    for w in bad_words:
+        k = len(w) - 1
+        if k == 0 or (len(seq) >= k and tuple(seq[len(seq) - k:]) == tuple(w[:k])):
+            out.append(w[-1])
+    return tuple(dict.fromkeys(out))
 
 
 class TokenPicker:
@@ -187,8 +211,14 @@ class TokenPicker:
 
     def __init__(self, sampling: SamplingParams, generator: torch.Generator | None, *,
                  prompt: Sequence[int], vocab_size: int, end_ids: Sequence[int] = (), min_tokens: int = 0,
-                 log_probs: bool = False, normalize_log_probs: bool = False, device="cpu") -> None:
+                 log_probs: bool = False, normalize_log_probs: bool = False, device="cpu",
+                 bad_words: Sequence[Sequence[int]] = (), embedding_bias: Sequence[float] | None = None) -> None:
         self.params = sampling
+        self.bad_words = tuple(tuple(w) for w in bad_words if len(w) > 0)
+        # the sequence so far, for multi-token bad words (prompt + picked tokens)
+        self.seq: list[int] | None = list(prompt) if any(len(w) > 1 for w in self.bad_words) else None
+        self.bias = (None if embedding_bias is None
+                     else torch.tensor(list(embedding_bias), dtype=torch.float32, device=device))
         self.generator = generator
         self.end_ids = tuple(e for e in dict.fromkeys(end_ids) if 0 <= e < vocab_size)
         self.min_tokens = min_tokens
@@ -205,20 +235,24 @@ class TokenPicker:
     @property
     def trivial(self) -> bool:
         """No rule beyond `sample` (the caller may use a batched argmax instead of `pick`)."""
-        return self.counts is None and self.log_probs is None and self.min_tokens <= self.generated
+        return (self.counts is None and self.log_probs is None and self.min_tokens <= self.generated
+                and not self.bad_words and self.bias is None)
 
     def _masked(self) -> tuple[int, ...]:
         # masked while (tokens generated so far) < minLength:
         #   NVIDIA/TensorRT-LLM@3585984b32cd:cpp/tensorrt_llm/kernels/penaltyKernels.cu:242
         return self.end_ids if self.generated < self.min_tokens else ()
 
+    def _banned(self) -> tuple[int, ...]:
+        return banned_tokens(self.bad_words, self.seq if self.seq is not None else ()) if self.bad_words else ()
+
     def pick(self, logits: torch.Tensor) -> int:
-        p, masked = self.params, self._masked()
+        p, masked, banned = self.params, self._masked(), self._banned()
         x = None
-        if self.counts is None and not masked:
+        if self.counts is None and not masked and not banned and self.bias is None:
             tok = int(sample(logits[None], [p], [self.generator])[0])  # today's rule, draw for draw
         else:
-            x = adjust_logits(logits, p, self.counts, masked)
+            x = adjust_logits(logits, p, self.counts, masked, self.bias, banned)
             if p.greedy:
                 tok = int(x.argmax())
             else:
@@ -247,6 +281,8 @@ class TokenPicker:
             self.log_probs.append(out)
         if self.counts is not None:
             self.counts[tok] += 1
+        if self.seq is not None:
+            self.seq.append(tok)
         self.generated += 1
         return tok
 

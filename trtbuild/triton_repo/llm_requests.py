@@ -14,6 +14,9 @@ silently ignored. Defaults and rules follow TensorRT-LLM's executor:
   the generated tokens of a non-streamed response (a streamed response carries new tokens only);
 - `beam_width`, `num_return_sequences`: 1 (this engine decodes one beam); `len_penalty`,
   `early_stopping`, `beam_search_diversity_rate` only act on beam search and are accepted as such;
+- `bad_words_list` bans a bad word's last token wherever the rest ends the sequence so far, and
+  `embedding_bias` is added to the logits first, as TensorRT-LLM's ban-words and penalty layers do
+  (`trtbuild.runtime.sampling`);
 - refused when present: encoder/decoder inputs, draft-model inputs, prompt tables, LoRA, mrope,
   disaggregated context phase, KV retention hints, guided decoding, context / generation logits.
 """
@@ -148,13 +151,13 @@ def parse_request(inputs: dict, *, default_exclude_input: bool, end_ids: tuple[i
     stop = inputs.get("stop_words_list")
     stop_words = words_from_list(stop) if stop is not None and np.asarray(stop).size else ()
     bad = inputs.get("bad_words_list")
-    if bad is not None and words_from_list(bad):
-        raise RequestError("bad_words are not supported by the torch backend yet")
-    bias = inputs.get("embedding_bias")
-    if bias is not None and np.asarray(bias).size and np.any(np.asarray(bias) != 0):
-        raise RequestError("embedding_bias is not supported by the torch backend yet")
-    return_log_probs = bool(_scalar(inputs, "return_log_probs", False))
     req_kw = {}
+    if bad is not None and np.asarray(bad).size and words_from_list(bad):
+        req_kw["bad_words"] = words_from_list(bad)
+    bias = inputs.get("embedding_bias")
+    if bias is not None and np.asarray(bias).size:  # [1, V] from preprocessing; [1, 0] = none
+        req_kw["embedding_bias"] = tuple(float(x) for x in np.asarray(bias, dtype=np.float32).reshape(-1))
+    return_log_probs = bool(_scalar(inputs, "return_log_probs", False))
     min_tokens = _scalar(inputs, "min_tokens")
     if min_tokens is not None:
         req_kw["min_tokens"] = int(min_tokens)
