@@ -330,3 +330,15 @@ def test_torch_model_refuses_a_config_without_gpt_model_type(build, tmp_path):
         with TritonServer(repo, host, free_port(host), free_port(host), free_port(host), log_file=log, timeout=45):
             pass
     assert "Cannot find parameter with name: gpt_model_type" in log.read_text()
+
+
+def test_ask_stats_reads_the_perf_metrics(build, server):
+    r = CliRunner().invoke(cli, ["ask", server.grpc_url, PROMPT, "--max-tokens", "8", "--stats"])
+    assert r.exit_code == 0, r.output
+    text, sep, tail = r.output.partition("\nkv_cache_alloc_new_blocks: ")
+    assert sep and text == _generate(build, PROMPT, 8)["text"]
+    got = dict(line.split(": ", 1) for line in ("kv_cache_alloc_new_blocks: " + tail).splitlines())
+    assert set(got) == {"kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks",
+                        "arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns",
+                        "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens"}
+    assert got["arrival_time_ns"] == "+0.0 ms" and got["acceptance_rate"] == "0.000"

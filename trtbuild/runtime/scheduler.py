@@ -47,7 +47,7 @@ import torch
 from trtbuild.errors import GenerationError
 from trtbuild.lookahead.spec import LookaheadSpec
 from trtbuild.runtime.generate import Request, Result, _stopped, validate
-from trtbuild.runtime.lookahead import StepLayout, _local_mask, _RowState, longest_chain, step_layout
+from trtbuild.runtime.lookahead import StepLayout, _local_mask, _RowState, longest_chain
 from trtbuild.runtime.medusa import tree_buffers
 from trtbuild.runtime.model import KVCache, Model
 from trtbuild.runtime.sampling import TokenPicker

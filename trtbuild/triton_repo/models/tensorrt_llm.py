@@ -76,7 +76,6 @@ class TritonPythonModel:
         if engine is None or not engine.exists():
             raise ContractError("Both encoder and decoder model paths are empty")
         self.exclude_input = bool(p["exclude_input_in_output"])
-        self.decoding_mode = p["decoding_mode"]
         self.window = p["max_attention_window_size"]
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(cfg)
         self.end_ids = default_end_ids(engine)
