@@ -47,6 +47,55 @@ def make_hf_model(path: Path, arch: str = "LlamaForCausalLM", seed: int = 0, **o
     return model
 
 
+def speculative_checkpoints(d: Path, choices: str = "{0}, {1}, {0, 0}, {0, 1}, {0, 0, 0}") -> dict[str, Path]:
+    """A tiny Llama as plain, lookahead (4,3,4) and Medusa (3 heads, `choices`) fp32 checkpoints under d."""
+    from safetensors.torch import save_file
+
+    from trtbuild.convert import convert
+    from trtbuild.lookahead.spec import LookaheadSpec
+
+    make_hf_model(d / "hf")
+    g = torch.Generator().manual_seed(3)
+    heads = {}
+    for h in range(3):
+        heads[f"{h}.0.linear.weight"] = torch.randn(64, 64, generator=g) * 0.1
+        heads[f"{h}.0.linear.bias"] = torch.randn(64, generator=g) * 0.1
+    save_file(heads, str(d / "medusa_lm_head.safetensors"))
+    return {"plain": convert(d / "hf", d / "plain", dtype="float32"),
+            "lookahead": convert(d / "hf", d / "la", dtype="float32", lookahead=LookaheadSpec(4, 3, 4)),
+            "medusa": convert(d / "hf", d / "medusa", dtype="float32", medusa=d / "medusa_lm_head.safetensors",
+                              medusa_choices=choices)}
+
+
+def engine_dir(hf: Path, tmp: Path, backend: str = "tensorrt-llm", *, max_batch_size: int = 64,
+               trtllm_version: str = "1.2.1", **kw) -> Path:
+    """An engine directory as `build` leaves it (for tensorrt-llm: config.json as TensorRT-LLM writes
+    it, without the rank engines, which need a GPU), with spec.yaml beside it."""
+    import json
+
+    from trtbuild.builder.engine import engine_config
+    from trtbuild.builder.validate import resolve_spec
+    from trtbuild.convert import convert
+    from trtbuild.fsutil import MARKER
+    from trtbuild.spec import BuildSpec
+
+    spec = BuildSpec(model=str(hf), backend=backend, gpu="h100-80gb" if backend == "tensorrt-llm" else "cpu",
+                     max_batch_size=max_batch_size, max_seq_len=256, max_input_len=200, **kw)
+    rs = resolve_spec(spec).spec
+    ckpt = convert(hf, tmp / "checkpoint", dtype=rs.dtype, tp=rs.tp, medusa=Path(rs.medusa) if rs.medusa else None,
+                   medusa_choices=rs.medusa_choices, lookahead=rs.lookahead_spec)
+    engine = tmp / "engine"
+    engine.mkdir()
+    pre = json.loads((ckpt / "config.json").read_text())
+    (engine / "config.json").write_text(json.dumps(engine_config(rs, pre, trtllm_version), indent=2))
+    (engine / MARKER).write_text(json.dumps({"backend": backend, "checkpoint": "../checkpoint"}))
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (ckpt / f).is_file():
+            (engine / f).write_bytes((ckpt / f).read_bytes())
+    (tmp / "spec.yaml").write_text(rs.to_yaml())
+    return engine
+
+
 @pytest.fixture
 def tiny_llama(tmp_path: Path):
     d = tmp_path / "hf"

@@ -14,13 +14,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import make_hf_model
-from trtbuild.builder.engine import engine_config
-from trtbuild.builder.validate import resolve_spec
-from trtbuild.convert import convert
+from conftest import engine_dir, make_hf_model
 from trtbuild.errors import ConfigError
-from trtbuild.fsutil import MARKER
-from trtbuild.spec import BuildSpec
 from trtbuild.triton_repo import contract, parse_config, upstream, write_repo
 
 # upstream's tensorrt_llm/config.pbtxt@c2e65b8 fills these *variables* into differently named keys
@@ -30,22 +25,7 @@ VARIABLE_NOT_KEY = {"engine_dir": "gpt_model_path", "batching_strategy": "gpt_mo
 
 
 def _engine(hf: Path, tmp: Path, **kw) -> Path:
-    """A tensorrt-llm engine directory as `build` leaves it, less the rank engines (a GPU's work)."""
-    spec = BuildSpec(model=str(hf), backend="tensorrt-llm", gpu="h100-80gb", max_batch_size=8, max_seq_len=256,
-                     max_input_len=200, **kw)
-    rs = resolve_spec(spec).spec
-    ckpt = convert(hf, tmp / "checkpoint", dtype=rs.dtype, tp=rs.tp, medusa=Path(rs.medusa) if rs.medusa else None,
-                   medusa_choices=rs.medusa_choices, lookahead=rs.lookahead_spec)
-    engine = tmp / "engine"
-    engine.mkdir()
-    pre = json.loads((ckpt / "config.json").read_text())
-    (engine / "config.json").write_text(json.dumps(engine_config(rs, pre, "1.2.1"), indent=2))
-    (engine / MARKER).write_text(json.dumps({"backend": "tensorrt-llm", "checkpoint": "../checkpoint"}))
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        if (ckpt / f).is_file():
-            (engine / f).write_bytes((ckpt / f).read_bytes())
-    (tmp / "spec.yaml").write_text(rs.to_yaml())
-    return engine
+    return engine_dir(hf, tmp, max_batch_size=8, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
-from conftest import make_hf_model
-from trtbuild.convert import convert
+from conftest import speculative_checkpoints
 from trtbuild.errors import GenerationError
 from trtbuild.lookahead.spec import LookaheadSpec
 from trtbuild.runtime import Model, Request, SamplingParams, generate
@@ -21,18 +18,7 @@ PROMPTS = [(5, 6, 7, 8, 5, 6, 7, 8, 5, 6), (3, 9, 27, 81), tuple(range(10, 40)),
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("sched")
-    make_hf_model(d / "hf")
-    g = torch.Generator().manual_seed(3)
-    heads = {}
-    for h in range(3):
-        heads[f"{h}.0.linear.weight"] = torch.randn(64, 64, generator=g) * 0.1
-        heads[f"{h}.0.linear.bias"] = torch.randn(64, generator=g) * 0.1
-    save_file(heads, str(d / "medusa_lm_head.safetensors"))
-    return {"plain": convert(d / "hf", d / "plain", dtype="float32"),
-            "lookahead": convert(d / "hf", d / "la", dtype="float32", lookahead=LookaheadSpec(4, 3, 4)),
-            "medusa": convert(d / "hf", d / "medusa", dtype="float32", medusa=d / "medusa_lm_head.safetensors",
-                              medusa_choices="{0}, {1}, {0, 0}, {0, 1}, {0, 0, 0}")}
+    return speculative_checkpoints(tmp_path_factory.mktemp("sched"))
 
 
 @pytest.mark.parametrize("kind", ["plain", "lookahead", "medusa"])

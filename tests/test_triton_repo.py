@@ -12,12 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import make_hf_model
-from trtbuild.builder.engine import engine_config
-from trtbuild.builder.validate import resolve_spec
-from trtbuild.convert import convert
-from trtbuild.fsutil import MARKER
-from trtbuild.spec import BuildSpec
+from conftest import engine_dir, make_hf_model
 from trtbuild.triton_repo import MODELS, parse_config, write_repo
 from trtbuild.triton_repo.python_models import (Detokenizer, FastDecoder, Holdback, Postprocessor, word_list,
                                                 words_from_list)
@@ -36,23 +31,7 @@ def hf(tmp_path_factory) -> Path:
 
 
 def _engine(hf: Path, tmp: Path, backend: str, **kw) -> Path:
-    """An engine directory as `build` leaves it (for tensorrt-llm: config.json as TensorRT-LLM writes
-    it, without the rank engines, which need a GPU)."""
-    spec = BuildSpec(model=str(hf), backend=backend, gpu="h100-80gb" if backend == "tensorrt-llm" else "cpu",
-                     max_batch_size=64, max_seq_len=256, max_input_len=200, **kw)
-    rs = resolve_spec(spec).spec
-    ckpt = convert(hf, tmp / "checkpoint", dtype=rs.dtype, medusa=Path(rs.medusa) if rs.medusa else None,
-                   medusa_choices=rs.medusa_choices, lookahead=rs.lookahead_spec)
-    engine = tmp / "engine"
-    engine.mkdir()
-    pre = json.loads((ckpt / "config.json").read_text())
-    (engine / "config.json").write_text(json.dumps(engine_config(rs, pre, "1.2.0"), indent=2))
-    (engine / MARKER).write_text(json.dumps({"backend": backend, "checkpoint": "../checkpoint"}))
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        if (ckpt / f).is_file():
-            (engine / f).write_bytes((ckpt / f).read_bytes())
-    (tmp / "spec.yaml").write_text(rs.to_yaml())
-    return engine
+    return engine_dir(hf, tmp, backend, trtllm_version="1.2.0", **kw)
 
 
 CASES = {"trtllm_medusa": {"medusa": "MEDUSA", "medusa_choices": "{0, 0, 1}, {1}, {0}"},
