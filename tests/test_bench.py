@@ -77,6 +77,7 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
         from trtbuild.bench.load import run_load, sender, synthetic_prompts
 
         def minimal(p) -> tuple[float, float]:
+            t0 = time.monotonic()  # from before the connection, as bench's record starts
             q: queue.Queue = queue.Queue()
             c = grpcclient.InferenceServerClient(s.grpc_url)
             c.start_stream(callback=lambda result, error: q.put((time.monotonic(), result, error)))
@@ -89,7 +90,6 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
                 t = grpcclient.InferInput(name, list(arr.shape), dt)
                 t.set_data_from_numpy(arr)
                 ins.append(t)
-            t0 = time.monotonic()
             c.async_stream_infer("ensemble", ins, enable_empty_final_response=True)
             times = []
             while True:
@@ -107,7 +107,7 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
 
         send = sender(s.grpc_url, "ensemble")
         ours, theirs = [], []
-        for i, p in enumerate(synthetic_prompts(tok, 8, (48, 8), (24, 0), 0)):
+        for i, p in enumerate(synthetic_prompts(tok, 12, (48, 8), (24, 0), 0)):
             if i % 2:  # who goes first alternates too: a request right after another is not the same
                 theirs.append(minimal(p))
             rec = run_load(send, [p], tok, concurrency=1)[0]
@@ -115,8 +115,12 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
             if not i % 2:
                 theirs.append(minimal(p))
         assert statistics.median(x[1] for x in ours) == pytest.approx(statistics.median(x[1] for x in theirs), rel=0.10)
+        # TTFT (~0.25 s here) swung by 10-17 % between the two clients in either direction from run to
+        # run on this 2-core machine (CI runs of this change): 15 % + 20 ms still catches a record that
+        # starts or stops at the wrong event (TTFT taken at the last response would be ~4x); the
+        # latencies are held to 10 % above
         assert statistics.median(x[0] for x in ours) == pytest.approx(statistics.median(x[0] for x in theirs),
-                                                                      rel=0.10, abs=0.01)
+                                                                      rel=0.15, abs=0.02)
 
     # sweep: each build served in turn on the same load, one comparison
     r = CliRunner().invoke(cli, [str(demo_hf), "-o", str(tmp_path / "la"), "--max-seq-len", "512",
