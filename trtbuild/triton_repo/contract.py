@@ -174,9 +174,8 @@ def _missing(key: str) -> ContractError:
 def read_parameters(params: dict[str, str]) -> dict[str, object]:
     """The tensorrt_llm parameters as the C++ backend resolves them: required keys checked with its
     messages, every other key parsed or replaced by its default where the backend falls back."""
-    for key in ("gpt_model_type",):
-        if key not in params:
-            raise _missing(key)
+    if "gpt_model_type" not in params:  # read first, with no fallback (mis.cc:62)
+        raise _missing("gpt_model_type")
     try:
         parse(BY_KEY["gpt_model_type"], params["gpt_model_type"])
     except ValueError:
