@@ -1,8 +1,10 @@
 """The build spec: one frozen, validated description of what to build, from flags and/or YAML.
 
-`BuildSpec` holds what the user asked for (None = not given); `resolve_spec` fills every default
-from the model itself and checks every rule that needs no GPU, so the resolved spec (written as
-`spec.yaml` next to the engine) is complete: nothing downstream asks again. Field names follow
+`BuildSpec` holds what the user asked for (None = not given); its field annotations are the schema,
+checked on construction (a wrong type is one ConfigError naming the key, the value and the type,
+from YAML and flags alike). `resolve_spec` fills every default from the model itself and checks
+every rule that needs no GPU, so the resolved spec (written as `spec.yaml` next to the engine) is
+complete: nothing downstream asks again. Field names follow
 TensorRT-LLM's (`max_draft_len`, `LookaheadDecodingConfig`'s W/N/G, trtllm-build's limits).
 """
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -17,6 +21,62 @@ from trtbuild.errors import ConfigError
 
 BACKENDS = ("torch", "tensorrt-llm")
 QUANTIZATIONS = ("none", "fp8")
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it in YAML (true, null) or on the command line (repr otherwise)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else repr(value)
+
+
+def _describe(hint: object) -> str:
+    """'an integer', 'a list of integers', ... for an annotation of BuildSpec."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args) + " (or null)"
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[hint]
+
+
+def _typed(value: object, hint: object) -> tuple[bool, object]:
+    """(value matches the annotation, the value normalised: int -> float, list -> tuple)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None
+        for a in args:
+            if a is not type(None):
+                ok, v = _typed(value, a)
+                if ok:
+                    return True, v
+        return False, value
+    if origin is tuple:  # tuple[X, ...]; YAML gives a list
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = [_typed(v, args[0]) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:  # a bool is an int to Python, never to a spec
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    raise TypeError(f"BuildSpec annotation {hint!r} has no check")  # a new field type needs one here
+
+
+# Settings YAML may also give as a list; what the list must hold, and its string form
+LIST_FORMS = {
+    "lookahead": ("a 'W,N,G' string or a [W, N, G] list of integers",
+                  lambda v: ",".join(map(str, v)) if len(v) == 3 and all(
+                      isinstance(i, int) and not isinstance(i, bool) for i in v) else None),
+    "medusa_choices": ("a preset name, a JSON or brace-form string, or a list of paths",
+                       lambda v: json.dumps(v)),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +101,20 @@ class BuildSpec:
     kv_cache_free_gpu_mem_fraction: float = 0.9
     end_ids: tuple[int, ...] | None = None
 
+    def __post_init__(self) -> None:
+        """Every value has its field's annotated type (the annotations are the schema); one
+        ConfigError naming the key, the value and the expected type otherwise."""
+        for f in fields(self):
+            value, hint = getattr(self, f.name), _HINTS[f.name]
+            ok, norm = _typed(value, hint)
+            if not ok:
+                expected = LIST_FORMS[f.name][0] if f.name in LIST_FORMS else _describe(hint)
+                raise ConfigError(f"{f.name} must be {expected}, got {_show(value)}")
+            if isinstance(norm, str) and not norm.strip():
+                raise ConfigError(f"{f.name} is empty: give a value or leave the setting out")
+            if norm is not value:
+                object.__setattr__(self, f.name, norm)
+
     def merged(self, overrides: dict) -> BuildSpec:
         """This spec with the non-None entries of `overrides` (flags over a YAML file)."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -63,13 +137,19 @@ class BuildSpec:
         if unknown:
             raise ConfigError(f"spec {path}: unknown setting(s) {', '.join(unknown)}")
         data = {k: v for k, v in data.items() if k not in ResolvedSpec.DERIVED}
-        if isinstance(data.get("end_ids"), list):
-            data["end_ids"] = tuple(data["end_ids"])
-        if isinstance(data.get("lookahead"), list):
-            data["lookahead"] = ",".join(map(str, data["lookahead"]))
-        if isinstance(data.get("medusa_choices"), list):
-            data["medusa_choices"] = json.dumps(data["medusa_choices"])
-        return cls(**data)
+        for key, (expected, to_str) in LIST_FORMS.items():
+            if isinstance(data.get(key), list):
+                text = to_str(data[key])
+                if text is None:
+                    raise ConfigError(f"spec {path}: {key} must be {expected}, got {_show(data[key])}")
+                data[key] = text
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"spec {path}: {e}") from None
+
+
+_HINTS = typing.get_type_hints(BuildSpec)
 
 
 @dataclass(frozen=True)

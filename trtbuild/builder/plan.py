@@ -125,3 +125,15 @@ def dims_from_config(cfg: dict) -> Dims:
 
 def with_medusa(dims: Dims, heads: int, layers: int = 1) -> Dims:
     return replace(dims, medusa_heads=heads, medusa_layers=layers if heads else 0)
+
+
+def model_positions(cfg: dict) -> int:
+    """The longest sequence a model takes (max_position_embeddings, scaled by a linear/dynamic RoPE
+    scaling), from a HF config.json or a TensorRT-LLM checkpoint/engine config.json; what `build`
+    caps max_seq_len at."""
+    from trtbuild.convert.rope_scaling import check_scaling, hf_rope_scaling, max_sequence_length
+
+    if "pretrained_config" in cfg:
+        cfg = cfg["pretrained_config"]
+    scaling = check_scaling(cfg.get("rotary_scaling")) if "architecture" in cfg else hf_rope_scaling(cfg)
+    return max_sequence_length(int(cfg.get("max_position_embeddings") or 2048), scaling)

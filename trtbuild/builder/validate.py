@@ -46,12 +46,16 @@ def resolve_spec(spec: BuildSpec) -> Resolved:
     device = gpu_for(target)
     if spec.backend == "tensorrt-llm" and device is None:
         raise ConfigError("the tensorrt-llm backend builds GPU engines: choose a --gpu (e.g. h100-80gb), not cpu")
-    for name in ("tp", "pp", "max_batch_size"):
-        if getattr(spec, name) < 1:
+    for name in ("tp", "pp", "max_batch_size", "gpus"):
+        if getattr(spec, name) is not None and getattr(spec, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(spec, name)}")
     world = spec.tp * spec.pp
     gpus = spec.gpus if spec.gpus is not None else world
-    if device is not None and world > gpus:
+    # the same rule on cpu: there `gpus` is the world size one replica may use (ranks, not devices)
+    if world > gpus:
+        if device is None:
+            raise ConfigError(f"tp={spec.tp} x pp={spec.pp} needs a world of {world} ranks, but --gpus gives {gpus} "
+                              "(on cpu, gpus is the world size)")
         raise ConfigError(f"tp={spec.tp} x pp={spec.pp} needs {world} GPUs, but the target has {gpus} (--gpus)")
     validate_dims(dims, Mapping(spec.tp, spec.pp))
 
@@ -89,7 +93,7 @@ def resolve_spec(spec: BuildSpec) -> Resolved:
         heads.check_base(dims.hidden_size, dims.vocab_size)
         heads_k, layers_k = heads.num_heads, heads.num_layers
         dims = replace(dims, medusa_heads=heads_k, medusa_layers=layers_k)
-        cfg, _ = medusa_config({}, heads, spec.medusa_choices, spec.max_draft_len)
+        cfg, _ = medusa_config({"vocab_size": dims.vocab_size}, heads, spec.medusa_choices, spec.max_draft_len)
         tree = tuple(tuple(p) for p in cfg["medusa_choices"])
         mode, draft, choices, nodes = "medusa", cfg["max_draft_len"], to_brace(tree), len(tree)
         validate_dims(dims, Mapping(spec.tp, spec.pp))

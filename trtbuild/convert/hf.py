@@ -73,16 +73,27 @@ def load_bin(path: Path) -> dict[str, torch.Tensor]:
             if "mmap" not in str(e):
                 raise
             sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy non-zip format
-    except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        # torch's message is a page long; the line naming the forbidden global is the useful one
-        reason = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), lines[0] if lines else "")
-        raise CheckpointError(f"{path.name}: refused to unpickle (weights_only=True): {reason}") from None
     except Exception as e:
-        raise CheckpointError(f"{path.name}: not a readable PyTorch state dict: {e}") from None
+        # torch's message is a page long and advises retrying with weights_only=False, which would run
+        # the pickle's code: never passed on. The line naming a forbidden global is the useful one.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        forbidden = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), None)
+        detail = forbidden or next((ln for ln in lines if "weights_only" not in ln and "file an issue" not in ln
+                                    and not ln.startswith("Check the documentation")), "")
+        if isinstance(e, pickle.UnpicklingError) and (forbidden or _is_pickle(path)):
+            raise CheckpointError(f"{path.name}: refused to unpickle (weights_only=True): {detail[:200]}") from None
+        raise CheckpointError(f"{path.name}: not a safetensors file or a weights-only PyTorch checkpoint"
+                              + (f" ({detail[:200]})" if detail else "")) from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path.name}: does not hold a flat {{name: tensor}} state dict")
     return sd
+
+
+def _is_pickle(path: Path) -> bool:
+    """Starts as a pickle of protocol 2-5 (PROTO opcode), as torch's legacy format and plain pickles do."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 class DictSource:

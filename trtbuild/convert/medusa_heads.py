@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trtbuild.convert.hf import SafetensorsSource, load_bin
-from trtbuild.errors import ConfigError
+from trtbuild.errors import CheckpointError, ConfigError
 from trtbuild.medusa.choices import parse_choices, presets
 
 if TYPE_CHECKING:
@@ -70,23 +70,27 @@ def _head_files(path: Path) -> tuple[tuple[Path, ...], bool]:
 def _read(files: tuple[Path, ...], prefixed: bool) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for f in files:
-        if f.suffix == ".safetensors":
-            src = SafetensorsSource([f])
-            try:
-                names = [n for n in src.names() if not prefixed or n.startswith(PREFIX)]
-                out.update({n: src.get(n) for n in names})
-            finally:
-                src.close()
-        elif f.suffix in (".pt", ".bin", ".pth"):
-            sd = load_bin(f)
-            out.update({n: t for n, t in sd.items() if not prefixed or n.startswith(PREFIX)})
-        else:
-            raise ConfigError(f"unsupported Medusa head file {f.name} (expected .safetensors, .pt or .bin)")
+        try:
+            out.update(_read_file(f, prefixed))
+        except CheckpointError as e:  # "NAME: reason" from the safetensors / weights-only readers
+            raise CheckpointError(f"cannot read Medusa heads: {e}") from None
     if prefixed:
         out = {n[len(PREFIX):]: t for n, t in out.items()}
         if not out:
             raise ConfigError(f"no '{PREFIX}*' tensors in {', '.join(f.name for f in files)}: not a Medusa model")
     return out
+
+
+def _read_file(f: Path, prefixed: bool) -> dict[str, torch.Tensor]:
+    if f.suffix == ".safetensors":
+        src = SafetensorsSource([f])
+        try:
+            return {n: src.get(n) for n in src.names() if not prefixed or n.startswith(PREFIX)}
+        finally:
+            src.close()
+    if f.suffix in (".pt", ".bin", ".pth"):
+        return {n: t for n, t in load_bin(f).items() if not prefixed or n.startswith(PREFIX)}
+    raise ConfigError(f"unsupported Medusa head file {f.name} (expected .safetensors, .pt or .bin)")
 
 
 def read_heads(path: Path) -> MedusaHeads:
@@ -159,14 +163,17 @@ def medusa_config(config: dict, heads: MedusaHeads, choices_spec: str | None,
     """A MedusaForCausalLM config.json (and the manifest's options) from a base config and heads.
 
     Default tree: mc_sim_7b_63 restricted to depth <= the number of heads. Default max_draft_len:
-    TensorRT-LLM's 63, raised to the tree's node count if that is larger.
+    TensorRT-LLM's 63, raised to the tree's node count if that is larger. `config["vocab_size"]`, when
+    present, bounds the tree's indices.
     """
     if choices_spec is None:
         parsed = parse_choices([list(p) for p in presets()["mc_sim_7b_63"] if len(p) <= heads.num_heads])
     else:
         parsed = parse_choices(choices_spec)
     draft = max_draft_len if max_draft_len is not None else max(63, len(parsed.choices))
-    parse_choices([list(p) for p in parsed.choices], heads.num_heads, draft)  # the limits, now they are known
+    vocab = config.get("vocab_size")
+    # the limits, now they are known (the vocabulary bounds each head's top-k)
+    parse_choices([list(p) for p in parsed.choices], heads.num_heads, draft, int(vocab) if vocab else None)
     cfg = {**config, "architecture": "MedusaForCausalLM", "num_medusa_heads": heads.num_heads,
            "num_medusa_layers": heads.num_layers, "max_draft_len": draft,
            "medusa_choices": [list(p) for p in parsed.choices]}

@@ -23,6 +23,16 @@ from trtbuild.errors import ConfigError
 Path_ = tuple[int, ...]
 Choices = tuple[Path_, ...]
 
+# A node at depth d with last index i is the i-th candidate of head d-1's top-k, so head d-1 needs
+# top-k = (max index at depth d) + 1 (TensorRT-LLM's get_medusa_topks:
+#   NVIDIA/TensorRT-LLM@27712aa7720aa3e6a594ad3cc678625490cb479d:tensorrt_llm/runtime/medusa_utils.py:103-109).
+# Its Medusa layer samples the heads with the top-k kernels, whose workspace is sized for TOP_K_MAX
+#   NVIDIA/TensorRT-LLM@015884d6f9c477bf3c3928c61f5b5a143c7630c5:cpp/tensorrt_llm/layers/medusaDecodingLayer.cpp:55-60
+# and which support K in [1, 1024] ("Supported K is in range [1; 1024]":
+#   NVIDIA/TensorRT-LLM@e41b05cdc69021efb4116ed5f32eeb1840a47981:cpp/tensorrt_llm/kernels/samplingTopKKernels.h:51-52).
+# A head cannot propose more candidates than the vocabulary has tokens either (torch.topk's bound here).
+TOP_K_MAX = 1024
+
 
 @cache
 def presets() -> dict[str, Choices]:
@@ -59,8 +69,10 @@ def _paths_from_text(spec: str) -> list[list[int]]:
                       "a JSON list of paths or the brace form")
 
 
-def parse_choices(spec: str | list, num_heads: int | None = None, max_draft_len: int | None = None) -> ParsedChoices:
-    """Parse and validate a tree; see the module docstring for the accepted spellings."""
+def parse_choices(spec: str | list, num_heads: int | None = None, max_draft_len: int | None = None,
+                  vocab_size: int | None = None) -> ParsedChoices:
+    """Parse and validate a tree; see the module docstring for the accepted spellings. Every index
+    is < TOP_K_MAX (and < vocab_size when given): the candidate a head can propose."""
     paths = _paths_from_text(spec) if isinstance(spec, str) else list(spec)
     if not paths:
         raise ConfigError("medusa choices are empty")
@@ -70,6 +82,13 @@ def parse_choices(spec: str | list, num_heads: int | None = None, max_draft_len:
                 or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in p)):
             raise ConfigError(f"medusa choices: each path must be a non-empty list of non-negative integers, got {p!r}")
         t = tuple(p)
+        limit = min(TOP_K_MAX, vocab_size) if vocab_size is not None else TOP_K_MAX
+        if max(t) >= limit:
+            d = t.index(max(t))
+            bound = (f"the vocabulary has {vocab_size} tokens" if vocab_size is not None and vocab_size < TOP_K_MAX
+                     else f"a head proposes at most TensorRT-LLM's top-k limit of {TOP_K_MAX}")
+            raise ConfigError(f"medusa choices: path {list(t)} takes candidate {t[d]} of head {d}, but {bound} "
+                              f"(indices must be < {limit})")
         if t in seen:
             raise ConfigError(f"medusa choices: duplicate path {list(t)}")
         seen.add(t)

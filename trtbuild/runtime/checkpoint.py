@@ -9,7 +9,7 @@ tensors: `qkv` = [q; k; v] over all heads and `fc_gate` = [fc; gate].
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,10 @@ class ModelConfig:
     medusa_choices: tuple[tuple[int, ...], ...] | None = None  # the tree stored with the checkpoint
     max_draft_len: int = 0
     lookahead: LookaheadSpec | None = None  # the (W, N, G) stored with the checkpoint
+    # an engine directory's build limits (its build_config; max_seq_len less max_draft_len, as the
+    # server applies them); None for a checkpoint, which has only max_position_embeddings
+    max_input_len: int | None = None
+    max_seq_len: int | None = None
 
     @classmethod
     def from_dict(cls, cfg: dict) -> ModelConfig:
@@ -126,7 +130,16 @@ def read_config(ckpt_dir: Path) -> ModelConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from None
     if isinstance(cfg, dict) and isinstance(cfg.get("pretrained_config"), dict):
-        cfg = cfg["pretrained_config"]
+        build = cfg.get("build_config")
+        config = ModelConfig.from_dict(cfg["pretrained_config"])
+        if not isinstance(build, dict):
+            return config
+        try:  # the server's limits (triton_repo.parameters, the scheduler): max_seq_len counts the drafts
+            draft = int(build.get("max_draft_len") or 0)
+            return replace(config, max_input_len=int(build["max_input_len"]),
+                           max_seq_len=int(build["max_seq_len"]) - draft)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"{path}: build_config is missing or has a bad field: {e}") from None
     return ModelConfig.from_dict(cfg)
 
 

@@ -106,6 +106,13 @@ def validate(model: Model, requests: list[Request], per_token_rules: bool = Fals
             raise GenerationError(f"request {i}: token id {bad[0]} outside the vocabulary [0, {vocab})")
         if any(len(w) == 0 for w in r.stop_words):
             raise GenerationError(f"request {i}: empty stop word")
+        # an engine's limits, with the server's words (triton_repo.python_models.Preprocessor)
+        if model.cfg.max_input_len is not None and len(r.prompt) > model.cfg.max_input_len:
+            raise GenerationError(f"request {i}: prompt has {len(r.prompt)} tokens, more than max_input_len "
+                                  f"{model.cfg.max_input_len}")
+        if model.cfg.max_seq_len is not None and len(r.prompt) + r.max_new_tokens > model.cfg.max_seq_len:
+            raise GenerationError(f"request {i}: prompt ({len(r.prompt)} tokens) + max_tokens ({r.max_new_tokens}) "
+                                  f"exceeds max_seq_len {model.cfg.max_seq_len}")
         if len(r.prompt) + r.max_new_tokens > limit:
             raise GenerationError(f"request {i}: prompt ({len(r.prompt)} tokens) + max_new_tokens "
                                   f"({r.max_new_tokens}) exceeds the model's {limit} positions")

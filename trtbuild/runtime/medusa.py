@@ -143,6 +143,9 @@ def medusa_generate(model: Model, requests: list[Request], choices: Choices,
     tree = tree_buffers(choices)
     if max(tree.depths) > len(model.medusa):
         raise GenerationError(f"medusa choices: tree depth {max(tree.depths)} exceeds the {len(model.medusa)} heads")
+    if tree.top_k > model.cfg.dims.vocab_size:  # torch.topk over the vocabulary (parse_choices also caps at TOP_K_MAX)
+        raise GenerationError(f"medusa choices: a node takes candidate {tree.top_k - 1} of a head, but the "
+                              f"vocabulary has {model.cfg.dims.vocab_size} tokens")
     dev, n, B = model.device, tree.num_nodes, len(requests)
     cache = model.new_cache(B, max(len(r.prompt) + r.max_new_tokens for r in requests) + n + 1)
     params = [r.sampling for r in requests]

@@ -33,6 +33,12 @@ class TritonPythonModel:
         for request in requests:
             try:
                 query = _opt(request, "QUERY").reshape(-1)[0]
+                # An INT32 tensor (the upstream ensemble's max_tokens type): over HTTP generate, Triton
+                # converts the JSON number before any model runs and keeps its low 32 bits
+                # (4294967299 arrives as 3, 2**31 + 5 as -2147483643; a number >= 2**63, a float or a
+                # string is refused by Triton itself). The raw value never reaches this model, so a
+                # wrapped value that lands in range cannot be told apart; what lands below 1 is refused
+                # (Preprocessor), and the limits (max_seq_len) bound the rest.
                 max_tokens = int(_opt(request, "REQUEST_OUTPUT_LEN").reshape(-1)[0])
                 bad, stop = _opt(request, "BAD_WORDS_DICT"), _opt(request, "STOP_WORDS_DICT")
                 end, pad = _opt(request, "END_ID"), _opt(request, "PAD_ID")
