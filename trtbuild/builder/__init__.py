@@ -26,6 +26,12 @@ A dry run (`--dry-run`) converts and builds nothing and writes what a build woul
 
 It has no engine/ and no lock file, so nothing takes it for a build: a later build into OUT
 rebuilds (and replaces it), `trtbuild k8s` refuses it.
+
+OUT is checked by fsutil's output rule: it never is, contains or sits inside an input (the HF model,
+the Medusa heads, the spec file). Build and dry run are one command's outputs (marker kinds "build"
+and "dry-run"): a build replaces a previous build or dry run without --force; a dry run replaces a
+previous dry run without --force and a build only with --force; nothing else but an empty directory
+is ever replaced, --force or not.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from trtbuild.builder.engine import (TRTLLM_PIN, build_config, convert_command, 
                                      gpu_info, shell, trtllm_build_command, versions)
 from trtbuild.builder.validate import Resolved, resolve_spec
 from trtbuild.errors import BuildError, ConfigError
-from trtbuild.fsutil import MARKER, check_output_dir, staging_dir
+from trtbuild.fsutil import MARKER, check_inputs, check_output_dir, marker_kind, staging_dir
 from trtbuild.convert.safetensors_io import sha256_file
 from trtbuild.spec import BuildSpec
 
@@ -107,19 +113,30 @@ def read_lock(engine_dir: Path) -> dict:
         raise ConfigError(f"{path}: invalid JSON ({e})") from None
 
 
+OWN_KINDS = ("build", "dry-run")  # marker kinds of build's outputs
+
+
 def _is_build_dir(out: Path) -> bool:
-    return (out / MARKER).is_file() and (out / "spec.yaml").is_file()
+    """Whether `out` holds a build or a dry run (what `build` replaces without --force)."""
+    return marker_kind(out) in OWN_KINDS and (out / "spec.yaml").is_file()
+
+
+def _inputs(rs, spec_file: Path | None) -> list:
+    return [rs.model, rs.medusa, spec_file]
 
 
 def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool = False, verify: bool = True,
-          echo: Callable[[str], None] = print) -> BuildResult:
+          echo: Callable[[str], None] = print, spec_file: Path | None = None) -> BuildResult:
+    """Build `spec` into `out_dir` (see the module docstring); `spec_file`: the YAML it came from, an input."""
     resolved = resolve_spec(spec)
     rs = resolved.spec
     out = Path(out_dir)
+    inputs = _inputs(rs, spec_file)
+    check_inputs(out, inputs)
     for note in resolved.notes:
         echo(f"note: {note}")
     if dry_run:
-        return _dry_run(resolved, out, force, echo)
+        return _dry_run(resolved, out, force, echo, inputs)
     if rs.backend == "tensorrt-llm":
         from trtbuild.builder.trtllm import check_available
 
@@ -133,8 +150,8 @@ def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool 
             echo(f"{out} is up to date (same spec, inputs and versions): nothing to build")
             return BuildResult(out, resolved, True, lock)
     replace_ok = force or _is_build_dir(out)
-    check_output_dir(out, replace_ok)
-    with staging_dir(out, replace_ok) as tmp:
+    check_output_dir(out, replace_ok, kind="build", replaces=("dry-run",), inputs=inputs)
+    with staging_dir(out, replace_ok, kind="build", replaces=("dry-run",), inputs=inputs) as tmp:
         _build_into(tmp, resolved, echo)
         if verify and rs.speculative_decoding_mode:
             self_check(tmp / "engine", echo)
@@ -209,7 +226,7 @@ def _engine_dir_in_repo(rs, out: Path) -> str:
     return "../../engine" if rs.backend == "torch" else str(Path(out).resolve() / "engine")
 
 
-def _dry_run(resolved: Resolved, out: Path, force: bool, echo: Callable[[str], None]) -> BuildResult:
+def _dry_run(resolved: Resolved, out: Path, force: bool, echo: Callable[[str], None], inputs: list) -> BuildResult:
     """Print the plan and the equivalent commands; write everything a build would write except the
     checkpoint and the engine (see the module docstring), each derived as the build derives it."""
     from trtbuild.builder.engine import build_config, checkpoint_config
@@ -221,7 +238,7 @@ def _dry_run(resolved: Resolved, out: Path, force: bool, echo: Callable[[str], N
     replace_ok = force or _is_build_dir(out)
     version = _engine_version(rs)
     predicted = engine_config(rs, checkpoint_config(rs, resolved.dims), version)
-    with staging_dir(out, replace_ok) as tmp:
+    with staging_dir(out, replace_ok, kind="dry-run", replaces=("build",), inputs=inputs) as tmp:
         (tmp / "spec.yaml").write_text(rs.to_yaml())
         (tmp / "build_config.json").write_text(json.dumps(build_config(rs), indent=2) + "\n")
         (tmp / "engine_config.json").write_text(json.dumps(predicted, indent=2) + "\n")

@@ -4,8 +4,9 @@
 through ARCHITECTURES, plans every rank (strict accounting, see rules.py), then streams tensor by
 tensor into a temporary directory next to `out_dir` and renames it into place: `out_dir` either
 appears complete or not at all. The output is self-contained: tokenizer, chat template and
-generation config are copied, and `trtbuild.json` records the version, the options and the sha256
-of every source and output file.
+generation config are copied, and `trtbuild.json` records its kind ("checkpoint"), the version, the
+options and the sha256 of every source and output file. `out_dir` follows fsutil's output rule: it
+never is, contains or sits inside the HF directory or the Medusa heads.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from trtbuild.convert.rules import Family, iter_rank, plan_ranks
 from trtbuild.convert.safetensors_io import StreamingWriter, sha256_file
 from trtbuild.errors import ConfigError
 from trtbuild.fsutil import MARKER, check_output_dir, staging_dir
+
+KIND = "checkpoint"  # the marker kind of convert's output
 
 ARCHITECTURES: dict[str, Family] = {
     "LlamaForCausalLM": LLAMA,
@@ -78,7 +81,8 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if medusa is not None and lookahead is not None:
         raise ConfigError("--medusa and --lookahead are exclusive: an engine has one speculative decoding mode")
-    _check_output_path(hf_dir, out_dir, force)
+    inputs = [hf_dir, medusa]
+    check_output_dir(out_dir, force, kind=KIND, inputs=inputs)
     ckpt = read_hf_dir(hf_dir)
     family = family_for(ckpt.config)
     dtype = resolve_dtype(dtype, ckpt.config)
@@ -111,7 +115,7 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
     try:
         plans = plan_ranks(family, ckpt.config, dims, source, mapping, subs)
         source_hashes = pool.submit(lambda: {p.name: sha256_file(p, stop) for p in _source_files(ckpt)})
-        with staging_dir(out_dir, force) as tmp:
+        with staging_dir(out_dir, force, kind=KIND, inputs=inputs) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             digests = {f"rank{r}.safetensors": _write_rank(tmp / f"rank{r}.safetensors", steps, source, dims,
                                                              mapping, r, dtype)
@@ -145,13 +149,6 @@ def _write_rank(path: Path, steps: list, source, dims, mapping: Mapping, rank: i
     return writer.sha256
 
 
-def _check_output_path(hf_dir: Path, out_dir: Path, force: bool) -> None:
-    src, dst = hf_dir.resolve(), out_dir.resolve()
-    if dst == src or src.is_relative_to(dst) or dst.is_relative_to(src):
-        raise ConfigError(f"output directory {out_dir} overlaps the input directory {hf_dir}")
-    check_output_dir(out_dir, force)
-
-
 def _tokenizer_files(hf_dir: Path) -> list[Path]:
     return [hf_dir / n for n in TOKENIZER_FILES if (hf_dir / n).is_file()]
 
@@ -166,6 +163,7 @@ def _write_manifest(tmp: Path, ckpt: HFCheckpoint, source_hashes: dict[str, str]
     from trtbuild import __version__
 
     manifest = {
+        "kind": KIND,
         "trtbuild_version": __version__,
         "created_unix": int(time.time()),
         "options": options,

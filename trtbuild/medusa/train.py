@@ -243,6 +243,9 @@ def save_heads(out_dir: Path, heads: Heads, cfg: TrainConfig, base: Path, vocab_
     os.replace(out_dir / "config.json.tmp", out_dir / "config.json")
 
 
+HEADS_KIND = "medusa-heads"  # the marker kind of train-medusa's output
+
+
 def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Path] | None = None,
                  resume: bool = False, force: bool = False, progress: bool = True) -> dict:
     """Train heads for the HF model at `hf_dir` into `out_dir`; returns a summary (loss, accuracy)."""
@@ -251,13 +254,17 @@ def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Pat
     from safetensors.torch import load_file, save_file
 
     from trtbuild.convert import convert
-    from trtbuild.fsutil import MARKER, check_output_dir
+    from trtbuild.fsutil import MARKER, check_inputs, check_output_dir, marker_kind
     from trtbuild.runtime.tokenizer import load_tokenizer
 
     out_dir = Path(out_dir)
     work = out_dir / "train"
+    inputs = [hf_dir, *(corpus or ())]
+    check_inputs(out_dir, inputs)  # resuming too: the heads never overwrite the model or the corpus
     if not (resume and work.is_dir()):
-        check_output_dir(out_dir, force)
+        check_output_dir(out_dir, force, kind=HEADS_KIND, inputs=inputs)
+    elif marker_kind(out_dir) != HEADS_KIND:
+        raise ConfigError(f"cannot resume in {out_dir}: it was not written by trtbuild train-medusa")
     files = list(corpus) if corpus else split_files(stdlib_files())[0]
     missing = [str(f) for f in files if not Path(f).is_file()]
     if missing:
@@ -271,7 +278,7 @@ def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Pat
 
             shutil.rmtree(out_dir)
         work.mkdir(parents=True, exist_ok=True)
-        (out_dir / MARKER).write_text(json.dumps({"written_by": "train-medusa"}) + "\n")
+        (out_dir / MARKER).write_text(json.dumps({"kind": HEADS_KIND, "written_by": "train-medusa"}) + "\n")
         data = work / f"data-{cfg.targets}-{cfg.heads}-{cfg.sequences}-{cfg.seq_tokens}-{cfg.seed}.safetensors"
         if data.is_file():
             d = load_file(str(data))

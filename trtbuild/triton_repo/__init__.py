@@ -159,7 +159,7 @@ def write_repo(engine_dir: Path, out: Path, *, streaming: bool = True, force: bo
     texts = {name: render(name, values[name]) for name in MODELS}
     for name, text in texts.items():
         parse_config(text)
-    with staging_dir(out, force) as tmp:
+    with staging_dir(out, force, kind="triton_repo", inputs=[engine_dir]) as tmp:
         for name in MODELS:
             (tmp / name / "1").mkdir(parents=True)
             (tmp / name / "config.pbtxt").write_text(texts[name])
