@@ -5,6 +5,10 @@ metrics per load point, and results written as JSON, CSV and per-request JSON li
     DIR/results.csv      one row per load point
     DIR/requests.jsonl   one line per request: timestamps, lengths, text, errors
     DIR/*.png            TTFT and ITL distributions, throughput vs concurrency, latency vs throughput
+                         (each only when some request measured it)
+
+The results are written even when a load point fails (every request, or more than --max-error-rate);
+the failure is then raised as BenchFailed (a non-zero exit at the CLI).
 """
 
 from __future__ import annotations
@@ -14,24 +18,33 @@ import json
 import platform
 from pathlib import Path
 
-from trtbuild.bench.load import Prompt, run_load
+from trtbuild.bench.load import BenchFailed, Prompt, run_load
 from trtbuild.bench.metrics import summarize
+from trtbuild.fsutil import check_output_dir, staging_dir
+
+KIND = "bench"  # the marker kind of a results directory: bench -o replaces only an empty one or its own
 
 CSV_FIELDS = (("time_to_first_token_ms", "p50"), ("time_to_first_token_ms", "p99"), ("inter_token_latency_ms", "p50"),
               ("inter_token_latency_ms", "p99"), ("request_latency_ms", "p50"), ("request_latency_ms", "p99"))
 
 
 def bench(send, prompts: list[Prompt], tok, points: list[dict], *, warmup: int = 0, slo: dict | None = None,
-          out_dir: Path | None = None, meta: dict | None = None, echo=print, duration: float | None = None) -> dict:
-    """Run every load point ({"concurrency": C} or {"request_rate": R, "burstiness": B}) on `prompts`."""
+          out_dir: Path | None = None, meta: dict | None = None, echo=print, duration: float | None = None,
+          max_error_rate: float = 0.0, inputs: tuple = ()) -> dict:
+    """Run every load point ({"concurrency": C} or {"request_rate": R, "burstiness": B}) on `prompts`.
+
+    Raises BenchFailed, after the results measured so far are written, when every request of a
+    point failed (the later points are not run) or a point's error rate is above `max_error_rate`."""
     from tqdm import tqdm
 
     from trtbuild import __version__
 
+    if out_dir is not None:  # refused before any load is sent; `inputs` (tokenizer, dataset, engine) are kept safe
+        check_output_dir(out_dir, True, kind=KIND, inputs=inputs)
     if warmup:
         run_load(send, prompts[:warmup], tok, concurrency=1)
-    results, all_records = [], []
-    for point in points:
+    results, all_records, failure = [], [], None
+    for k, point in enumerate(points):
         with tqdm(total=None if duration else len(prompts), desc=_label(point), unit="req", leave=False) as bar:
             records = run_load(send, prompts, tok, concurrency=point.get("concurrency"),
                                rate=point.get("request_rate"), burstiness=point.get("burstiness", 1.0),
@@ -39,31 +52,45 @@ def bench(send, prompts: list[Prompt], tok, points: list[dict], *, warmup: int =
         summary = summarize(records, slo)
         results.append({"load": point, **summary})
         all_records += [{"load": point, **r.to_dict()} for r in records]
+        if summary["requests"] and summary["errors"] == summary["requests"]:
+            failure = (f"all {summary['requests']} requests at {_label(point)} failed"
+                       + ("" if k == len(points) - 1 else " (later load points not run)")
+                       + f"; first error: {summary['first_error']}")
+            break
     report = {"trtbuild_version": __version__, "machine": {"platform": platform.platform(),
                                                            "processor": platform.processor(),
                                                            "python": platform.python_version()},
               "slo_ms": slo or None, **(meta or {}), "results": results}
     echo(table(results))
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-        with open(out_dir / "requests.jsonl", "w") as f:
-            for r in all_records:
-                f.write(json.dumps(r) + "\n")
-        with open(out_dir / "results.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["load", "requests", "errors", "output_token_throughput_per_s", "request_throughput_per_s",
-                        "goodput_per_s", "acceptance_length", *[f"{m}_{q}" for m, q in CSV_FIELDS]])
-            for r in results:
-                w.writerow([_label(r["load"]), r["requests"], r["errors"], r.get("output_token_throughput_per_s"),
-                            r.get("request_throughput_per_s"), r.get("goodput_per_s"), r.get("acceptance_length"),
-                            *[(r.get(m) or {}).get(q) for m, q in CSV_FIELDS]])
         from trtbuild.bench.plots import write_plots
 
-        plots = write_plots(report, all_records, out_dir)
-        echo(f"wrote {out_dir}/results.json, results.csv, requests.jsonl and plots: "
-             + ", ".join(p.name for p in plots))
+        out_dir = Path(out_dir)
+        # a new results directory replaces the previous one whole (no stale plot survives)
+        with staging_dir(out_dir, True, kind=KIND, inputs=inputs) as tmp:
+            (tmp / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+            with open(tmp / "requests.jsonl", "w") as f:
+                for r in all_records:
+                    f.write(json.dumps(r) + "\n")
+            with open(tmp / "results.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["load", "requests", "errors", "output_token_throughput_per_s", "request_throughput_per_s",
+                            "goodput_per_s", "acceptance_length", *[f"{m}_{q}" for m, q in CSV_FIELDS]])
+                for r in results:
+                    w.writerow([_label(r["load"]), r["requests"], r["errors"], r.get("output_token_throughput_per_s"),
+                                r.get("request_throughput_per_s"), r.get("goodput_per_s"), r.get("acceptance_length"),
+                                *[(r.get(m) or {}).get(q) for m, q in CSV_FIELDS]])
+            plots = write_plots(report, all_records, tmp)
+        echo(f"wrote {out_dir}/results.json, results.csv, requests.jsonl and "
+             + (f"plots: {', '.join(p.name for p in plots)}" if plots else "no plots (no successful request)"))
+    if failure:
+        raise BenchFailed(failure)
+    over = [r for r in results if r["requests"] and r["errors"] / r["requests"] > max_error_rate]
+    if over:
+        raise BenchFailed(f"error rate above --max-error-rate {max_error_rate:g} at "
+                          + ", ".join(f"{_label(r['load'])} ({r['errors']} of {r['requests']} requests failed, "
+                                      f"{r['errors'] / r['requests']:.2f})" for r in over)
+                          + f"; first error: {over[0]['first_error']}")
     return report
 
 

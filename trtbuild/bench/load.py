@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trtbuild.bench.metrics import RequestRecord
-from trtbuild.errors import ConfigError
+from trtbuild.errors import ConfigError, GenerationError, TrtbuildError
+
+
+class BenchFailed(TrtbuildError):
+    """A load point failed: every request did, or more than the allowed fraction."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,33 @@ class Prompt:
     text: str
     input_tokens: int
     max_tokens: int
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """'1,4,16' -> (1, 4, 16): comma-separated integers >= 1, no empty item."""
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def bench_tokenizer(path: Path, what: str):
+    """The tokenizer in `path` for `what` (the option naming it), or a one-line ConfigError."""
+    from trtbuild.runtime.tokenizer import load_tokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{what} {path}: no such directory")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ConfigError(f"{what} {path} has no tokenizer files (tokenizer.json, tokenizer.model or vocab.json): "
+                          "give the served engine dir (OUT/engine) or the model's HF dir")
+    try:
+        return load_tokenizer(path)
+    except (OSError, ValueError) as e:  # transformers' own for unreadable tokenizer or config files
+        raise ConfigError(f"{what} {path}: cannot load the tokenizer: {' '.join(str(e).split())}") from None
 
 
 def parse_length(text: str, what: str) -> tuple[int, int]:
@@ -60,38 +91,108 @@ def synthetic_prompts(tok, n: int, isl: tuple[int, int], osl: tuple[int, int], s
 
 
 def dataset_prompts(path: Path, tok, default_max_tokens: int) -> list[Prompt]:
-    """JSON lines with "text_input" (or "prompt") and optional "max_tokens"."""
+    """JSON lines with "text_input" (or "prompt") and optional "max_tokens" (an integer >= 1)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"cannot read dataset {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"cannot read dataset {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     out = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-            text = obj.get("text_input", obj.get("prompt"))
-        except (json.JSONDecodeError, AttributeError):
-            raise ConfigError(f"{path}:{i}: not a JSON object") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"dataset {path} line {i}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"dataset {path} line {i}: not a JSON object")
+        text = obj.get("text_input", obj.get("prompt"))
         if not isinstance(text, str) or not text:
-            raise ConfigError(f"{path}:{i}: needs a non-empty \"text_input\"")
-        out.append(Prompt(text, len(tok(text)["input_ids"]), int(obj.get("max_tokens", default_max_tokens))))
+            raise ConfigError(f"dataset {path} line {i}: needs a non-empty string \"text_input\"")
+        max_tokens = obj.get("max_tokens", default_max_tokens)
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise ConfigError(f"dataset {path} line {i}: \"max_tokens\" must be an integer >= 1, got {max_tokens!r}")
+        out.append(Prompt(text, len(tok(text)["input_ids"]), max_tokens))
     if not out:
-        raise ConfigError(f"{path}: no requests")
+        raise ConfigError(f"dataset {path}: no requests")
     return out
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, _, port = url.rpartition(":")
+    try:
+        return host.strip("[]") or "127.0.0.1", int(port)
+    except ValueError:
+        raise ConfigError(f"--url must be HOST:PORT, got {url!r}") from None
+
+
+def _connect_error(url: str, timeout: float = 5.0) -> str | None:
+    """Why a TCP connection to `url` fails (e.g. "Connection refused"), or None if it opens."""
+    import socket
+
+    try:
+        with socket.create_connection(_host_port(url), timeout=timeout):
+            return None
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+
+
+def check_server(url: str, model: str, protocol: str = "grpc", timeout: float = 10.0) -> None:
+    """Fail fast (ConfigError, one line) unless `url` accepts connections and says `model` is ready."""
+    if (why := _connect_error(url, timeout)) is not None:
+        raise ConfigError(f"cannot connect to {url}: {why}")
+    if protocol == "grpc":
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            with grpcclient.InferenceServerClient(url) as client:
+                ready = client.is_model_ready(model, client_timeout=timeout)
+        except InferenceServerException as e:
+            raise ConfigError(f"cannot reach a Triton gRPC server at {url} (is it the HTTP port? then use "
+                              f"--protocol http): {' '.join(str(e).split())}") from None
+    else:
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/models/{model}/ready", timeout=timeout) as r:
+                ready = r.status == 200
+        except urllib.error.HTTPError:
+            ready = False
+        except http.client.HTTPException as e:
+            raise ConfigError(f"cannot reach a Triton HTTP server at {url}: it does not answer HTTP "
+                              f"({type(e).__name__}; is it the gRPC port? then use --protocol grpc)") from None
+        except OSError as e:
+            why = getattr(e, "reason", None) or e
+            raise ConfigError(f"cannot reach a Triton HTTP server at {url}: {why}") from None
+    if not ready:
+        raise ConfigError(f"model {model!r} is not ready on the server at {url}")
 
 
 def sender(url: str, model: str, protocol: str = "grpc") -> Callable[[Prompt, RequestRecord], None]:
     """Send one prompt as a streamed request (gRPC or HTTP generate_stream), recording each
-    response's arrival time, the text and the server's draft counters."""
+    response's arrival time, the text and the server's draft counters. A request that fails
+    because the server cannot be reached raises "cannot connect to URL: <reason>"."""
     from trtbuild.serve.client import stream_grpc, stream_http
 
     stream = stream_grpc if protocol == "grpc" else stream_http
 
     def send(p: Prompt, rec: RequestRecord) -> None:
-        for out in stream(url, p.text, p.max_tokens, model):
-            if out.get("text_output"):
-                rec.responses.append(time.monotonic())
-                rec.text += out["text_output"]
-            rec.accepted_draft_tokens = int(out.get("total_accepted_draft_tokens", 0) or 0)
-            rec.draft_tokens = int(out.get("total_draft_tokens", 0) or 0)
+        try:
+            for out in stream(url, p.text, p.max_tokens, model):
+                if out.get("text_output"):
+                    rec.responses.append(time.monotonic())
+                    rec.text += out["text_output"]
+                rec.accepted_draft_tokens = int(out.get("total_accepted_draft_tokens", 0) or 0)
+                rec.draft_tokens = int(out.get("total_draft_tokens", 0) or 0)
+        except Exception as e:  # gRPC's stream error can hide the cause: say when the server is not there
+            if (why := _connect_error(url)) is not None:
+                raise ConnectionError(f"cannot connect to {url}: {why}") from e
+            raise
     return send
 
 
@@ -146,36 +247,56 @@ def run_load(send: Callable[[Prompt, RequestRecord], None], prompts: list[Prompt
 
 
 def inprocess_sender(engine_dir: Path) -> tuple[Callable[[Prompt, RequestRecord], None], Callable[[], None]]:
-    """Requests straight into the reference runtime's scheduler (no server): (send, stop)."""
+    """Requests straight into the reference runtime's scheduler (no server): (send, stop).
+
+    The engine loads in the scheduler's own thread; a load error is raised here, and a request
+    whose scheduler thread has died fails instead of waiting forever. Requests are refused as the
+    server's preprocessing refuses them (prompt longer than max_input_len)."""
     from trtbuild.runtime import Model, Request
     from trtbuild.runtime.scheduler import Scheduler
-    from trtbuild.runtime.tokenizer import default_end_ids, load_tokenizer
+    from trtbuild.runtime.tokenizer import default_end_ids
     from trtbuild.triton_repo.python_models import Detokenizer
 
-    tok = load_tokenizer(engine_dir)
+    engine_dir = Path(engine_dir)
+    tok = bench_tokenizer(engine_dir, "--in-process")
     ends = default_end_ids(engine_dir, tok)
     box: dict = {}
     booted = threading.Event()
 
     def boot() -> None:  # load and loop in one thread (see Scheduler.run_forever)
-        model = Model.load(engine_dir)
-        build = json.loads((Path(engine_dir) / "config.json").read_text())["build_config"]
-        box["s"] = Scheduler(model, int(build["max_batch_size"]),
-                             int(build["max_seq_len"]) - int(build.get("max_draft_len") or 0),
-                             int(build["max_num_tokens"]))
-        booted.set()
-        box["s"].run_forever()
+        try:
+            model = Model.load(engine_dir)
+            build = _build_config(engine_dir)
+            box["max_input_len"] = int(build.get("max_input_len") or build["max_seq_len"])
+            box["s"] = Scheduler(model, int(build["max_batch_size"]),
+                                 int(build["max_seq_len"]) - int(build.get("max_draft_len") or 0),
+                                 int(build["max_num_tokens"]))
+        except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
+            box["error"] = e
+            return
+        finally:
+            booted.set()
+        try:
+            box["s"].run_forever()
+        except BaseException as e:  # noqa: BLE001 (reported by every request still waiting)
+            box["error"] = e
 
     thread = threading.Thread(target=boot, daemon=True)
     thread.start()
     booted.wait()
-    sched = box["s"]
+    if "error" in box:
+        thread.join()
+        raise box["error"]
+    sched, max_input_len = box["s"], box["max_input_len"]
 
     def stop() -> None:
         sched.shutdown()
         thread.join(30)
 
     def send(p: Prompt, rec: RequestRecord) -> None:
+        ids = tuple(tok(p.text)["input_ids"])
+        if len(ids) > max_input_len:
+            raise GenerationError(f"prompt has {len(ids)} tokens, more than max_input_len {max_input_len}")
         done = threading.Event()
         detok = Detokenizer(tok)
         jid = sched.reserve_id()
@@ -189,7 +310,20 @@ def inprocess_sender(engine_dir: Path) -> tuple[Callable[[Prompt, RequestRecord]
             if result is not None:
                 done.set()
 
-        sched.submit(Request(tuple(tok(p.text)["input_ids"]), p.max_tokens, end_ids=ends), on_tokens, job_id=jid)
-        done.wait()
+        sched.submit(Request(ids, p.max_tokens, end_ids=ends), on_tokens, job_id=jid)
+        while not done.wait(0.5):
+            if not thread.is_alive():
+                raise GenerationError(f"the scheduler stopped: {box.get('error') or 'shut down'}")
 
     return send, stop
+
+
+def _build_config(engine_dir: Path) -> dict:
+    path = Path(engine_dir) / "config.json"
+    try:
+        build = json.loads(path.read_text())["build_config"]
+        for key in ("max_batch_size", "max_seq_len", "max_num_tokens"):
+            int(build[key])
+        return build
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not an engine config ({type(e).__name__}: {e})") from None

@@ -62,10 +62,13 @@ def stats(values: list[float]) -> dict | None:
 
 
 def summarize(records: list[RequestRecord], slo: dict[str, float] | None = None) -> dict:
-    """Metrics of one load point. slo: {"ttft": ms, "itl": ms, "latency": ms} (any subset)."""
+    """Metrics of one load point. slo: {"ttft": ms, "itl": ms, "latency": ms} (any subset).
+
+    A request counts as an error if it raised or got no text; "first_error" is the first one's reason."""
     ok = [r for r in records if r.error is None and r.responses]
+    first_error = next((r.error or "no response" for r in records if r.error is not None or not r.responses), None)
     if not ok:
-        return {"requests": len(records), "errors": len(records)}
+        return {"requests": len(records), "errors": len(records), "first_error": first_error}
     start = min(r.sent for r in ok)
     end = max(r.responses[-1] for r in ok)
     duration = max(end - start, 1e-9)
@@ -78,7 +81,8 @@ def summarize(records: list[RequestRecord], slo: dict[str, float] | None = None)
     accepted = sum(r.accepted_draft_tokens for r in ok)
     steps = sum(max(r.output_tokens - r.accepted_draft_tokens, 1) for r in ok)
     return {
-        "requests": len(records), "errors": len(records) - len(ok), "duration_s": duration,
+        "requests": len(records), "errors": len(records) - len(ok), "first_error": first_error,
+        "duration_s": duration,
         "time_to_first_token_ms": stats([r.ttft * ms for r in ok]),
         "inter_token_latency_ms": stats([r.itl * ms for r in ok if r.itl is not None]),
         "request_latency_ms": stats([r.latency * ms for r in ok]),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
+    """Write the plots that have data (none when no request succeeded); returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,12 +31,14 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
     for metric, title, name in (("ttft", "Time to first token", "ttft.png"), ("itl", "Inter-token latency", "itl.png")):
         import numpy as np
 
-        fig, ax = plt.subplots(figsize=(7, 4.5))
         series = {text: [x[metric] * 1000 for x in records
                          if str(sorted(x["load"].items())) == key and x.get(metric) is not None]
                   for key, text in label.items()}
         everything = [v for vs in series.values() for v in vs]
-        bins = np.histogram_bin_edges(everything, bins=30) if everything else 10  # shared by every load point
+        if not everything:  # no request measured this (all failed, or one token each): no empty plot
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        bins = np.histogram_bin_edges(everything, bins=30)  # shared by every load point
         for text, values in series.items():
             if values:
                 ax.hist(values, bins=bins, alpha=0.6, label=text)

@@ -2,18 +2,21 @@
 
 Each build's `triton_repo` is served by a real tritonserver on free ports; the same prompts (same
 seed, the first build's tokenizer) and load points go to each; results land in DIR/<build name>/,
-the side-by-side comparison in DIR/comparison.txt (ratios to the first build)."""
+the side-by-side comparison in DIR/comparison.txt (ratios to the first build). A build whose load
+point fails (see `bench`) does not stop the others: the comparison is still written, then the
+sweep raises BenchFailed naming each failed build."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from trtbuild.errors import ConfigError
+from trtbuild.fsutil import open_output_dir
 
 
 def sweep(builds: list[Path], points: list[dict], num_requests: int, isl: str, osl: str, seed: int, warmup: int,
-          out_dir: Path, echo=print) -> str:
-    from trtbuild.bench import bench
+          out_dir: Path, echo=print, max_error_rate: float = 0.0) -> str:
+    from trtbuild.bench import BenchFailed, bench
     from trtbuild.bench.compare import compare
     from trtbuild.bench.load import parse_length, sender, synthetic_prompts
     from trtbuild.runtime.tokenizer import load_tokenizer
@@ -27,8 +30,9 @@ def sweep(builds: list[Path], points: list[dict], num_requests: int, isl: str, o
         raise ConfigError(f"build directories need distinct names, got {names}")
     tok = load_tokenizer(Path(builds[0]) / "engine")
     prompts = synthetic_prompts(tok, num_requests, parse_length(isl, "--isl"), parse_length(osl, "--osl"), seed)
-    out_dir = Path(out_dir)
-    runs = []
+    # refused before any server starts; each build's results are then staged and published on their own
+    out_dir = open_output_dir(out_dir, kind="bench-sweep", inputs=builds)
+    runs, failed = [], []
     for b, name in zip(builds, names):
         echo(f"== {name}: serving {b}/triton_repo")
         with TritonServer(Path(b) / "triton_repo", http_port=free_port(), grpc_port=free_port(),
@@ -36,11 +40,18 @@ def sweep(builds: list[Path], points: list[dict], num_requests: int, isl: str, o
             import yaml
 
             spec = yaml.safe_load((Path(b) / "spec.yaml").read_text()) if (Path(b) / "spec.yaml").is_file() else None
-            bench(sender(server.grpc_url, "ensemble"), prompts, tok, points, warmup=warmup,
-                  out_dir=out_dir / name, meta={"target": {"build": str(b)}, "spec": spec}, echo=echo)
+            try:
+                bench(sender(server.grpc_url, "ensemble"), prompts, tok, points, warmup=warmup,
+                      out_dir=out_dir / name, meta={"target": {"build": str(b)}, "spec": spec}, echo=echo,
+                      max_error_rate=max_error_rate)
+            except BenchFailed as e:
+                echo(f"{name}: {e}")
+                failed.append(f"{name}: {e}")
         runs.append(out_dir / name)
     text = compare(runs)
     (out_dir / "comparison.txt").write_text(text + "\n")
     echo(text)
     echo(f"wrote {out_dir}/comparison.txt; per-build results and plots in {', '.join(str(r) for r in runs)}")
+    if failed:
+        raise BenchFailed(f"{len(failed)} of {len(builds)} builds failed: " + " | ".join(failed))
     return text
