@@ -18,6 +18,56 @@ class ServerError(TrtbuildError):
     """The server answered a request with an error."""
 
 
+class UnreachableError(TrtbuildError):
+    """No Triton server answers at the URL (nothing listening, or not that protocol)."""
+
+
+def _unreachable(url: str, e: BaseException) -> UnreachableError:
+    """One line for an HTTP request that got no HTTP answer: refused, timed out, or not HTTP/1.1."""
+    import http.client
+
+    if isinstance(e, http.client.HTTPException):  # BadStatusLine, RemoteDisconnected: another protocol
+        return UnreachableError(f"{url} does not answer HTTP ({type(e).__name__}): is it the gRPC port? give the "
+                                "HTTP port, or use --protocol grpc")
+    why = getattr(e, "reason", None) or e
+    why = getattr(why, "strerror", None) or why
+    return UnreachableError(f"cannot reach a Triton HTTP server at {url}: {why}")
+
+
+def check_text_model(url: str, model: str, protocol: str = "grpc", timeout: float = 10.0) -> None:
+    """Raise (one line) unless a server answers at `url` and `model` takes text (a text_input): the
+    ensemble and tensorrt_llm_bls do, tensorrt_llm takes token ids."""
+    import http.client
+
+    if protocol == "grpc":
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            with grpcclient.InferenceServerClient(url) as client:
+                meta = client.get_model_metadata(model, as_json=True, client_timeout=timeout)
+        except InferenceServerException as e:
+            text = " ".join(str(e).split())
+            if "Request for unknown model" in text or "is not found" in text:
+                raise ServerError(f"the server at {url} has no model {model!r}") from None
+            if "Connection refused" in text:
+                raise UnreachableError(f"cannot reach a Triton gRPC server at {url}: connection refused") from None
+            raise UnreachableError(f"cannot reach a Triton gRPC server at {url} (is it the HTTP port? then use "
+                                   f"--protocol http): {text}") from None
+        names = [i["name"] for i in meta.get("inputs", [])]
+    else:
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/models/{model}", timeout=timeout) as r:
+                names = [i["name"] for i in json.loads(r.read()).get("inputs", [])]
+        except urllib.error.HTTPError as e:
+            raise ServerError(f"the server at {url} has no model {model!r}: {_error_text(e.read())}") from None
+        except (http.client.HTTPException, OSError) as e:
+            raise _unreachable(f"http://{url}", e) from None
+    if "text_input" not in names:
+        raise ServerError(f"model {model!r} takes no text (its inputs: {', '.join(names)}; tensorrt_llm takes token "
+                          "ids): ask talks to the text models, ensemble and tensorrt_llm_bls")
+
+
 # What a streamed response may carry besides text_output: with return_perf_metrics (which these
 # clients send) both backends return the ten perf outputs, acceptance among them.
 STATS = ("kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks", "arrival_time_ns",
@@ -88,23 +138,29 @@ def _post(url: str, body: dict, timeout: float) -> urllib.request.Request:
 def generate_http(url: str, prompt: str, max_tokens: int, model: str = "ensemble", extra: dict | None = None,
                   timeout: float = 600) -> dict:
     """POST /v2/models/{model}/generate: one JSON answer."""
+    import http.client
+
     body = {"text_input": prompt, "max_tokens": max_tokens, "return_perf_metrics": True, **(extra or {})}
+    target = f"http://{url}/v2/models/{model}/generate"
     try:
-        with urllib.request.urlopen(_post(f"http://{url}/v2/models/{model}/generate", body, timeout),
-                                    timeout=timeout) as r:
+        with urllib.request.urlopen(_post(target, body, timeout), timeout=timeout) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         raise ServerError(_error_text(e.read())) from None
+    except (http.client.HTTPException, OSError) as e:
+        raise _unreachable(target, e) from None
 
 
 def stream_http(url: str, prompt: str, max_tokens: int, model: str = "ensemble", extra: dict | None = None,
                 timeout: float = 600) -> Iterator[dict]:
     """POST /v2/models/{model}/generate_stream: yield each server-sent event's JSON."""
+    import http.client
+
     body = {"text_input": prompt, "max_tokens": max_tokens, "stream": True, "return_perf_metrics": True,
             **(extra or {})}
+    target = f"http://{url}/v2/models/{model}/generate_stream"
     try:
-        with urllib.request.urlopen(_post(f"http://{url}/v2/models/{model}/generate_stream", body, timeout),
-                                    timeout=timeout) as r:
+        with urllib.request.urlopen(_post(target, body, timeout), timeout=timeout) as r:
             for raw in r:
                 line = raw.decode("utf-8").strip()
                 if not line.startswith("data:"):
@@ -115,6 +171,8 @@ def stream_http(url: str, prompt: str, max_tokens: int, model: str = "ensemble",
                 yield event
     except urllib.error.HTTPError as e:
         raise ServerError(_error_text(e.read())) from None
+    except (http.client.HTTPException, OSError) as e:
+        raise _unreachable(target, e) from None
 
 
 def _error_text(raw: bytes) -> str:

@@ -32,12 +32,13 @@ def read_tag(row, length: int) -> int | None:
 
 
 def cancel_dir() -> Path:
-    """A directory shared by the Python models of one tritonserver (their common parent)."""
+    """A directory shared by the Python models of one tritonserver: the one `TritonServer` names in
+    TRTBUILD_CANCEL_DIR (and removes when it stops), else one named after their common parent."""
     import os
     import tempfile
 
-    d = Path(tempfile.gettempdir()) / f"trtbuild-cancel-{os.getppid()}"
-    d.mkdir(exist_ok=True)
+    d = Path(os.environ.get("TRTBUILD_CANCEL_DIR") or Path(tempfile.gettempdir()) / f"trtbuild-cancel-{os.getppid()}")
+    d.mkdir(parents=True, exist_ok=True)
     return d
 
 

@@ -26,8 +26,13 @@ class TritonPythonModel:
                 job = read_tag(tokens[0, 0], int(lengths[0, 0]))
                 if job is not None:
                     (self.cancelled / str(job)).touch()
+                # Empty text, not an error: Triton 2.51's ensemble stops counting its steps down
+                # once one has failed, so the tensorrt_llm step's final flag (sent once it has
+                # cancelled the job) would never end the ensemble request, and a shutdown would
+                # wait out its exit timeout for it.
+                empty = [b""] * (tokens.shape[0] * tokens.shape[1])
                 responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError("cancelled", pb_utils.TritonError.CANCELLED)))
+                    output_tensors=[pb_utils.Tensor("OUTPUT", np.array(empty, dtype=object))]))
                 continue
             # one string per beam, flat, as upstream's postprocessing answers (model.py@c2e65b8:143-153),
             # so upstream's clients read text_output[0]

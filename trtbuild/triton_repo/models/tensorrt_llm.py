@@ -132,7 +132,10 @@ class TritonPythonModel:
                 return
             sender, response, flags = item
             try:
-                sender.send(response, flags=flags)
+                if response is None:  # the flag alone: the request is complete
+                    sender.send(flags=flags)
+                else:
+                    sender.send(response, flags=flags)
             except Exception:  # noqa: BLE001 (the client is gone: nothing to deliver to)
                 pass
 
@@ -202,7 +205,7 @@ class TritonPythonModel:
                 else:
                     waits.append((None, err))
                 continue
-            waits.append(self._submit(llm, sender))
+            waits.append(self._submit(llm, sender, request))
         if self.decoupled:
             return None
         out = []
@@ -212,7 +215,7 @@ class TritonPythonModel:
             out.append(box if done is None else box["response"])
         return out
 
-    def _submit(self, llm, sender):
+    def _submit(self, llm, sender, request):
         done, box = threading.Event(), {}
         hold = Holdback(self.tokenizer)
         streaming = llm.streaming and sender is not None
@@ -223,10 +226,21 @@ class TritonPythonModel:
         sched = self.scheduler
 
         def on_tokens(tokens, result):
+            if state.get("gone"):
+                return
             flag = self.cancelled / str(state["id"])
-            if (sender is not None and sender.is_cancelled()) or flag.exists():
+            if (sender.is_cancelled() if sender is not None else request.is_cancelled()) or flag.exists():
                 flag.unlink(missing_ok=True)
                 sched.cancel(state["id"])
+                state["gone"] = True
+                # the request must still complete: without its final flag Triton counts it in flight
+                # (an ensemble's too) for good, and a later shutdown waits for it
+                if sender is not None:
+                    self._outbox.put((sender, None, FINAL))
+                else:
+                    box["response"] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+                        "cancelled", pb_utils.TritonError.CANCELLED))
+                    done.set()
                 return
             info = sched.job_info(state["id"])
             if streaming:

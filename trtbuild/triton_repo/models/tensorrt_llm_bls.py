@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from trtbuild.triton_repo.python_models import Detokenizer, load_decoder
+from trtbuild.triton_repo.python_models import Detokenizer, cancel_dir, load_decoder, read_tag
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 PRE_INPUTS = {"text_input": "QUERY", "decoder_text_input": "DECODER_QUERY", "max_tokens": "REQUEST_OUTPUT_LEN",
@@ -55,6 +55,7 @@ class TritonPythonModel:
         self.draft = p.get("tensorrt_llm_draft_model_name", "")
         self.accumulate = p.get("accumulate_tokens", "false").lower() in ("true", "1")
         self.tok = load_decoder(Path(args["model_repository"]) / p["tokenizer_dir"])
+        self.cancelled = cancel_dir()
 
     def execute(self, requests):
         for request in requests:
@@ -95,7 +96,7 @@ class TritonPythonModel:
         stream = get("stream")
         streaming = bool(stream is not None and stream.reshape(-1)[0])
         detok = Detokenizer(self.tok)
-        last, pending, sent_before = None, "", ""
+        last, pending, sent_before, gone = None, "", "", False
         for resp in pb_utils.InferenceRequest(model_name=self.llm, inputs=llm_in,
                                               requested_output_names=["output_ids", "sequence_length", *PASSED_BACK]
                                               ).exec(decoupled=True):
@@ -105,11 +106,22 @@ class TritonPythonModel:
                 continue  # the empty final flag response
             ids = pb_utils.get_output_tensor_by_name(resp, "output_ids").as_numpy()
             n = int(pb_utils.get_output_tensor_by_name(resp, "sequence_length").as_numpy().reshape(-1)[0])
+            if gone or sender.is_cancelled():
+                # the client left: tell tensorrt_llm (as postprocessing does for the ensemble), whose
+                # final response then ends this loop; the BLS request completes without text
+                job = read_tag(ids.reshape(-1), n)
+                if not gone and job is not None:
+                    (self.cancelled / str(job)).touch()
+                gone = True
+                continue
             delta = detok.add([int(t) for t in ids.reshape(-1)[:n]])
             if streaming and last is not None and (self.accumulate or pending):
                 # one response behind the model, so the last one can carry the final flag
                 sender.send(self._text(sent_before if self.accumulate else pending, last))
             pending, last, sent_before = delta, resp, detok.sent
+        if gone:
+            sender.send(flags=FINAL)
+            return
         if last is None:
             raise RuntimeError(f"{self.llm} returned no response")
         tail = detok.add([], final=True)
