@@ -1,12 +1,15 @@
 """The `trtbuild` command line: a thin click layer over the library verbs.
 
 Heavy modules (torch, transformers) are imported inside command bodies so `trtbuild --help` is
-fast. Library errors (TrtbuildError) become one-line `Error: ...` messages with exit code 1;
-usage errors exit 2; anything else keeps its traceback.
+fast. Library errors (TrtbuildError) and the OSErrors a user can fix (ANTICIPATED_ERRNOS: disk full,
+read-only, missing input, connection refused) become one-line `Error: ...` messages with exit code
+1; usage errors exit 2; anything else keeps its traceback.
 """
 
 from __future__ import annotations
 
+import difflib
+import errno
 import json
 import sys
 from pathlib import Path
@@ -20,12 +23,41 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 DTYPE = click.Choice(["auto", "float32", "float16", "bfloat16"])
 
 
+# OSErrors a user can cause and fix (a full disk, a read-only or foreign directory, a missing input,
+# a server that is not there): one line at the edge. Any other OSError is a bug and keeps its traceback.
+ANTICIPATED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
+                                errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ECONNREFUSED,
+                                errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT})
+
+
+def os_error_line(e: OSError) -> str | None:
+    """One line for an anticipated OSError ("cannot write out/x: No space left on device"), else None."""
+    if e.errno not in ANTICIPATED_ERRNOS:
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    if e.filename2:
+        where += f" -> {e.filename2}"
+    return f"{e.strerror or e}:{where}" if where else f"{e.strerror or e}"
+
+
+def command_hint(commands: list[str], word: str) -> str:
+    """The message for a first argument that is neither a command nor a model directory."""
+    near = difflib.get_close_matches(word, commands, n=1, cutoff=0.6)
+    hint = f" Did you mean '{near[0]}'?" if near else f" Commands: {', '.join(sorted(commands))}."
+    return f"No such command '{word}' and no model directory of that name.{hint}"
+
+
 class Group(click.Group):
     """Translate library errors into one-line click errors at the edge; `build` is the default
-    command (`trtbuild MODEL --medusa heads.pt -o out` means `trtbuild build MODEL ...`)."""
+    command (`trtbuild MODEL --medusa heads.pt -o out` means `trtbuild build MODEL ...`) when the
+    first argument is an existing directory (or a path, or an option of build): a mistyped command
+    is never taken for a model path."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+            first = args[0]
+            if not (first.startswith("-") or Path(first).is_dir() or "/" in first or first.startswith(".")):
+                ctx.fail(command_hint(list(self.commands), first))
             args = ["build", *args]
         return super().parse_args(ctx, args)
 
@@ -34,6 +66,11 @@ class Group(click.Group):
             return super().invoke(ctx)
         except TrtbuildError as e:
             raise click.ClickException(" ".join(str(e).split())) from None
+        except OSError as e:
+            line = os_error_line(e)
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -93,18 +130,24 @@ def convert(hf_dir: Path, out_dir: Path, dtype: str, tp: int, pp: int, force: bo
               help="torch (reference runtime, default) or tensorrt-llm (GPU engines).")
 @click.option("--gpu", default=None, help="Target: a100-40gb, a100-80gb, h100-80gb, h200-141gb, l40s-48gb, t4-16gb, "
                                           "v100-32gb or cpu (default: cpu for torch, h100-80gb for tensorrt-llm).")
-@click.option("--gpus", type=int, default=None, help="GPUs one replica may use (default: tp x pp).")
-@click.option("--tp", type=int, default=None, help="Tensor-parallel size (default 1).")
-@click.option("--pp", type=int, default=None, help="Pipeline-parallel size (default 1).")
+@click.option("--gpus", type=click.IntRange(min=1), default=None,
+              help="GPUs one replica may use, at least tp x pp (default: tp x pp; on cpu: the world size).")
+@click.option("--tp", type=click.IntRange(min=1), default=None, help="Tensor-parallel size (default 1).")
+@click.option("--pp", type=click.IntRange(min=1), default=None, help="Pipeline-parallel size (default 1).")
 @click.option("--dtype", type=DTYPE, default=None, help="Weight dtype (default auto: the checkpoint's).")
-@click.option("--quantization", type=click.Choice(["none", "fp8"]), default=None)
-@click.option("--max-batch-size", type=int, default=None, help="Default 8.")
-@click.option("--max-input-len", type=int, default=None, help="Default min(1024, max_seq_len - 1).")
-@click.option("--max-seq-len", type=int, default=None, help="Default min(model positions, 4096).")
-@click.option("--max-num-tokens", type=int, default=None, help="Default 8192 (raised for speculative decoding).")
-@click.option("--max-draft-len", type=int, default=None, help="Medusa: default 63. Lookahead: the formula.")
-@click.option("--gather-context-logits", is_flag=True, default=None)
-@click.option("--kv-cache-free-gpu-mem-fraction", type=float, default=None, help="Default 0.9.")
+@click.option("--quantization", type=click.Choice(["none", "fp8"]), default=None,
+              help="Weight quantization (default none; fp8 needs Ada/Hopper and is not produced by convert yet).")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=None, help="Default 8.")
+@click.option("--max-input-len", type=click.IntRange(min=1), default=None, help="Default min(1024, max_seq_len - 1).")
+@click.option("--max-seq-len", type=click.IntRange(min=2), default=None, help="Default min(model positions, 4096).")
+@click.option("--max-num-tokens", type=click.IntRange(min=1), default=None,
+              help="Default 8192 (raised for speculative decoding).")
+@click.option("--max-draft-len", type=click.IntRange(min=1), default=None,
+              help="Medusa: default 63. Lookahead: the formula.")
+@click.option("--gather-context-logits", is_flag=True, default=None,
+              help="Keep the logits of every prompt position (not with Medusa or lookahead).")
+@click.option("--kv-cache-free-gpu-mem-fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Share of the memory left after weights and buffers for the KV cache (default 0.9).")
 @click.option("--force", is_flag=True, help="Replace OUT even if it is not a previous build.")
 @click.option("--dry-run", is_flag=True, help="Validate and plan; print the equivalent commands; build nothing.")
 @click.option("--no-verify", is_flag=True, help="Skip the speculative-vs-plain greedy self-check.")
@@ -117,7 +160,7 @@ def build(hf_dir: Path | None, out_dir: Path, spec_file: Path | None, force: boo
     spec = BuildSpec.from_yaml(spec_file) if spec_file is not None else BuildSpec()
     flags["model"] = str(hf_dir) if hf_dir is not None else None
     spec = spec.merged(flags)
-    run(spec, out_dir, force=force, dry_run=dry_run, verify=not no_verify, echo=click.echo)
+    run(spec, out_dir, force=force, dry_run=dry_run, verify=not no_verify, echo=click.echo, spec_file=spec_file)
 
 
 @cli.command()
@@ -160,7 +203,7 @@ def plan(model: Path, gpu: str, tp: int, pp: int, dtype: str, max_batch_size: in
          max_num_tokens: int, medusa_heads: int, medusa_layers: int, max_draft_len: int, as_json: bool) -> None:
     """Memory plan: weights and KV cache per GPU, whether a configuration fits (MODEL: HF dir or config.json)."""
     from trtbuild.builder.gpus import gpu as gpu_for
-    from trtbuild.builder.plan import dims_from_config, plan as run, with_medusa
+    from trtbuild.builder.plan import dims_from_config, model_positions, plan as run, with_medusa
     from trtbuild.errors import ConfigError
 
     path = model / "config.json" if model.is_dir() else model
@@ -171,16 +214,22 @@ def plan(model: Path, gpu: str, tp: int, pp: int, dtype: str, max_batch_size: in
     dims = with_medusa(dims_from_config(cfg), medusa_heads, medusa_layers)
     p = run(dims, gpu_for(gpu), tp=tp, pp=pp, dtype=dtype, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
             max_num_tokens=max_num_tokens, max_draft_len=max_draft_len)
+    positions = model_positions(cfg)
     if as_json:
-        click.echo(json.dumps(p.to_dict(), indent=2))
+        click.echo(json.dumps({**p.to_dict(), "model_positions": positions}, indent=2))
         return
+    if max_seq_len > positions:  # build refuses it whatever the memory says
+        click.echo(f"max_seq_len {max_seq_len} exceeds the model's {positions} positions (max_position_embeddings"
+                   f"{', RoPE scaling included' if positions != cfg.get('max_position_embeddings') else ''}): "
+                   "build refuses it")
     gib = 1 << 30
     click.echo(f"{p.device} x {tp * pp} (tp={tp}, pp={pp}), {dtype}")
     click.echo(f"weights per GPU:            {p.weights_bytes / gib:8.2f} GiB")
     click.echo(f"KV cache per token per GPU: {p.kv_cache_bytes_per_token:8d} bytes")
     click.echo(f"activations + logits:       {(p.activation_bytes + p.logits_bytes) / gib:8.2f} GiB")
     click.echo(f"KV tokens that fit:         {p.max_kv_tokens:8d}  ({p.kv_cache_free_gpu_mem_fraction:.0%} of what is left)")
-    click.echo(f"fits: {'yes' if p.fits else 'no'}; max_batch_size x max_seq_len: "
+    fits = p.fits and max_seq_len <= positions
+    click.echo(f"fits: {'yes' if fits else 'no'}; max_batch_size x max_seq_len: "
                f"{'fits' if p.full_batch_fits else 'does not fit'}; recommended: {json.dumps(p.recommended)}")
 
 
@@ -214,7 +263,15 @@ def repo(engine_dir: Path, out_dir: Path, streaming: bool, engine_dir_in_repo: s
               help="Seconds tritonserver may take to become ready (large engines load for minutes).")
 def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None,
           once: str | None, max_tokens: int, start_timeout: int) -> None:
-    """Serve a model repository with tritonserver until Ctrl-C / SIGTERM (a build dir's triton_repo too)."""
+    """Serve a model repository with tritonserver until Ctrl-C / SIGTERM (a build dir's triton_repo too).
+
+    Exits non-zero if the server dies (tritonserver or one of its Python models' processes), and
+    with 128 + the signal number if stopped before it was ready; nothing of the server is left."""
+    if once is not None and not once.strip():
+        raise click.BadParameter("the prompt is empty", param_hint="'--once'")
+    from trtbuild.serve import check_ports
+
+    check_ports(http_port, grpc_port, metrics_port)
     if (repo_dir / "triton_repo").is_dir() and not (repo_dir / "ensemble").is_dir():
         repo_dir = repo_dir / "triton_repo"
     import shutil
@@ -237,20 +294,30 @@ def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_por
 def _serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None,
            once: str | None, max_tokens: int, start_timeout: int) -> None:
     import signal
+    import time
 
     from trtbuild.serve import TritonServer
 
     server = TritonServer(repo_dir, host, http_port, grpc_port, metrics_port, log_file, timeout=start_timeout)
-    stop = {"now": False}
+
+    class Stop(BaseException):
+        """Ctrl-C / SIGTERM: unwinds whatever runs (start-up included) to the server's stop."""
+
+    state: dict = {"signal": None, "stopping": False, "ready": False}
 
     def handler(signum, frame):  # noqa: ARG001
-        stop["now"] = True
+        if state["signal"] is None:
+            state["signal"] = signum
+        if not state["stopping"]:  # once stopping, the stop runs to its end
+            state["stopping"] = True
+            raise Stop
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    with server:
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
         click.echo(f"ready: HTTP http://{host}:{http_port}  gRPC {host}:{grpc_port}  "
                    f"metrics http://{host}:{metrics_port}/metrics  (model: ensemble)")
+        state["ready"] = True
         if once is not None:
             from trtbuild.serve.client import stream_grpc
 
@@ -258,11 +325,22 @@ def _serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_po
             for out in stream_grpc(server.grpc_url, once, max_tokens):
                 click.echo(out.get("text_output", ""), nl=False)
             click.echo()
-            stop["now"] = True
-        import time
-
-        while not stop["now"] and server.proc.poll() is None:
-            time.sleep(0.2)
+        else:
+            while (why := server.failure()) is None:
+                time.sleep(0.5)
+            state["stopping"] = True
+            raise click.ClickException(f"the server died: {why}")
+    except Stop:
+        pass
+    finally:
+        state["stopping"] = True
+        server.stop()
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+    if state["signal"] is not None and not state["ready"]:
+        name = signal.Signals(state["signal"]).name
+        click.echo(f"{name} while starting: tritonserver stopped before it was ready", err=True)
+        raise click.exceptions.Exit(128 + state["signal"])
     click.echo("stopped")
 
 
@@ -344,9 +422,11 @@ def preflight(build_dir: Path, repo_out: Path | None) -> None:
 @click.option("--model", default="ensemble", show_default=True)
 @click.option("--stats", is_flag=True, help="Then print the server's perf metrics (return_perf_metrics).")
 def ask(url: str, prompt: str, protocol: str, max_tokens: int, model: str, stats: bool) -> None:
-    """Send one streamed request to a running server and print the text as it arrives."""
-    from trtbuild.serve.client import STATS, stream_grpc, stream_http
+    """Send one streamed request to a running server and print the text as it arrives (to a text
+    model: ensemble or tensorrt_llm_bls)."""
+    from trtbuild.serve.client import STATS, check_text_model, stream_grpc, stream_http
 
+    check_text_model(url, model, protocol)
     stream = stream_grpc if protocol == "grpc" else stream_http
     last: dict = {}
     for out in stream(url, prompt, max_tokens, model):
@@ -385,34 +465,32 @@ def ask(url: str, prompt: str, protocol: str, max_tokens: int, model: str, stats
 @click.option("--slo", default=None, help="Goodput SLO, e.g. ttft:500,itl:50 (milliseconds).")
 @click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
               help="Tokenizer dir for --url: the served engine dir (OUT/engine) or the model's HF dir.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Fail (after writing the results) if a load point's fraction of failed requests is above this.")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.pass_context
 def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol: str, model: str, concurrency: str,
           request_rate: float | None, burstiness: float, num_requests: int, duration: float | None, warmup: int,
-          dataset: Path | None,
-          isl: str, osl: str, seed: int, slo: str | None, tokenizer: Path | None, out_dir: Path | None) -> None:
+          dataset: Path | None, isl: str, osl: str, seed: int, slo: str | None, tokenizer: Path | None,
+          max_error_rate: float, out_dir: Path | None) -> None:
     """Load a server (or the in-process runtime) and report TTFT, ITL, latency, throughput, acceptance."""
     if ctx.invoked_subcommand is not None:
         return
     from trtbuild.bench import bench as run
-    from trtbuild.bench.load import dataset_prompts, inprocess_sender, parse_length, sender, synthetic_prompts
+    from trtbuild.bench.load import (bench_tokenizer, check_server, dataset_prompts, inprocess_sender, parse_length,
+                                     sender, synthetic_prompts)
     from trtbuild.bench.metrics import parse_slo
-    from trtbuild.runtime.tokenizer import load_tokenizer
 
     if (url is None) == (engine_dir is None):
         raise click.UsageError("give either --url HOST:PORT or --in-process ENGINE_DIR")
-    try:
-        points = ([{"request_rate": request_rate, "burstiness": burstiness, "seed": seed}] if request_rate else
-                  [{"concurrency": int(c)} for c in concurrency.split(",") if c.strip()])
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {concurrency!r}") from None
-    if any(p.get("concurrency", 1) < 1 for p in points) or not points:
-        raise click.BadParameter("concurrency values must be >= 1", param_hint="--concurrency")
+    levels = _concurrency_levels(concurrency)
+    points = ([{"request_rate": request_rate, "burstiness": burstiness, "seed": seed}] if request_rate else
+              [{"concurrency": c} for c in levels])
     slo_ms = parse_slo(slo)
     if tokenizer is None and engine_dir is None:
         raise click.UsageError("--url needs --tokenizer DIR (the served engine dir, or the model's HF dir): "
                                "token counts come from the tokenizer")
-    tok = load_tokenizer(tokenizer or engine_dir)
+    tok = bench_tokenizer(tokenizer or engine_dir, "--tokenizer" if tokenizer else "--in-process")
     if dataset is not None:
         prompts = dataset_prompts(dataset, tok, parse_length(osl, "--osl")[0])[:num_requests]
     else:
@@ -422,6 +500,7 @@ def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol
         send, stop = inprocess_sender(engine_dir)
         meta = {"target": {"in_process": str(engine_dir)}}
     else:
+        check_server(url, model, protocol)  # one line now rather than every request failing
         send = sender(url, model, protocol)
         meta = {"target": {"url": url, "protocol": protocol, "model": model}}
     spec = Path(engine_dir or tokenizer).parent / "spec.yaml"  # a build dir's resolved spec, when there is one
@@ -431,7 +510,7 @@ def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol
         meta["spec"] = yaml.safe_load(spec.read_text())
     try:
         run(send, prompts, tok, points, warmup=warmup, slo=slo_ms, out_dir=out_dir, meta=meta, echo=click.echo,
-            duration=duration)
+            duration=duration, max_error_rate=max_error_rate, inputs=(tokenizer, engine_dir, dataset))
     finally:
         if stop:
             stop()
@@ -445,17 +524,27 @@ def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol
 @click.option("--osl", default="64", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Fail (after the comparison is written) if a load point's fraction of failed requests is above this.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path))
 def bench_sweep(builds: tuple[Path, ...], concurrency: str, num_requests: int, isl: str, osl: str, seed: int,
-                warmup: int, out_dir: Path) -> None:
+                warmup: int, max_error_rate: float, out_dir: Path) -> None:
     """Serve each build dir in turn (a real tritonserver) under the same load; one comparison."""
     from trtbuild.bench.sweep import sweep
 
+    points = [{"concurrency": c} for c in _concurrency_levels(concurrency)]
+    sweep(list(builds), points, num_requests, isl, osl, seed, warmup, out_dir, echo=click.echo,
+          max_error_rate=max_error_rate)
+
+
+def _concurrency_levels(text: str) -> tuple[int, ...]:
+    """--concurrency of bench and bench sweep: comma-separated integers >= 1, as a usage error."""
+    from trtbuild.bench.load import parse_int_list
+
     try:
-        points = [{"concurrency": int(c)} for c in concurrency.split(",") if c.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {concurrency!r}") from None
-    sweep(list(builds), points, num_requests, isl, osl, seed, warmup, out_dir, echo=click.echo)
+        return parse_int_list(text)
+    except TrtbuildError as e:
+        raise click.BadParameter(str(e), param_hint="--concurrency") from None
 
 
 @bench.command("compare")
@@ -468,11 +557,14 @@ def bench_compare(dirs: tuple[Path, ...]) -> None:
 
 
 def _ids(text: str) -> tuple[int, ...]:
-    try:
-        ids = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated token ids, got {text!r}") from None
-    return ids
+    """'1,2,3' -> (1, 2, 3): every item a non-negative integer, no empty item ('1,,2', '1,')."""
+    items = text.replace(" ", "").split(",")
+    if not all(x.isdigit() and x.isascii() for x in items):
+        bad = next(x for x in items if not (x.isdigit() and x.isascii()))
+        what = "an empty item" if not bad else f"{bad!r}, not a token id (an integer >= 0)"
+        raise click.BadParameter(f"expected comma-separated token ids, got {text!r}: {what}",
+                                 param_hint="--input-ids")
+    return tuple(int(x) for x in items)
 
 
 @cli.command()
@@ -551,7 +643,8 @@ def generate(ckpt_dir: Path, prompts: tuple[str, ...], input_ids: tuple[str, ...
         from trtbuild.runtime.medusa import TypicalAcceptance, medusa_generate
 
         spec = medusa_choices if medusa_choices is not None else [list(p) for p in model.cfg.medusa_choices or ()]
-        tree = parse_choices(spec, len(model.medusa), model.cfg.max_draft_len or None).choices
+        tree = parse_choices(spec, len(model.medusa), model.cfg.max_draft_len or None,
+                             model.cfg.dims.vocab_size).choices
         results = medusa_generate(model, reqs, tree, TypicalAcceptance(posterior_threshold, posterior_alpha))
     else:
         results = run(model, reqs)
@@ -643,6 +736,10 @@ def tune_medusa(ckpt_dir: Path, prompts_file: Path, chat: bool, nodes: int | Non
         raise click.BadParameter(f"expected comma-separated integers, got {candidates!r}") from None
     if not prompts_file.is_file():
         raise click.BadParameter(f"{prompts_file} not found", param_hint="--prompts")
+    if out_file is not None:  # the report never overwrites the prompts or a file of the checkpoint
+        from trtbuild.fsutil import check_inputs
+
+        check_inputs(out_file, [ckpt_dir, prompts_file])
     model = Model.load(ckpt_dir)
     if not model.medusa:
         raise click.ClickException(f"{ckpt_dir} has no Medusa heads (convert with --medusa)")
@@ -682,6 +779,10 @@ def tune_lookahead(ckpt_dir: Path, prompts_file: Path, chat: bool, tries: tuple[
     grid = tuple(parse_lookahead(t) for t in tries) or DEFAULT_GRID
     if not prompts_file.is_file():
         raise click.BadParameter(f"{prompts_file} not found", param_hint="--prompts")
+    if out_file is not None:  # the report never overwrites the prompts or a file of the checkpoint
+        from trtbuild.fsutil import check_inputs
+
+        check_inputs(out_file, [ckpt_dir, prompts_file])
     model = Model.load(ckpt_dir)
     if model.medusa:
         raise click.ClickException(f"{ckpt_dir} is a Medusa checkpoint: lookahead runs on a plain one")
