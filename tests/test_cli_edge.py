@@ -69,3 +69,31 @@ def test_unexpected_os_error_keeps_its_traceback():
     r = CliRunner().invoke(_group_raising(OSError(errno.EIO, "Input/output error")), ["boom"])
     assert r.exit_code == 1 and isinstance(r.exception, OSError) and r.exception.errno == errno.EIO
 
+
+
+def test_a_native_writers_disk_full_is_one_line_naming_the_users_path():
+    """safetensors' Rust writer reports ENOSPC only in its text; a staging name never shows."""
+    from safetensors import SafetensorError
+
+    e = SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                        "\"No space left on device\" }) (os error 28) /data/.heads.tmp-1-2-3-4-x/w.safetensors")
+    r = CliRunner().invoke(_group_raising(e), ["boom"])
+    assert r.exit_code == 1, r.output
+    line = r.output.strip()
+    assert line.startswith("Error: No space left on device: ") and "/data/heads/w.safetensors" in line, line
+    assert ".tmp-" not in line and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(_group_raising(OSError(errno.ENOSPC, "No space left on device",
+                                                  "/data/.out.tmp-1-2-3-4-x/rank0.safetensors")), ["boom"])
+    assert r.output.strip() == "Error: No space left on device: /data/out/rank0.safetensors"
+
+
+def test_an_unrelated_exception_mentioning_no_os_error_keeps_its_traceback():
+    r = CliRunner().invoke(_group_raising(ValueError("bad shape")), ["boom"])
+    assert isinstance(r.exception, ValueError)
+
+
+@pytest.mark.parametrize("text", ["1,,2", "0", ""])
+def test_tune_medusa_candidates_are_checked(tmp_path, text):
+    r = CliRunner().invoke(cli, ["tune-medusa", str(tmp_path), "--prompts", str(tmp_path / "p.txt"),
+                                 "--candidates", text])
+    assert r.exit_code == 2 and "--candidates" in r.output and "expected comma-separated integers" in r.output

@@ -198,14 +198,15 @@ def test_serve_exits_nonzero_when_the_tensorrt_llm_stub_is_killed(builds):
 
 
 @pytest.mark.slow
-def test_serve_stops_on_sigint_while_starting(builds):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])  # Ctrl-C; a closed terminal
+def test_serve_stops_on_a_signal_while_starting(builds, sig):
     s = Serve(builds["b2"])
     s.tritonserver()  # started, far from ready (its Python models load for seconds)
     time.sleep(1)
-    s.proc.send_signal(signal.SIGINT)
+    s.proc.send_signal(sig)
     code, out, err = s.finish()
-    assert code == 130 and "ready" not in out, (code, out, err)
-    assert "SIGINT while starting" in err
+    assert code == 128 + sig and "ready" not in out, (code, out, err)
+    assert f"{signal.Signals(sig).name} while starting" in err
     assert _left_behind(s.prefix, s.before) == []
 
 

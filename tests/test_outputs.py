@@ -281,7 +281,8 @@ def _host() -> str:
     import hashlib
     import socket
 
-    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+    ns = os.stat("/proc/self/ns/pid").st_ino  # the pid namespace too: host networking shares the name
+    return hashlib.sha1(f"{socket.gethostname()}:{ns}".encode()).hexdigest()[:6]
 
 
 def _stage(parent: Path, out: str, stage: str, pid: int, start: str, host: str | None = None) -> Path:
@@ -323,6 +324,31 @@ def test_an_output_moved_aside_by_a_killed_run_is_restored_not_deleted(tmp_path)
     (old / "replaced" / "deployment.yaml").write_text("kind: Deployment\n")
     assert sweep_stale(out) == [old]
     assert (out / "deployment.yaml").read_text() == "kind: Deployment\n" and not old.exists()
+
+
+def test_a_build_moved_aside_by_a_killed_run_is_back_before_the_next_build_decides(tmp_path):
+    """A run killed mid-publish leaves the previous build in `.out.old-*/replaced`: the next build
+    puts it back *before* deciding whether it may replace OUT, so it replaces it as its own."""
+    make_hf_model(tmp_path / "hf")
+    out = tmp_path / "out"
+    assert run("build", tmp_path / "hf", "-o", out, "--max-seq-len", "64").exit_code == 0
+    old = _stage(tmp_path, "out", "old", _dead_pid(), "4242")
+    os.replace(out, old / "replaced")
+    r = run("build", tmp_path / "hf", "-o", out, "--max-seq-len", "48")  # no --force: it is a build
+    assert r.exit_code == 0, r.output
+    assert "max_seq_len: 48" in (out / "spec.yaml").read_text()
+    no_staging(tmp_path)
+
+
+def test_outputs_named_like_the_builds_own_file_keys(tmp_path, monkeypatch):
+    """`-o model` / `-o medusa` relative to the current directory are outputs like any other (the
+    build's input hashes are keyed "model/config.json", never paths to check)."""
+    make_hf_model(tmp_path / "hf")
+    monkeypatch.chdir(tmp_path)
+    for name in ("model", "medusa"):
+        r = run("build", "hf", "-o", name, "--max-seq-len", "64")
+        assert r.exit_code == 0, r.output
+        assert (tmp_path / name / "engine").is_dir()
 
 
 def test_staging_dir_names_its_owner(tmp_path):

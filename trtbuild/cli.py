@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,18 +26,21 @@ DTYPE = click.Choice(["auto", "float32", "float16", "bfloat16"])
 
 # OSErrors a user can cause and fix (a full disk, a read-only or foreign directory, a missing input,
 # a server that is not there): one line at the edge. Any other OSError is a bug and keeps its traceback.
-ANTICIPATED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
+ANTICIPATED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                                errno.ENOENT,
                                 errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ECONNREFUSED,
                                 errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT})
 
 
 def os_error_line(e: OSError) -> str | None:
     """One line for an anticipated OSError ("cannot write out/x: No space left on device"), else None."""
+    from trtbuild.fsutil import user_path
+
     if e.errno not in ANTICIPATED_ERRNOS:
         return None
-    where = f" {e.filename}" if e.filename else ""
+    where = f" {user_path(str(e.filename))}" if e.filename else ""  # never a staging directory's name
     if e.filename2:
-        where += f" -> {e.filename2}"
+        where += f" -> {user_path(str(e.filename2))}"
     return f"{e.strerror or e}:{where}" if where else f"{e.strerror or e}"
 
 
@@ -71,6 +75,13 @@ class Group(click.Group):
             if line is None:
                 raise
             raise click.ClickException(line) from None
+        except Exception as e:  # a native writer's OS error (safetensors: "... (os error 28)") is text
+            from trtbuild.fsutil import native_errno, user_path
+
+            code = native_errno(e)
+            if code not in ANTICIPATED_ERRNOS:
+                raise
+            raise click.ClickException(f"{os.strerror(code)}: {user_path(' '.join(str(e).split()))}") from None
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -312,7 +323,8 @@ def _serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_po
             state["stopping"] = True
             raise Stop
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP too: tritonserver has a session of its own, so a closed terminal would orphan it
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         server.start()
         click.echo(f"ready: HTTP http://{host}:{http_port}  gRPC {host}:{grpc_port}  "
@@ -483,7 +495,7 @@ def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol
 
     if (url is None) == (engine_dir is None):
         raise click.UsageError("give either --url HOST:PORT or --in-process ENGINE_DIR")
-    levels = _concurrency_levels(concurrency)
+    levels = _int_list(concurrency)
     points = ([{"request_rate": request_rate, "burstiness": burstiness, "seed": seed}] if request_rate else
               [{"concurrency": c} for c in levels])
     slo_ms = parse_slo(slo)
@@ -532,19 +544,20 @@ def bench_sweep(builds: tuple[Path, ...], concurrency: str, num_requests: int, i
     """Serve each build dir in turn (a real tritonserver) under the same load; one comparison."""
     from trtbuild.bench.sweep import sweep
 
-    points = [{"concurrency": c} for c in _concurrency_levels(concurrency)]
+    points = [{"concurrency": c} for c in _int_list(concurrency)]
     sweep(list(builds), points, num_requests, isl, osl, seed, warmup, out_dir, echo=click.echo,
           max_error_rate=max_error_rate)
 
 
-def _concurrency_levels(text: str) -> tuple[int, ...]:
-    """--concurrency of bench and bench sweep: comma-separated integers >= 1, as a usage error."""
+def _int_list(text: str, option: str = "--concurrency") -> tuple[int, ...]:
+    """A comma-separated list of integers >= 1 (bench's --concurrency, tune-medusa's --candidates),
+    its errors usage errors."""
     from trtbuild.bench.load import parse_int_list
 
     try:
         return parse_int_list(text)
     except TrtbuildError as e:
-        raise click.BadParameter(str(e), param_hint="--concurrency") from None
+        raise click.BadParameter(str(e), param_hint=option) from None
 
 
 @bench.command("compare")
@@ -730,10 +743,7 @@ def tune_medusa(ckpt_dir: Path, prompts_file: Path, chat: bool, nodes: int | Non
     from trtbuild.runtime import Model
     from trtbuild.runtime.tokenizer import load_tokenizer
 
-    try:
-        sizes = tuple(int(x) for x in candidates.split(",") if x.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {candidates!r}") from None
+    sizes = _int_list(candidates, "--candidates")
     if not prompts_file.is_file():
         raise click.BadParameter(f"{prompts_file} not found", param_hint="--prompts")
     if out_file is not None:  # the report never overwrites the prompts or a file of the checkpoint

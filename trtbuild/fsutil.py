@@ -99,6 +99,8 @@ def check_output_dir(out_dir: Pathish, force: bool, *, kind: str, inputs: Iterab
     `force` and an empty directory or one whose marker kind is `kind` (or one of `replaces`)."""
     check_inputs(out_dir, inputs)
     out = Path(os.path.abspath(out_dir))
+    if not _inside_staging(out):
+        sweep_stale(out)  # before looking at OUT: a killed run may have moved it aside (put back here)
     if not out.exists():
         return
     if not out.is_dir():
@@ -137,8 +139,13 @@ def _start_time(pid: int) -> str:
 
 
 def _host_id() -> str:
-    """This host (or container: its own pid namespace) as 6 hex digits of its hostname's hash."""
-    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+    """This host and pid namespace as 6 hex digits of a hash: a container sharing the host's name
+    (host networking) still has its own pids, which must never be checked from here."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return hashlib.sha1(f"{socket.gethostname()}:{ns}".encode()).hexdigest()[:6]
 
 
 def _owner_tag() -> str:
@@ -211,11 +218,23 @@ def _write_error(e: BaseException, out_dir: Pathish, tmp: Path) -> ConfigError |
         ours = bool(e.filename) and Path(os.path.abspath(e.filename)).is_relative_to(tmp)
         if e.errno in _WRITE_ERRNOS or (e.errno in _ACCESS_ERRNOS and ours):
             return ConfigError(f"cannot write {out_dir}: {e.strerror or os.strerror(e.errno)}")
-    elif isinstance(e, Exception):
-        m = _NATIVE_OS_ERROR.search(str(e))
-        if m and int(m[1]) in _WRITE_ERRNOS:
-            return ConfigError(f"cannot write {out_dir}: {os.strerror(int(m[1]))}")
+    elif (code := native_errno(e)) in _WRITE_ERRNOS:
+        return ConfigError(f"cannot write {out_dir}: {os.strerror(code)}")
     return None
+
+
+def native_errno(e: BaseException) -> int | None:
+    """The errno a native writer (safetensors' Rust code) reports only in its message, or None."""
+    m = _NATIVE_OS_ERROR.search(str(e)) if isinstance(e, Exception) and not isinstance(e, OSError) else None
+    return int(m[1]) if m else None
+
+
+_STAGED = re.compile(r"/\.([^/]+)\.(?:tmp|old)-[^/]+")
+
+
+def user_path(path: str) -> str:
+    """`path` with a staging directory `.OUT.tmp-...` (or `.old-`) written as the OUT it becomes."""
+    return _STAGED.sub(r"/\1", path)
 
 
 @contextmanager
@@ -229,9 +248,7 @@ def staging_dir(out_dir: Pathish, force: bool, *, kind: str, inputs: Iterable[Pa
     inputs, replaces = list(inputs), tuple(replaces)
     out = Path(os.path.abspath(out_dir))
     nested = _inside_staging(out)
-    check_output_dir(out_dir, force, kind=kind, inputs=inputs, replaces=replaces)
-    if not nested:
-        sweep_stale(out)
+    check_output_dir(out_dir, force, kind=kind, inputs=inputs, replaces=replaces)  # sweeps stale siblings
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{_owner_tag()}-", dir=out.parent))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, fields, replace
@@ -64,8 +65,8 @@ def _typed(value: object, hint: object) -> tuple[bool, object]:
     if hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return ok, float(value) if ok else value
-    if hint is str:
-        return isinstance(value, str), value
+    if hint is str:  # a library caller's Path is a path string
+        return (True, os.fspath(value)) if isinstance(value, os.PathLike) else (isinstance(value, str), value)
     raise TypeError(f"BuildSpec annotation {hint!r} has no check")  # a new field type needs one here
 
 

@@ -47,7 +47,7 @@ from trtbuild.builder.engine import (TRTLLM_PIN, build_config, convert_command, 
                                      gpu_info, shell, trtllm_build_command, versions)
 from trtbuild.builder.validate import Resolved, resolve_spec
 from trtbuild.errors import BuildError, ConfigError
-from trtbuild.fsutil import MARKER, check_inputs, check_output_dir, marker_kind, staging_dir
+from trtbuild.fsutil import MARKER, check_inputs, check_output_dir, marker_kind, staging_dir, sweep_stale
 from trtbuild.convert.safetensors_io import sha256_file
 from trtbuild.spec import BuildSpec
 
@@ -133,6 +133,7 @@ def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool 
     out = Path(out_dir)
     inputs = _inputs(rs, spec_file)
     check_inputs(out, inputs)
+    sweep_stale(out)  # a killed run's leftovers first: it may have moved the previous output aside
     for note in resolved.notes:
         echo(f"note: {note}")
     if dry_run:
@@ -142,8 +143,8 @@ def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool 
 
         check_available()
     vers = versions()
-    inputs = {name: sha256_file(p) for name, p in input_files(rs.model, rs.medusa).items()}
-    key = build_key(resolved, inputs, vers)
+    hashes = {name: sha256_file(p) for name, p in input_files(rs.model, rs.medusa).items()}
+    key = build_key(resolved, hashes, vers)
     if _is_build_dir(out) and (out / "engine" / LOCK).is_file():
         lock = read_lock(out / "engine")
         if lock.get("build_key") == key and not verify_build(out, lock):
@@ -159,7 +160,7 @@ def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool 
 
         (tmp / "spec.yaml").write_text(rs.to_yaml())
         write_repo(tmp / "engine", tmp / "triton_repo", engine_dir_in_repo=_engine_dir_in_repo(rs, out))
-        lock = _write_lock(tmp, resolved, key, inputs, vers)
+        lock = _write_lock(tmp, resolved, key, hashes, vers)
         (tmp / MARKER).write_text(json.dumps({"kind": "build", "build_key": key}, indent=2) + "\n")
     echo(f"wrote {out} ({rs.backend} backend, {rs.speculative_decoding_mode or 'no'} speculative decoding)")
     return BuildResult(out, resolved, False, lock)

@@ -182,11 +182,16 @@ def _stat_pgid(pid: int) -> int | None:
     return int(fields[2]) if fields[0] != "Z" else None  # a zombie holds nothing
 
 
-def _cmdline(pid: int) -> str:
+def _argv(pid: int) -> list[str]:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return ""
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else []
+
+
+def _cmdline(pid: int) -> str:
+    return " ".join(_argv(pid))
 
 
 class TritonServer:
@@ -319,7 +324,7 @@ class TritonServer:
         """The server's Python backend stubs now alive: pid -> model instance name."""
         out = {}
         for pid in self._pids():
-            args = _cmdline(pid).split()
+            args = _argv(pid)  # stub argv: path, model path, region, sizes, parent pid, lib dir, handle, instance
             if args and args[0].endswith("triton_python_backend_stub") and len(args) > 8:
                 out[pid] = args[8]
         return out
@@ -327,11 +332,10 @@ class TritonServer:
     def _pids(self) -> set[int]:
         """Every live process of this server: its process group, and anything naming its shm prefix
         (a stub or rank that left the group)."""
-        if self.proc is None:
-            return set()
-        me = os.getpid()
+        me, group = os.getpid(), self.proc.pid if self.proc is not None else None
+        # without self.proc (a signal between fork and Popen's return) the prefix still finds it
         return {pid for pid in _proc_pids() if pid != me and (
-            _stat_pgid(pid) == self.proc.pid or self.shm_prefix in _cmdline(pid))}
+            (group is not None and _stat_pgid(pid) == group) or self.shm_prefix in _cmdline(pid))}
 
     def _drained(self, start: int) -> bool:
         """Whether tritonserver logged, after byte `start`, that no inference is in flight (what it
@@ -373,21 +377,21 @@ class TritonServer:
                     proc.wait(0.2)
                 except subprocess.TimeoutExpired:
                     pass
+        deadline = time.monotonic() + 15  # what is left, found even without `proc` (by its prefix)
+        while (pids := self._pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if proc is not None and proc.poll() is None:
+                try:
+                    proc.wait(0.2)
+                except subprocess.TimeoutExpired:
+                    pass
+            else:
+                time.sleep(0.1)
         if proc is not None:
-            deadline = time.monotonic() + 15
-            while (pids := self._pids()) and time.monotonic() < deadline:
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-                if proc.poll() is None:
-                    try:
-                        proc.wait(0.2)
-                    except subprocess.TimeoutExpired:
-                        pass
-                else:
-                    time.sleep(0.1)
             proc.poll()
         for region in self.regions():
             region.unlink(missing_ok=True)
