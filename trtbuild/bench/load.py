@@ -140,37 +140,13 @@ def _connect_error(url: str, timeout: float = 5.0) -> str | None:
 
 
 def check_server(url: str, model: str, protocol: str = "grpc", timeout: float = 10.0) -> None:
-    """Fail fast (ConfigError, one line) unless `url` accepts connections and says `model` is ready."""
+    """Fail fast (one line) unless `url` accepts connections and serves `model` as a text model:
+    the connection as the load's requests report it, the rest as `ask` checks it."""
+    from trtbuild.serve.client import check_text_model
+
     if (why := _connect_error(url, timeout)) is not None:
         raise ConfigError(f"cannot connect to {url}: {why}")
-    if protocol == "grpc":
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            with grpcclient.InferenceServerClient(url) as client:
-                ready = client.is_model_ready(model, client_timeout=timeout)
-        except InferenceServerException as e:
-            raise ConfigError(f"cannot reach a Triton gRPC server at {url} (is it the HTTP port? then use "
-                              f"--protocol http): {' '.join(str(e).split())}") from None
-    else:
-        import http.client
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://{url}/v2/models/{model}/ready", timeout=timeout) as r:
-                ready = r.status == 200
-        except urllib.error.HTTPError:
-            ready = False
-        except http.client.HTTPException as e:
-            raise ConfigError(f"cannot reach a Triton HTTP server at {url}: it does not answer HTTP "
-                              f"({type(e).__name__}; is it the gRPC port? then use --protocol grpc)") from None
-        except OSError as e:
-            why = getattr(e, "reason", None) or e
-            raise ConfigError(f"cannot reach a Triton HTTP server at {url}: {why}") from None
-    if not ready:
-        raise ConfigError(f"model {model!r} is not ready on the server at {url}")
+    check_text_model(url, model, protocol, timeout)
 
 
 def sender(url: str, model: str, protocol: str = "grpc") -> Callable[[Prompt, RequestRecord], None]:
