@@ -31,10 +31,10 @@ def main() -> None:
     a = ap.parse_args()
 
     from trtbuild.convert import convert
-    from trtbuild.lookahead.spec import LookaheadSpec
-    from trtbuild.lookahead.tune import measure, sweep
-    from trtbuild.medusa.train import stdlib_files
-    from trtbuild.prompts import code_prompts
+    from trtbuild.common.lookahead.spec import LookaheadSpec
+    from trtbuild.tuning.tune_lookahead import measure, sweep
+    from trtbuild.common.corpus import stdlib_files
+    from trtbuild.common.corpus import code_prompts
     from trtbuild.runtime import Model, Request, generate
     from trtbuild.runtime.lookahead import lookahead_generate
     from trtbuild.runtime.tokenizer import load_tokenizer

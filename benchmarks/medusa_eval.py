@@ -35,9 +35,9 @@ def main() -> None:
     a = ap.parse_args()
 
     from trtbuild.convert import convert
-    from trtbuild.medusa.choices import parse_choices, presets, to_brace
-    from trtbuild.medusa.train import corpus_prompts, split_files, stdlib_files
-    from trtbuild.medusa.tune import measure, tune
+    from trtbuild.common.medusa.choices import parse_choices, presets, to_brace
+    from trtbuild.common.corpus import corpus_prompts, split_files, stdlib_files
+    from trtbuild.tuning.tune_medusa import measure, tune
     from trtbuild.runtime import Model, Request, generate
     from trtbuild.runtime.medusa import medusa_generate
     from trtbuild.runtime.tokenizer import load_tokenizer

@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
 
-    from trtbuild.medusa.train import stdlib_files
+    from trtbuild.common.corpus import stdlib_files
     from trtbuild.runtime import Model, Request
     from trtbuild.runtime.scheduler import Scheduler, schedule_all
     from trtbuild.runtime.tokenizer import load_tokenizer

@@ -52,7 +52,7 @@ def speculative_checkpoints(d: Path, choices: str = "{0}, {1}, {0, 0}, {0, 1}, {
     from safetensors.torch import save_file
 
     from trtbuild.convert import convert
-    from trtbuild.lookahead.spec import LookaheadSpec
+    from trtbuild.common.lookahead.spec import LookaheadSpec
 
     make_hf_model(d / "hf")
     g = torch.Generator().manual_seed(3)
@@ -76,8 +76,8 @@ def engine_dir(hf: Path, tmp: Path, backend: str = "tensorrt-llm", *, max_batch_
     from trtbuild.builder.engine import engine_config
     from trtbuild.builder.validate import resolve_spec
     from trtbuild.convert import convert
-    from trtbuild.fsutil import MARKER
-    from trtbuild.spec import BuildSpec
+    from trtbuild.common.fsutil import MARKER
+    from trtbuild.common.spec import BuildSpec
 
     spec = BuildSpec(model=str(hf), backend=backend, gpu="h100-80gb" if backend == "tensorrt-llm" else "cpu",
                      max_batch_size=max_batch_size, max_seq_len=256, max_input_len=200, **kw)
@@ -109,8 +109,8 @@ DEMO_DIR = Path(os.environ.get("TRTBUILD_TEST_CACHE", Path(__file__).resolve().p
 @pytest.fixture(scope="session")
 def demo_hf() -> Path:
     """The SmolLM2 demo model as a HF directory (materialised once per machine, offline)."""
-    from trtbuild.demo import find_gguf, write_demo_model
-    from trtbuild.errors import ConfigError
+    from trtbuild.convert.demo import find_gguf, write_demo_model
+    from trtbuild.common.errors import ConfigError
 
     out = DEMO_DIR / "smollm2-hf"
     if not (out / "model.safetensors").is_file():

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from trtbuild.bench.metrics import RequestRecord, parse_slo, percentile, summarize
 from trtbuild.cli import cli
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 
 def test_metrics_by_hand():

@@ -177,7 +177,7 @@ def test_bad_concurrency_is_a_usage_error(command, value, tmp_path):
 
 def test_parse_int_list():
     from trtbuild.bench.load import parse_int_list
-    from trtbuild.errors import ConfigError
+    from trtbuild.common.errors import ConfigError
 
     assert parse_int_list("1, 4,16") == (1, 4, 16)
     with pytest.raises(ConfigError, match="got '4,,8'"):

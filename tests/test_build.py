@@ -18,8 +18,8 @@ from trtbuild.builder import build, verify_build
 from trtbuild.builder.gpus import GPUS
 from trtbuild.builder.plan import dims_from_config, plan
 from trtbuild.cli import cli
-from trtbuild.errors import BuildError, ConfigError
-from trtbuild.spec import BuildSpec
+from trtbuild.common.errors import BuildError, ConfigError
+from trtbuild.common.spec import BuildSpec
 
 H, V = 64, 101
 
@@ -360,7 +360,7 @@ def test_check_max_num_tokens_by_hand():
 
 def test_a_build_reports_what_tensorrt_llm_recorded_otherwise():
     from trtbuild.builder.engine import build_config, diff_build_config
-    from trtbuild.spec import ResolvedSpec
+    from trtbuild.common.spec import ResolvedSpec
 
     rs = ResolvedSpec(model="m", backend="tensorrt-llm", gpu="h100-80gb", gpus=1, tp=1, pp=1, dtype="float16",
                       quantization="none", max_batch_size=4, max_input_len=63, max_seq_len=64, max_num_tokens=8192,

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import engine_dir, make_hf_model
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 from trtbuild.triton_repo import contract, parse_config, upstream, write_repo
 
 # upstream's tensorrt_llm/config.pbtxt@c2e65b8 fills these *variables* into differently named keys
@@ -86,7 +86,7 @@ def test_tensorrt_llm_parameters_are_the_backends_keys(repos, case):
         assert resolved["decoding_mode"] == "medusa"
         assert resolved["medusa_choices"] == [[0], [1], [0, 0]] and build["max_draft_len"] >= 3
     elif case == "lookahead":
-        from trtbuild.lookahead.spec import LookaheadSpec
+        from trtbuild.common.lookahead.spec import LookaheadSpec
 
         assert resolved["decoding_mode"] == "lookahead"
         la = LookaheadSpec(resolved["lookahead_window_size"], resolved["lookahead_ngram_size"],

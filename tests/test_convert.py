@@ -166,7 +166,7 @@ def test_meta_llama3_8b_and_70b_tp8_names_and_shapes():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from trtbuild.convert.hf import MetaSource
-    from trtbuild.convert.layout import Mapping
+    from trtbuild.common.layout import Mapping
     from trtbuild.convert.llama import LLAMA
     from trtbuild.convert.rules import iter_rank, plan_ranks
 

@@ -42,9 +42,9 @@ from trtbuild.deploy import images
 from trtbuild.deploy import k8s as kube
 from trtbuild.deploy.build import read_build
 from trtbuild.deploy.preflight import check_node
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 from trtbuild.serve import mpi_command, moved_engine, relocated_repo
-from trtbuild.spec import BuildSpec
+from trtbuild.common.spec import BuildSpec
 from trtbuild.triton_repo import MODELS, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -687,6 +687,6 @@ def test_cpu_image_installs_with_the_readme_install_step(tmp_path):
     assert r.returncode == 0, r.stderr
     (wheel,) = (tmp_path / "wheel").glob("trtbuild-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("trtbuild/cli.py", "trtbuild/triton_repo/models/tensorrt_llm.py", "trtbuild/medusa/presets.json",
+    for f in ("trtbuild/cli.py", "trtbuild/triton_repo/models/tensorrt_llm.py", "trtbuild/common/medusa/presets.json",
               "trtbuild/deploy/k8s.py", "trtbuild/deploy/preflight.py"):
         assert f in names

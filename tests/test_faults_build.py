@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import make_hf_model
 from trtbuild.builder import verify_build
 from trtbuild.cli import cli
-from trtbuild.fsutil import marker_kind
+from trtbuild.common.fsutil import marker_kind
 
 CLI = [sys.executable, "-c", "from trtbuild.cli import main; main()"]
 
@@ -122,8 +122,8 @@ def test_a_native_writer_filling_the_disk_is_one_line(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from trtbuild.errors import ConfigError
-    from trtbuild.fsutil import staging_dir
+    from trtbuild.common.errors import ConfigError
+    from trtbuild.common.fsutil import staging_dir
 
     with tmpfs(tmp_path / "full", "size=16k") as fs:
         with pytest.raises(ConfigError) as e:

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from trtbuild.convert.layout import (Dims, Mapping, dup_kv, kv_heads_per_rank, merge_qkv, pad_vocab_size,
+from trtbuild.common.layout import (Dims, Mapping, dup_kv, kv_heads_per_rank, merge_qkv, pad_vocab_size,
                                      pp_layers, rank_layout, split, split_qkv, validate_dims)
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 
 def test_pp_layers_matches_tensor_split():

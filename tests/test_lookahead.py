@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from conftest import make_hf_model
 from trtbuild.cli import cli
 from trtbuild.convert import convert
-from trtbuild.errors import ConfigError
-from trtbuild.lookahead.pool import NgramPool
-from trtbuild.lookahead.spec import LookaheadSpec, parse_engine_lookahead, parse_lookahead
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.lookahead.pool import NgramPool
+from trtbuild.common.lookahead.spec import LookaheadSpec, parse_engine_lookahead, parse_lookahead
 from trtbuild.runtime import Model, Request, SamplingParams, generate
 from trtbuild.runtime.lookahead import _local_mask, longest_chain, lookahead_generate, step_layout
 from trtbuild.runtime.speculative import draft_attention_mask
@@ -302,7 +302,7 @@ def test_cli_tune_lookahead_on_tiny_model_and_bad_input(tmp_path, tiny_ckpt):
 
 
 def test_code_prompts_end_at_the_start_of_a_function(tmp_path):
-    from trtbuild.prompts import code_prompts
+    from trtbuild.common.corpus import code_prompts
 
     class Chars:  # a character-level stand-in tokenizer: ids are code points
         def __call__(self, text, add_special_tokens=False):

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from conftest import make_hf_model
 from trtbuild.cli import cli
 from trtbuild.convert import convert
-from trtbuild.errors import ConfigError
-from trtbuild.medusa.choices import parse_choices, presets, to_brace, to_json
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.medusa.choices import parse_choices, presets, to_brace, to_json
 from trtbuild.runtime import Model, Request, SamplingParams, generate
 from trtbuild.runtime.medusa import TypicalAcceptance, medusa_generate, tree_attention_mask, tree_buffers
 
@@ -247,7 +247,7 @@ def test_malicious_pt_heads_refused_and_never_run(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model with heads self-distilled on its own greedy output, so drafts get accepted."""
-    from trtbuild.medusa.train import TrainConfig, dataset_from_sequences, self_distill_sequences, train_heads
+    from trtbuild.tuning.train_medusa import TrainConfig, dataset_from_sequences, self_distill_sequences, train_heads
 
     d = tmp_path_factory.mktemp("medusa")
     make_hf_model(d / "hf", seed=7)
@@ -344,7 +344,7 @@ def test_generate_cli_medusa_json(trained, tmp_path):
 
 
 def test_greedy_tree_hand_written():
-    from trtbuild.medusa.tune import expected_length, greedy_tree
+    from trtbuild.tuning.tune_medusa import expected_length, greedy_tree
 
     probs = torch.tensor([[0.6, 0.2, 0.1],   # head 0: P(truth at rank 0, 1, 2)
                           [0.5, 0.3, 0.1]])  # head 1
@@ -361,7 +361,7 @@ def test_greedy_tree_hand_written():
 
 def test_tune_picks_a_tree(trained, tmp_path):
     model, prompts = trained
-    from trtbuild.medusa.tune import tune
+    from trtbuild.tuning.tune_medusa import tune
 
     report = tune(model, prompts[:4], 24, None, (1, 3, 6))  # calibrate where the heads were trained
     assert [r["nodes"] for r in report["runs"]] == [0, 1, 3, 6]
@@ -406,7 +406,7 @@ def test_tune_medusa_cli(tmp_path):
 
 
 def test_training_resumes_exactly(tmp_path):
-    from trtbuild.medusa.train import TrainConfig, train_heads
+    from trtbuild.tuning.train_medusa import TrainConfig, train_heads
 
     g = torch.Generator().manual_seed(0)
     hidden, lm = torch.randn(200, 16, generator=g), torch.randn(50, 16, generator=g)

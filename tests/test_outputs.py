@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from conftest import make_hf_model
 from trtbuild.builder import build, verify_build
 from trtbuild.cli import cli
-from trtbuild.errors import ConfigError
-from trtbuild.fsutil import MARKER, marker_kind, staging_dir, sweep_stale
-from trtbuild.spec import BuildSpec
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.fsutil import MARKER, marker_kind, staging_dir, sweep_stale
+from trtbuild.common.spec import BuildSpec
 
 
 def run(*args):
@@ -63,7 +63,7 @@ def hf(tmp_path: Path) -> Path:
 
 def trained_heads(d: Path, base: Path) -> Path:
     """A heads directory as train-medusa leaves it: heads + config.json (its save_heads), train/, marker."""
-    from trtbuild.medusa.train import Heads, TrainConfig, save_heads
+    from trtbuild.tuning.train_medusa import Heads, TrainConfig, save_heads
 
     torch.manual_seed(0)
     heads = Heads(64, 3, 1)

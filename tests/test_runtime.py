@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_hf_model
 from trtbuild.convert import convert
-from trtbuild.errors import GenerationError
+from trtbuild.common.errors import GenerationError
 from trtbuild.runtime import Model, Request, SamplingParams, generate
 from trtbuild.runtime.generate import attention_mask
 from trtbuild.runtime.sampling import filter_logits

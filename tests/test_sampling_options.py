@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import speculative_checkpoints
-from trtbuild.errors import GenerationError
-from trtbuild.lookahead.spec import LookaheadSpec
+from trtbuild.common.errors import GenerationError
+from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.runtime import Model, Request, SamplingParams, generate
 from trtbuild.runtime.generate import hidden_states
 from trtbuild.runtime.lookahead import lookahead_generate
@@ -307,7 +307,7 @@ def test_invalid_request_options_and_plain_only_decoders(ckpts, model):
         Scheduler(model, max_batch_size=1, max_seq_len=64).submit(Request(PROMPTS[0], 4, min_tokens=-3),
                                                                    lambda t, r: None)
     la, md = Model.load(ckpts["lookahead"]), Model.load(ckpts["medusa"])
-    from trtbuild.medusa.choices import parse_choices
+    from trtbuild.common.medusa.choices import parse_choices
     for req in (Request(PROMPTS[0], 4, SamplingParams(presence_penalty=1.0)), Request(PROMPTS[0], 4, min_tokens=2),
                 Request(PROMPTS[0], 4, return_log_probs=True)):
         with pytest.raises(GenerationError, match="need plain decoding"):

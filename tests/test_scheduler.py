@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import speculative_checkpoints
-from trtbuild.errors import GenerationError
-from trtbuild.lookahead.spec import LookaheadSpec
+from trtbuild.common.errors import GenerationError
+from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.runtime import Model, Request, SamplingParams, generate
 from trtbuild.runtime.scheduler import Scheduler, schedule_all
 

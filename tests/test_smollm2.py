@@ -72,7 +72,7 @@ def test_medusa_heads_from_train_medusa_are_lossless_on_smollm2(demo_hf, tmp_pat
 
     from trtbuild.cli import cli
     from trtbuild.convert import convert
-    from trtbuild.medusa.choices import parse_choices
+    from trtbuild.common.medusa.choices import parse_choices
     from trtbuild.runtime.medusa import medusa_generate
     from trtbuild.runtime.tokenizer import load_tokenizer
 
@@ -101,9 +101,9 @@ def test_lookahead_is_lossless_on_smollm2_code(demo_ckpt, tmp_path):
     from click.testing import CliRunner
 
     from trtbuild.cli import cli
-    from trtbuild.lookahead.spec import LookaheadSpec
-    from trtbuild.medusa.train import stdlib_files
-    from trtbuild.prompts import code_prompts
+    from trtbuild.common.lookahead.spec import LookaheadSpec
+    from trtbuild.common.corpus import stdlib_files
+    from trtbuild.common.corpus import code_prompts
     from trtbuild.runtime.lookahead import lookahead_generate
     from trtbuild.runtime.tokenizer import load_tokenizer
 

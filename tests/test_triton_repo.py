@@ -64,7 +64,7 @@ def test_trtllm_repository_golden(hf, tmp_path, case):
         assert p["decoding_mode"] == "medusa"
         assert p["medusa_choices"] == "{0}, {1}, {0, 0}, {0, 0, 1}"  # the missing prefix {0, 0} is listed
     else:
-        from trtbuild.lookahead.spec import LookaheadSpec
+        from trtbuild.common.lookahead.spec import LookaheadSpec
 
         assert p["decoding_mode"] == "lookahead"
         w, n, g = (int(p[f"lookahead_{k}"]) for k in ("window_size", "ngram_size", "verification_set_size"))

@@ -23,7 +23,7 @@ import torch
 from click.testing import CliRunner
 
 from trtbuild.cli import cli
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 from trtbuild.serve import TritonServer, free_port
 
 pytestmark = pytest.mark.slow

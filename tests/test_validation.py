@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 
 from conftest import engine_dir, make_hf_model
 from trtbuild.cli import build as build_command, cli
-from trtbuild.errors import ConfigError, GenerationError
-from trtbuild.medusa.choices import TOP_K_MAX, parse_choices
-from trtbuild.spec import BuildSpec
+from trtbuild.common.errors import ConfigError, GenerationError
+from trtbuild.common.medusa.choices import TOP_K_MAX, parse_choices
+from trtbuild.common.spec import BuildSpec
 
 V = 101  # conftest's tiny vocabulary
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from trtbuild import __version__
-from trtbuild.errors import TrtbuildError
+from trtbuild.common.errors import TrtbuildError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 DTYPE = click.Choice(["auto", "float32", "float16", "bfloat16"])
@@ -34,7 +34,7 @@ ANTICIPATED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.E
 
 def os_error_line(e: OSError) -> str | None:
     """One line for an anticipated OSError ("cannot write out/x: No space left on device"), else None."""
-    from trtbuild.fsutil import user_path
+    from trtbuild.common.fsutil import user_path
 
     if e.errno not in ANTICIPATED_ERRNOS:
         return None
@@ -76,7 +76,7 @@ class Group(click.Group):
                 raise
             raise click.ClickException(line) from None
         except Exception as e:  # a native writer's OS error (safetensors: "... (os error 28)") is text
-            from trtbuild.fsutil import native_errno, user_path
+            from trtbuild.common.fsutil import native_errno, user_path
 
             code = native_errno(e)
             if code not in ANTICIPATED_ERRNOS:
@@ -119,7 +119,7 @@ def convert(hf_dir: Path, out_dir: Path, dtype: str, tp: int, pp: int, force: bo
             medusa_choices: str | None, max_draft_len: int | None, lookahead: str | None) -> None:
     """Convert a HF checkpoint (+ Medusa heads) into a TensorRT-LLM checkpoint."""
     from trtbuild.convert import convert as run
-    from trtbuild.lookahead.spec import parse_engine_lookahead
+    from trtbuild.common.lookahead.spec import parse_engine_lookahead
 
     spec = parse_engine_lookahead(lookahead) if lookahead is not None else None  # max_draft_len 0 refused
     run(hf_dir, out_dir, dtype=dtype, tp=tp, pp=pp, force=force, medusa=medusa, medusa_choices=medusa_choices,
@@ -166,7 +166,7 @@ def build(hf_dir: Path | None, out_dir: Path, spec_file: Path | None, force: boo
           **flags) -> None:
     """Build an engine directory from a HF model (+ Medusa heads | lookahead) for one backend and GPU."""
     from trtbuild.builder import build as run
-    from trtbuild.spec import BuildSpec
+    from trtbuild.common.spec import BuildSpec
 
     spec = BuildSpec.from_yaml(spec_file) if spec_file is not None else BuildSpec()
     flags["model"] = str(hf_dir) if hf_dir is not None else None
@@ -180,7 +180,7 @@ def build(hf_dir: Path | None, out_dir: Path, spec_file: Path | None, force: boo
 @click.option("--json", "as_json", is_flag=True)
 def inspect(path: Path, verify: bool, as_json: bool) -> None:
     """Summarise a checkpoint, engine or build directory."""
-    from trtbuild.inspect import inspect_dir
+    from trtbuild.builder.inspect import inspect_dir
 
     info = inspect_dir(path, verify)
     if as_json:
@@ -215,7 +215,7 @@ def plan(model: Path, gpu: str, tp: int, pp: int, dtype: str, max_batch_size: in
     """Memory plan: weights and KV cache per GPU, whether a configuration fits (MODEL: HF dir or config.json)."""
     from trtbuild.builder.gpus import gpu as gpu_for
     from trtbuild.builder.plan import dims_from_config, model_positions, plan as run, with_medusa
-    from trtbuild.errors import ConfigError
+    from trtbuild.common.errors import ConfigError
 
     path = model / "config.json" if model.is_dir() else model
     try:
@@ -619,7 +619,7 @@ def generate(ckpt_dir: Path, prompts: tuple[str, ...], input_ids: tuple[str, ...
         raise click.UsageError("give either --prompt or --input-ids")
     if lookahead is not None and no_lookahead:
         raise click.UsageError("--lookahead and --no-lookahead contradict each other")
-    from trtbuild.lookahead.spec import parse_lookahead
+    from trtbuild.common.lookahead.spec import parse_lookahead
 
     la_spec = parse_lookahead(lookahead) if lookahead is not None else None
     from trtbuild.runtime import Model, Request, SamplingParams, generate as run
@@ -652,7 +652,7 @@ def generate(ckpt_dir: Path, prompts: tuple[str, ...], input_ids: tuple[str, ...
 
         results = lookahead_generate(model, reqs, la_spec, limit=model.cfg.lookahead)
     elif medusa:
-        from trtbuild.medusa.choices import parse_choices
+        from trtbuild.common.medusa.choices import parse_choices
         from trtbuild.runtime.medusa import TypicalAcceptance, medusa_generate
 
         spec = medusa_choices if medusa_choices is not None else [list(p) for p in model.cfg.medusa_choices or ()]
@@ -685,7 +685,7 @@ def generate(ckpt_dir: Path, prompts: tuple[str, ...], input_ids: tuple[str, ...
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 def demo_model(out_dir: Path, gguf: Path | None, dtype: str, force: bool) -> None:
     """Write the embedded SmolLM2-135M-Instruct demo model as a plain HF directory (offline)."""
-    from trtbuild.demo import write_demo_model
+    from trtbuild.convert.demo import write_demo_model
 
     write_demo_model(out_dir, gguf=gguf, dtype=dtype, force=force)
     click.echo(f"wrote {out_dir}")
@@ -713,7 +713,7 @@ def train_medusa(hf_dir: Path, out_dir: Path, corpus: tuple[Path, ...], heads: i
                  lr: float, batch: int, targets: str, sequences: int, seq_tokens: int, seed: int, resume: bool,
                  force: bool) -> None:
     """Train Medusa heads for a HF model on this machine (base model frozen, no network)."""
-    from trtbuild.medusa.train import TrainConfig, train_medusa as run
+    from trtbuild.tuning.train_medusa import TrainConfig, train_medusa as run
 
     cfg = TrainConfig(heads=heads, layers=layers, steps=steps, lr=lr, batch=batch, targets=targets,
                       sequences=sequences, seq_tokens=seq_tokens, seed=seed)
@@ -737,9 +737,9 @@ def train_medusa(hf_dir: Path, out_dir: Path, corpus: tuple[Path, ...], heads: i
 def tune_medusa(ckpt_dir: Path, prompts_file: Path, chat: bool, nodes: int | None, candidates: str, max_tokens: int,
                 out_file: Path | None) -> None:
     """Measure Medusa head accuracy and build the tree that decodes fastest on this machine."""
-    from trtbuild.medusa.choices import to_brace
-    from trtbuild.medusa.tune import tune
-    from trtbuild.prompts import read_prompts
+    from trtbuild.common.medusa.choices import to_brace
+    from trtbuild.tuning.tune_medusa import tune
+    from trtbuild.common.corpus import read_prompts
     from trtbuild.runtime import Model
     from trtbuild.runtime.tokenizer import load_tokenizer
 
@@ -747,7 +747,7 @@ def tune_medusa(ckpt_dir: Path, prompts_file: Path, chat: bool, nodes: int | Non
     if not prompts_file.is_file():
         raise click.BadParameter(f"{prompts_file} not found", param_hint="--prompts")
     if out_file is not None:  # the report never overwrites the prompts or a file of the checkpoint
-        from trtbuild.fsutil import check_inputs
+        from trtbuild.common.fsutil import check_inputs
 
         check_inputs(out_file, [ckpt_dir, prompts_file])
     model = Model.load(ckpt_dir)
@@ -780,9 +780,9 @@ def tune_medusa(ckpt_dir: Path, prompts_file: Path, chat: bool, nodes: int | Non
 def tune_lookahead(ckpt_dir: Path, prompts_file: Path, chat: bool, tries: tuple[str, ...], max_tokens: int,
                    out_file: Path | None) -> None:
     """Sweep lookahead (W, N, G) on calibration prompts: tokens/s and acceptance on this machine."""
-    from trtbuild.lookahead.spec import parse_lookahead
-    from trtbuild.lookahead.tune import DEFAULT_GRID, sweep
-    from trtbuild.prompts import read_prompts
+    from trtbuild.common.lookahead.spec import parse_lookahead
+    from trtbuild.tuning.tune_lookahead import DEFAULT_GRID, sweep
+    from trtbuild.common.corpus import read_prompts
     from trtbuild.runtime import Model
     from trtbuild.runtime.tokenizer import load_tokenizer
 
@@ -790,7 +790,7 @@ def tune_lookahead(ckpt_dir: Path, prompts_file: Path, chat: bool, tries: tuple[
     if not prompts_file.is_file():
         raise click.BadParameter(f"{prompts_file} not found", param_hint="--prompts")
     if out_file is not None:  # the report never overwrites the prompts or a file of the checkpoint
-        from trtbuild.fsutil import check_inputs
+        from trtbuild.common.fsutil import check_inputs
 
         check_inputs(out_file, [ckpt_dir, prompts_file])
     model = Model.load(ckpt_dir)

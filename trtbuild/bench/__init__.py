@@ -20,7 +20,7 @@ from pathlib import Path
 
 from trtbuild.bench.load import BenchFailed, Prompt, run_load
 from trtbuild.bench.metrics import summarize
-from trtbuild.fsutil import check_output_dir, staging_dir
+from trtbuild.common.fsutil import check_output_dir, staging_dir
 
 KIND = "bench"  # the marker kind of a results directory: bench -o replaces only an empty one or its own
 

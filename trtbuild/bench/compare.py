@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 METRICS = (("output_token_throughput_per_s", None, "out tok/s"), ("time_to_first_token_ms", "p50", "TTFT p50 ms"),
            ("inter_token_latency_ms", "p50", "ITL p50 ms"), ("request_latency_ms", "p50", "latency p50 ms"),

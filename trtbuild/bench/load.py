@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trtbuild.bench.metrics import RequestRecord
-from trtbuild.errors import ConfigError, GenerationError, TrtbuildError
+from trtbuild.common.errors import ConfigError, GenerationError, TrtbuildError
 
 
 class BenchFailed(TrtbuildError):
@@ -72,7 +72,7 @@ def parse_length(text: str, what: str) -> tuple[int, int]:
 
 def synthetic_prompts(tok, n: int, isl: tuple[int, int], osl: tuple[int, int], seed: int) -> list[Prompt]:
     """Prompts cut from the local standard library's sources to normally distributed lengths."""
-    from trtbuild.medusa.train import stdlib_files
+    from trtbuild.common.corpus import stdlib_files
 
     rng = random.Random(seed)
     ids = []

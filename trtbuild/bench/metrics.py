@@ -98,7 +98,7 @@ def summarize(records: list[RequestRecord], slo: dict[str, float] | None = None)
 
 def parse_slo(text: str | None) -> dict[str, float]:
     """'ttft:500,itl:50' -> {"ttft": 500.0, "itl": 50.0} (milliseconds)."""
-    from trtbuild.errors import ConfigError
+    from trtbuild.common.errors import ConfigError
 
     if not text:
         return {}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trtbuild.errors import ConfigError
-from trtbuild.fsutil import open_output_dir
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.fsutil import open_output_dir
 
 
 def sweep(builds: list[Path], points: list[dict], num_requests: int, isl: str, osl: str, seed: int, warmup: int,

@@ -46,10 +46,10 @@ from pathlib import Path
 from trtbuild.builder.engine import (TRTLLM_PIN, build_config, convert_command, diff_build_config, engine_config,
                                      gpu_info, shell, trtllm_build_command, versions)
 from trtbuild.builder.validate import Resolved, resolve_spec
-from trtbuild.errors import BuildError, ConfigError
-from trtbuild.fsutil import MARKER, check_inputs, check_output_dir, marker_kind, staging_dir, sweep_stale
+from trtbuild.common.errors import BuildError, ConfigError
+from trtbuild.common.fsutil import MARKER, check_inputs, check_output_dir, marker_kind, staging_dir, sweep_stale
 from trtbuild.convert.safetensors_io import sha256_file
-from trtbuild.spec import BuildSpec
+from trtbuild.common.spec import BuildSpec
 
 LOCK = "trtbuild.lock.json"
 COPIED = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "vocab.json",
@@ -65,10 +65,10 @@ class BuildResult:
 
 
 def input_files(spec_model: str, medusa: str | None) -> dict[str, Path]:
-    from trtbuild.convert import _source_files
+    from trtbuild.convert import source_files
     from trtbuild.convert.hf import read_hf_dir
 
-    files = {f"model/{p.name}": p for p in _source_files(read_hf_dir(Path(spec_model)))}
+    files = {f"model/{p.name}": p for p in source_files(read_hf_dir(Path(spec_model)))}
     if medusa:
         from trtbuild.convert.medusa_heads import read_heads
 

@@ -29,7 +29,7 @@ import platform
 import shlex
 from pathlib import Path
 
-from trtbuild.spec import ResolvedSpec
+from trtbuild.common.spec import ResolvedSpec
 
 TRTLLM_PIN = "1.2"  # the last TensorRT-LLM line with the engine flow (Medusa, lookahead)
 # SpeculativeDecodingMode is an IntFlag of auto() values NONE, DRAFT_TOKENS_EXTERNAL, MEDUSA,
@@ -270,7 +270,7 @@ def checkpoint_config(spec: ResolvedSpec, dims) -> dict:
     computed without converting a tensor: the same steps as `trtbuild.convert.convert`."""
     from trtbuild.convert import family_for
     from trtbuild.convert.hf import read_hf_dir
-    from trtbuild.convert.layout import Mapping
+    from trtbuild.common.layout import Mapping
 
     hf = read_hf_dir(Path(spec.model))
     config = family_for(hf.config).trt_config(hf.config, dims, spec.dtype, Mapping(spec.tp, spec.pp))
@@ -318,7 +318,7 @@ def gpu_info(target: str) -> dict | None:
         cc = torch.cuda.get_device_capability(0)
         info.update(name=torch.cuda.get_device_name(0), compute_capability="{}.{}".format(*cc), detected=True)
         from trtbuild.builder.gpus import query_node_gpus
-        from trtbuild.errors import ConfigError
+        from trtbuild.common.errors import ConfigError
 
         try:  # the driver the engine was built under (the Kubernetes init check compares nodes to it)
             info["driver"] = query_node_gpus()[0].driver

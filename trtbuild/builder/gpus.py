@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 GiB = 1 << 30
 

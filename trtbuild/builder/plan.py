@@ -18,8 +18,8 @@ import os
 from dataclasses import asdict, dataclass, replace
 
 from trtbuild.builder.gpus import GiB, Gpu
-from trtbuild.convert.layout import Dims, Mapping, kv_heads_per_rank, pp_layers, rank_layout, validate_dims
-from trtbuild.errors import ConfigError
+from trtbuild.common.layout import Dims, Mapping, kv_heads_per_rank, pp_layers, rank_layout, validate_dims
+from trtbuild.common.errors import ConfigError
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
 RUNTIME_RESERVE = 1 * GiB  # CUDA context, cuBLAS/cuDNN workspaces, the decoder's own buffers
@@ -131,7 +131,7 @@ def model_positions(cfg: dict) -> int:
     """The longest sequence a model takes (max_position_embeddings, scaled by a linear/dynamic RoPE
     scaling), from a HF config.json or a TensorRT-LLM checkpoint/engine config.json; what `build`
     caps max_seq_len at."""
-    from trtbuild.convert.rope_scaling import check_scaling, hf_rope_scaling, max_sequence_length
+    from trtbuild.common.rope_scaling import check_scaling, hf_rope_scaling, max_sequence_length
 
     if "pretrained_config" in cfg:
         cfg = cfg["pretrained_config"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from trtbuild.builder.engine import TRTLLM_PIN, build_inputs
-from trtbuild.errors import BuildError
-from trtbuild.spec import ResolvedSpec
+from trtbuild.common.errors import BuildError
+from trtbuild.common.spec import ResolvedSpec
 
 
 def check_available() -> str:

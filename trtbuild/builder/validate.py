@@ -13,11 +13,11 @@ from trtbuild.builder.gpus import Gpu, gpu as gpu_for
 from trtbuild.builder.plan import Plan, plan
 from trtbuild.convert import family_for, resolve_dtype
 from trtbuild.convert.hf import read_hf_dir
-from trtbuild.convert.layout import Dims, Mapping, validate_dims
-from trtbuild.convert.rope_scaling import hf_rope_scaling, max_sequence_length
-from trtbuild.errors import ConfigError
+from trtbuild.common.layout import Dims, Mapping, validate_dims
+from trtbuild.common.rope_scaling import hf_rope_scaling, max_sequence_length
+from trtbuild.common.errors import ConfigError
 from trtbuild.runtime.tokenizer import default_end_ids
-from trtbuild.spec import BACKENDS, QUANTIZATIONS, BuildSpec, ResolvedSpec
+from trtbuild.common.spec import BACKENDS, QUANTIZATIONS, BuildSpec, ResolvedSpec
 
 DEFAULT_MAX_SEQ_LEN = 4096  # never a model's full context (Llama-3.1: 131072) by accident
 DEFAULT_MAX_NUM_TOKENS = 8192  # trtllm-build's default
@@ -87,7 +87,7 @@ def resolve_spec(spec: BuildSpec) -> Resolved:
     lookahead = None
     if spec.medusa:
         from trtbuild.convert.medusa_heads import medusa_config, read_heads
-        from trtbuild.medusa.choices import to_brace
+        from trtbuild.common.medusa.choices import to_brace
 
         heads = read_heads(Path(spec.medusa))
         heads.check_base(dims.hidden_size, dims.vocab_size)
@@ -98,7 +98,7 @@ def resolve_spec(spec: BuildSpec) -> Resolved:
         mode, draft, choices, nodes = "medusa", cfg["max_draft_len"], to_brace(tree), len(tree)
         validate_dims(dims, Mapping(spec.tp, spec.pp))
     elif spec.lookahead:
-        from trtbuild.lookahead.spec import format_spec, parse_engine_lookahead
+        from trtbuild.common.lookahead.spec import format_spec, parse_engine_lookahead
 
         la = parse_engine_lookahead(spec.lookahead)  # no max_draft_len 0, W, N, G all positive
         if spec.max_draft_len is not None and spec.max_draft_len != la.max_draft_len:

@@ -20,15 +20,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from trtbuild.convert.hf import ChainedSource, DictSource, HFCheckpoint, read_hf_dir
-from trtbuild.convert.layout import Mapping, rank_layout, validate_dims
+from trtbuild.common.layout import Mapping, rank_layout, validate_dims
 from trtbuild.convert.llama import LLAMA, MISTRAL
 from trtbuild.convert.medusa_heads import medusa_config, read_heads
-from trtbuild.lookahead.spec import LookaheadSpec
+from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.convert.qwen2 import QWEN2
 from trtbuild.convert.rules import Family, iter_rank, plan_ranks
 from trtbuild.convert.safetensors_io import StreamingWriter, sha256_file
-from trtbuild.errors import ConfigError
-from trtbuild.fsutil import MARKER, check_output_dir, staging_dir
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.fsutil import MARKER, check_output_dir, staging_dir
 
 KIND = "checkpoint"  # the marker kind of convert's output
 
@@ -114,7 +114,7 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
     pool = ThreadPoolExecutor(1)
     try:
         plans = plan_ranks(family, ckpt.config, dims, source, mapping, subs)
-        source_hashes = pool.submit(lambda: {p.name: sha256_file(p, stop) for p in _source_files(ckpt)})
+        source_hashes = pool.submit(lambda: {p.name: sha256_file(p, stop) for p in source_files(ckpt)})
         with staging_dir(out_dir, force, kind=KIND, inputs=inputs) as tmp:
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             digests = {f"rank{r}.safetensors": _write_rank(tmp / f"rank{r}.safetensors", steps, source, dims,
@@ -153,7 +153,7 @@ def _tokenizer_files(hf_dir: Path) -> list[Path]:
     return [hf_dir / n for n in TOKENIZER_FILES if (hf_dir / n).is_file()]
 
 
-def _source_files(ckpt: HFCheckpoint) -> list[Path]:
+def source_files(ckpt: HFCheckpoint) -> list[Path]:
     indexes = sorted(ckpt.path.glob("*.index.json"))
     return [ckpt.path / "config.json", *indexes, *ckpt.weight_files, *_tokenizer_files(ckpt.path)]
 

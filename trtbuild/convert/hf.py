@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from trtbuild.convert.safetensors_io import TensorEntry, read_index, read_tensor
-from trtbuild.errors import CheckpointError, ConfigError
+from trtbuild.common.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     import torch

@@ -7,10 +7,10 @@ The gate/up trap: TensorRT-LLM's GatedMLP computes `proj(act(fc(x)) * gate(x))`,
 from __future__ import annotations
 
 from trtbuild.convert.hf import hf_field
-from trtbuild.convert.layout import Dims, Mapping
+from trtbuild.common.layout import Dims, Mapping
 from trtbuild.convert.rules import Family, Rule
-from trtbuild.errors import ConfigError
-from trtbuild.convert.rope_scaling import check_scaling, scaling_kind
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.rope_scaling import check_scaling, scaling_kind
 
 L = "model.layers.{}."
 T = "transformer.layers.{}."

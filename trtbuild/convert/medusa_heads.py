@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trtbuild.convert.hf import SafetensorsSource, load_bin
-from trtbuild.errors import CheckpointError, ConfigError
-from trtbuild.medusa.choices import parse_choices, presets
+from trtbuild.common.errors import CheckpointError, ConfigError
+from trtbuild.common.medusa.choices import parse_choices, presets
 
 if TYPE_CHECKING:
     import torch

@@ -6,10 +6,10 @@ adds `qwen_type: "qwen2"`. The fused qkv bias is split per rank exactly like the
 
 from __future__ import annotations
 
-from trtbuild.convert.layout import Dims, Mapping
+from trtbuild.common.layout import Dims, Mapping
 from trtbuild.convert.llama import DROPPED, LLAMA_RULES, L, T, base_config, check_common, hf_dims
 from trtbuild.convert.rules import Family, Rule
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 QWEN2_RULES: tuple[Rule, ...] = LLAMA_RULES + (
     Rule(T + "attention.qkv.bias",

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from trtbuild.convert.hf import TensorSource
-from trtbuild.convert.layout import Dims, Mapping, pad_rows, pad_vocab_size, pp_layers, rank_layout, split, split_qkv
-from trtbuild.errors import ConversionError
+from trtbuild.common.layout import Dims, Mapping, pad_rows, pad_vocab_size, pp_layers, rank_layout, split, split_qkv
+from trtbuild.common.errors import ConversionError
 
 if TYPE_CHECKING:
     import torch

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from trtbuild.errors import CheckpointError
+from trtbuild.common.errors import CheckpointError
 
 if TYPE_CHECKING:
     import torch

@@ -11,8 +11,8 @@ import yaml
 
 from trtbuild.builder import LOCK, read_lock
 from trtbuild.builder.gpus import GPUS, Gpu
-from trtbuild.errors import ConfigError
-from trtbuild.fsutil import MARKER
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.fsutil import MARKER
 
 
 @dataclass(frozen=True)

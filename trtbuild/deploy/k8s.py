@@ -40,8 +40,8 @@ import yaml
 from trtbuild.builder.gpus import product_label
 from trtbuild.deploy import images
 from trtbuild.deploy.build import Build
-from trtbuild.errors import ConfigError
-from trtbuild.fsutil import MARKER, staging_dir
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.fsutil import MARKER, staging_dir
 
 MiB, GiB = 1 << 20, 1 << 30
 MOUNT = "/models/build"  # where the build is mounted in the pod

@@ -19,7 +19,7 @@ from pathlib import Path
 from trtbuild.builder.engine import dist_version
 from trtbuild.builder.gpus import MIN_DRIVER, NodeGpu, driver_tuple, product_label
 from trtbuild.deploy.build import Build
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 
 def check_node(build: Build, gpus: list[NodeGpu], installed: dict[str, str | None]) -> list[str]:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trtbuild.convert.layout import Dims, Mapping, merge_qkv, pp_layers, rank_layout
-from trtbuild.convert.rope_scaling import check_scaling
-from trtbuild.errors import CheckpointError, ConfigError
-from trtbuild.lookahead.spec import LookaheadSpec
+from trtbuild.common.layout import Dims, Mapping, merge_qkv, pp_layers, rank_layout
+from trtbuild.common.rope_scaling import check_scaling
+from trtbuild.common.errors import CheckpointError, ConfigError
+from trtbuild.common.lookahead.spec import LookaheadSpec
 
 if TYPE_CHECKING:
     import torch

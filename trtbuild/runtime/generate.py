@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trtbuild.convert.rope_scaling import max_sequence_length
-from trtbuild.errors import GenerationError
+from trtbuild.common.rope_scaling import max_sequence_length
+from trtbuild.common.errors import GenerationError
 from trtbuild.runtime.model import Model
 from trtbuild.runtime.sampling import SamplingParams, TokenPicker
 

@@ -31,9 +31,9 @@ from functools import lru_cache
 
 import torch
 
-from trtbuild.errors import GenerationError
-from trtbuild.lookahead.pool import NgramPool
-from trtbuild.lookahead.spec import LookaheadSpec
+from trtbuild.common.errors import GenerationError
+from trtbuild.common.lookahead.pool import NgramPool
+from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.runtime.generate import Request, Result, generate, validate
 from trtbuild.runtime.model import Model
 from trtbuild.runtime.sampling import sample

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from trtbuild.errors import GenerationError
-from trtbuild.medusa.choices import Choices
+from trtbuild.common.errors import GenerationError
+from trtbuild.common.medusa.choices import Choices
 from trtbuild.runtime.generate import Request, Result, validate
 from trtbuild.runtime.model import Model
 from trtbuild.runtime.sampling import sample

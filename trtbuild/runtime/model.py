@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trtbuild.convert.rope_scaling import scaling_kind
-from trtbuild.errors import ConfigError
+from trtbuild.common.rope_scaling import scaling_kind
+from trtbuild.common.errors import ConfigError
 from trtbuild.runtime.checkpoint import ModelConfig, Weights, load_weights, read_config
 from trtbuild.runtime.rope import cos_sin_table
 

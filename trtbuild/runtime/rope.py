@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from trtbuild.convert.rope_scaling import scaling_kind
-from trtbuild.errors import ConfigError
+from trtbuild.common.rope_scaling import scaling_kind
+from trtbuild.common.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trtbuild.errors import GenerationError
+from trtbuild.common.errors import GenerationError
 
 # Upstream sources of the rules below (TensorRT-LLM 1.2 era), cited in the comments as
 # NVIDIA/TensorRT-LLM@<commit>:<path>:<line>. Full commits:

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trtbuild.errors import GenerationError
-from trtbuild.lookahead.spec import LookaheadSpec
+from trtbuild.common.errors import GenerationError
+from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.runtime.generate import Request, Result, _stopped, validate
 from trtbuild.runtime.lookahead import StepLayout, _local_mask, _RowState, longest_chain
 from trtbuild.runtime.medusa import tree_buffers

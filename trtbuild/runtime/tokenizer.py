@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 
 def load_tokenizer(ckpt_dir: Path, required: bool = True):

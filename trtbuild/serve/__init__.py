@@ -31,8 +31,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from trtbuild.errors import ConfigError
-from trtbuild.fsutil import MARKER
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.fsutil import MARKER
 
 TRTLLM_SERVER = Path("/opt/tritonserver/bin/tritonserver")
 

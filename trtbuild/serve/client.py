@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from trtbuild.errors import TrtbuildError
+from trtbuild.common.errors import TrtbuildError
 
 
 class ServerError(TrtbuildError):

@@ -25,8 +25,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from trtbuild.errors import ConfigError
-from trtbuild.fsutil import MARKER, staging_dir
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.fsutil import MARKER, staging_dir
 from trtbuild.triton_repo import contract
 from trtbuild.triton_repo.templates import TEMPLATES
 
@@ -103,7 +103,7 @@ def tensorrt_llm_parameters(cfg: dict, spec: dict, engine_param: str) -> dict[st
         # without it the executor attends over max_seq_len (mis.cc:141-151): a Mistral engine must say it
         p["max_attention_window_size"] = str(int(window))
     if pre.get("architecture") == "MedusaForCausalLM":
-        from trtbuild.medusa.choices import parse_choices, to_brace
+        from trtbuild.common.medusa.choices import parse_choices, to_brace
 
         p["decoding_mode"] = "medusa"
         p["medusa_choices"] = to_brace(parse_choices([list(c) for c in pre["medusa_choices"]]).choices)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 SRC = "tensorrtllm_backend@c2e65b8:inflight_batcher_llm/src"
 

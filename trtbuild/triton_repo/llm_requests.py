@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trtbuild.lookahead.spec import LookaheadSpec
+from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.runtime.generate import Request
 from trtbuild.runtime.sampling import SamplingParams
 from trtbuild.triton_repo.python_models import RequestError, words_from_list

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from trtbuild.errors import TrtbuildError
+from trtbuild.common.errors import TrtbuildError
 from trtbuild.runtime import Model
 from trtbuild.runtime.scheduler import Scheduler
 from trtbuild.runtime.tokenizer import default_end_ids
@@ -33,8 +33,8 @@ def speculation(p: dict, model: Model, max_draft_len: int):
     """(medusa choices, lookahead spec, scheduler mode) from decoding_mode and its parameters, as the
     C++ backend resolves them: unset = what the engine was built for; medusa without a parseable
     medusa_choices = mc_sim_7b_63 (mis.cc@c2e65b8:596-608); lookahead = the three lookahead_* values."""
-    from trtbuild.lookahead.spec import LookaheadSpec
-    from trtbuild.medusa.choices import parse_choices, presets
+    from trtbuild.common.lookahead.spec import LookaheadSpec
+    from trtbuild.common.medusa.choices import parse_choices, presets
 
     mode = p["decoding_mode"]
     if mode is None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 FIELDS = ("max_window_size", "max_ngram_size", "max_verification_set_size")
 

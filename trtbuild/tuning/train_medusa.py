@@ -29,7 +29,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.corpus import corpus_prompts, split_files, stdlib_files
+from trtbuild.common.errors import ConfigError
 from trtbuild.runtime import Model, Request, generate
 from trtbuild.runtime.generate import hidden_states
 
@@ -56,41 +57,6 @@ class TrainConfig:
                 raise ConfigError(f"train-medusa: {name} must be >= 1")
         if self.seq_tokens <= self.prompt_tokens + self.heads + 1:
             raise ConfigError("train-medusa: seq_tokens must exceed prompt_tokens + heads + 1")
-
-
-def stdlib_files() -> list[Path]:
-    """The standard library's top-level .py files: local text that exists on every machine."""
-    return sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
-
-
-def split_files(files: list[Path], holdout: float = 0.2) -> tuple[list[Path], list[Path]]:
-    """Deterministic train/held-out split by file name (every 5th file is held out)."""
-    step = max(int(round(1 / holdout)), 2)
-    held = [f for i, f in enumerate(sorted(files)) if i % step == step - 1]
-    return [f for f in files if f not in held], held
-
-
-def corpus_prompts(files: list[Path], tok, n: int, length: int, seed: int, chat: bool = True) -> list[list[int]]:
-    """`n` prompts of `length` tokens cut at random places from `files`; half of them wrapped in the
-    model's chat template as a request about the text (an instruct model mostly sees chats)."""
-    rng = random.Random(seed)
-    texts = [f.read_text(errors="replace") for f in files]
-    texts = [t for t in texts if len(t) > 2000]
-    if not texts:
-        raise ConfigError("corpus is empty (need text files of at least 2000 characters)")
-    out = []
-    asks = ("Explain what this code does:", "Summarise this text:", "Continue this:", "What is the purpose of this?")
-    while len(out) < n:
-        text = rng.choice(texts)
-        start = rng.randrange(0, len(text) - 1500)
-        ids = tok(text[start:start + 1500], add_special_tokens=False)["input_ids"][:length]
-        if chat and tok.chat_template and len(out) % 2:
-            snippet = tok.decode(ids[: length // 2])
-            msgs = [{"role": "user", "content": f"{rng.choice(asks)}\n{snippet}"}]
-            ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
-            ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        out.append(list(ids))
-    return out
 
 
 def build_dataset(model: Model, tok, files: list[Path], cfg: TrainConfig,
@@ -254,7 +220,7 @@ def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Pat
     from safetensors.torch import load_file, save_file
 
     from trtbuild.convert import convert
-    from trtbuild.fsutil import MARKER, check_inputs, check_output_dir, marker_kind
+    from trtbuild.common.fsutil import MARKER, check_inputs, check_output_dir, marker_kind
     from trtbuild.runtime.tokenizer import load_tokenizer
 
     out_dir = Path(out_dir)

@@ -18,7 +18,12 @@ import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.lookahead.spec import LookaheadSpec
+from trtbuild.common.medusa.choices import MedusaSpec
+
+# How a build decodes: Medusa with a tree, lookahead with (W, N, G), or plain (None)
+DecodingSpec = MedusaSpec | LookaheadSpec | None
 
 BACKENDS = ("torch", "tensorrt-llm")
 QUANTIZATIONS = ("none", "fp8")
@@ -206,6 +211,6 @@ class ResolvedSpec:
 
     @property
     def lookahead_spec(self):
-        from trtbuild.lookahead.spec import parse_lookahead
+        from trtbuild.common.lookahead.spec import parse_lookahead
 
         return parse_lookahead(self.lookahead) if self.lookahead else None

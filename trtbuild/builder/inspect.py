@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from trtbuild.convert.safetensors_io import sha256_file
-from trtbuild.errors import ConfigError
-from trtbuild.fsutil import MARKER
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.fsutil import MARKER
 
 
 def _json(path: Path) -> dict:

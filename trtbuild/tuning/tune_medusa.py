@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from trtbuild.errors import ConfigError
-from trtbuild.medusa.choices import Choices
+from trtbuild.common.errors import ConfigError
+from trtbuild.common.medusa.choices import Choices
 from trtbuild.runtime import Model, Request, generate
 from trtbuild.runtime.generate import hidden_states
 from trtbuild.runtime.medusa import medusa_generate

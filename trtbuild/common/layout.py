@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trtbuild.lookahead.spec import LookaheadSpec
+from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.runtime import Model, Request, generate
 from trtbuild.runtime.lookahead import lookahead_generate
 

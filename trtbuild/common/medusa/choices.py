@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 Path_ = tuple[int, ...]
 Choices = tuple[Path_, ...]
@@ -37,7 +37,7 @@ TOP_K_MAX = 1024
 @cache
 def presets() -> dict[str, Choices]:
     """The FasterDecoding/Medusa presets (medusa/model/medusa_choices.py), as data."""
-    raw = json.loads(resources.files("trtbuild.medusa").joinpath("presets.json").read_text())
+    raw = json.loads(resources.files("trtbuild.common.medusa").joinpath("presets.json").read_text())
     return {name: tuple(tuple(p) for p in paths) for name, paths in raw.items() if not name.startswith("_")}
 
 
@@ -110,3 +110,19 @@ def to_brace(choices: Choices) -> str:
 def to_json(choices: Choices) -> str:
     """The JSON list form: `[[0], [0, 0], [1]]`."""
     return json.dumps([list(p) for p in choices])
+
+
+@dataclass(frozen=True)
+class MedusaSpec:
+    """Medusa decoding with one tree: canonical choices (`parse_choices(...).choices`); written as
+    the brace form (`str`) only where a file or command line needs text."""
+
+    choices: Choices
+
+    def __str__(self) -> str:
+        return to_brace(self.choices)
+
+    @property
+    def nodes(self) -> int:
+        """Tree nodes verified per step, the root included (TensorRT-LLM: max_draft_len + 1 at most)."""
+        return len(self.choices) + 1

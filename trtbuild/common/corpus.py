@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import random
 import re
+import sysconfig
 from pathlib import Path
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 
 def read_prompts(path, tok, chat: bool) -> list[list[int]]:
@@ -59,4 +60,39 @@ def code_prompts(files: list[Path], tok, n: int, context_tokens: int, seed: int)
         cut = end + 1 if nl < 0 else nl + 1  # the def line and the next one
         ids = tok(text[max(0, cut - 8 * context_tokens):cut], add_special_tokens=False)["input_ids"]
         out.append(list(ids[-context_tokens:]))
+    return out
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's top-level .py files: local text that exists on every machine."""
+    return sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+
+
+def split_files(files: list[Path], holdout: float = 0.2) -> tuple[list[Path], list[Path]]:
+    """Deterministic train/held-out split by file name (every 5th file is held out)."""
+    step = max(int(round(1 / holdout)), 2)
+    held = [f for i, f in enumerate(sorted(files)) if i % step == step - 1]
+    return [f for f in files if f not in held], held
+
+
+def corpus_prompts(files: list[Path], tok, n: int, length: int, seed: int, chat: bool = True) -> list[list[int]]:
+    """`n` prompts of `length` tokens cut at random places from `files`; half of them wrapped in the
+    model's chat template as a request about the text (an instruct model mostly sees chats)."""
+    rng = random.Random(seed)
+    texts = [f.read_text(errors="replace") for f in files]
+    texts = [t for t in texts if len(t) > 2000]
+    if not texts:
+        raise ConfigError("corpus is empty (need text files of at least 2000 characters)")
+    out = []
+    asks = ("Explain what this code does:", "Summarise this text:", "Continue this:", "What is the purpose of this?")
+    while len(out) < n:
+        text = rng.choice(texts)
+        start = rng.randrange(0, len(text) - 1500)
+        ids = tok(text[start:start + 1500], add_special_tokens=False)["input_ids"][:length]
+        if chat and tok.chat_template and len(out) % 2:
+            snippet = tok.decode(ids[: length // 2])
+            msgs = [{"role": "user", "content": f"{rng.choice(asks)}\n{snippet}"}]
+            ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+            ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        out.append(list(ids))
     return out

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from trtbuild.errors import ConfigError
+from trtbuild.common.errors import ConfigError
 
 MARKER = "trtbuild.json"  # every directory trtbuild writes carries this manifest, with its "kind"
 

@@ -1,1 +1,0 @@
-"""Lookahead decoding: the (W, N, G) spec, the n-gram pool, and tuning on this machine."""
