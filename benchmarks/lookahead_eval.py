@@ -36,7 +36,7 @@ def main() -> None:
     from trtbuild.common.corpus import stdlib_files
     from trtbuild.common.corpus import code_prompts
     from trtbuild.runtime import Model, Request, generate
-    from trtbuild.runtime.lookahead import lookahead_generate
+    from trtbuild.runtime import lookahead_generate
     from trtbuild.runtime.tokenizer import load_tokenizer
 
     ckpt = convert(a.hf, a.work / "ckpt", dtype="float32", force=True)

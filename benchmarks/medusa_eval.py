@@ -39,7 +39,7 @@ def main() -> None:
     from trtbuild.common.corpus import corpus_prompts, split_files, stdlib_files
     from trtbuild.tuning.tune_medusa import measure, tune
     from trtbuild.runtime import Model, Request, generate
-    from trtbuild.runtime.medusa import medusa_generate
+    from trtbuild.runtime import medusa_generate
     from trtbuild.runtime.tokenizer import load_tokenizer
 
     ckpt = convert(a.hf, a.work / "ckpt", dtype="float32", medusa=a.heads, force=True)

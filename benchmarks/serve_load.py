@@ -29,7 +29,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from trtbuild.common.corpus import stdlib_files
-    from trtbuild.runtime import Model, Request
+    from trtbuild.runtime import Request
     from trtbuild.runtime.scheduler import Scheduler, schedule_all
     from trtbuild.runtime.tokenizer import load_tokenizer
     from trtbuild.serve import TritonServer, free_port
@@ -69,10 +69,7 @@ def main() -> None:
             v["vs_concurrency_1"] = round(v["output_tokens_per_s"] / base, 3)
         report["load"] = load
 
-        model = Model.load(engine)
-        build = json.loads((engine / "config.json").read_text())["build_config"]
-        sched = Scheduler(model, build["max_batch_size"], build["max_seq_len"] - build["max_draft_len"],
-                          build["max_num_tokens"])
+        sched = Scheduler.from_engine(engine)
         prompt = prompts[1]
         ids = tuple(tok(prompt)["input_ids"])
         served, local = [], []

@@ -17,8 +17,9 @@ from trtbuild.common.errors import ConfigError
 from trtbuild.common.lookahead.pool import NgramPool
 from trtbuild.common.lookahead.spec import LookaheadSpec, parse_engine_lookahead, parse_lookahead
 from trtbuild.runtime import Model, Request, SamplingParams, generate
-from trtbuild.runtime.lookahead import _local_mask, longest_chain, lookahead_generate, step_layout
-from trtbuild.runtime.speculative import draft_attention_mask
+from trtbuild.common.lookahead.layout import step_layout
+from trtbuild.runtime import lookahead_generate
+from trtbuild.runtime.decoding import draft_attention_mask, longest_chain
 
 # --- spec ----------------------------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ def test_step_layout_by_hand():
     assert lay.window == ((0, 1, 2), (3, 4, 5))
     assert lay.visible == ((0,), (0, 1), (0, 1, 2), (0, 3), (0, 1, 4), (0, 1, 2, 5), (0, 6), (0, 6, 7))
     assert lay.chains == ((3,), (6, 7))
-    m = _local_mask(lay)
+    m = lay.mask
     assert m.shape == (8, 8) and m.sum().item() == sum(len(v) for v in lay.visible)
     assert m[5].nonzero().flatten().tolist() == [0, 1, 2, 5]
     # every node sees as many step tokens as its depth + 1: positions are consistent
@@ -149,7 +150,7 @@ def test_full_step_is_max_draft_len_plus_one(wng):
 
 def test_draft_attention_mask_by_hand():
     lay = step_layout(2, 1, 1, 1)  # 0 root, 1 level-0 col 1, 2 candidate
-    local = _local_mask(lay)[None]
+    local = lay.mask[None]
     m = draft_attention_mask(local, torch.tensor([lay.depths]), torch.tensor([2]), span=5)[0, 0].int().tolist()
     assert m == [[1, 1, 1, 0, 0],
                  [1, 1, 1, 1, 0],

@@ -18,7 +18,9 @@ from trtbuild.convert import convert
 from trtbuild.common.errors import ConfigError
 from trtbuild.common.medusa.choices import parse_choices, presets, to_brace, to_json
 from trtbuild.runtime import Model, Request, SamplingParams, generate
-from trtbuild.runtime.medusa import TypicalAcceptance, medusa_generate, tree_attention_mask, tree_buffers
+from trtbuild.common.medusa.tree import tree_buffers
+from trtbuild.runtime import medusa_generate
+from trtbuild.runtime.decoding import TypicalAcceptance, draft_attention_mask
 
 H, V = 64, 101
 
@@ -81,7 +83,7 @@ def test_tree_buffers_four_nodes():
                                      [1, 1, 0, 0],
                                      [1, 0, 1, 0],
                                      [1, 1, 0, 1]]
-    assert t.retrieve.tolist() == [[0, 2, -1], [0, 1, 3]]
+    assert t.chains == ((2,), (1, 3))
     assert t.head.tolist() == [0, 0, 1] and t.rank.tolist() == [0, 1, 0] and t.top_k == 2
 
 
@@ -94,13 +96,15 @@ def test_tree_buffers_five_nodes_chain_and_branch():
                                      [1, 1, 1, 0, 0],
                                      [1, 1, 0, 1, 0],
                                      [1, 1, 1, 0, 1]]
-    assert t.retrieve.tolist() == [[0, 1, 3, -1], [0, 1, 2, 4]]
+    assert t.chains == ((1, 3), (1, 2, 4))
     assert t.head.tolist() == [0, 1, 1, 2] and t.rank.tolist() == [0, 0, 1, 0]
 
 
 def test_tree_attention_mask_per_row_context():
     t = tree_buffers(((0,), (1,)))  # 3 nodes
-    m = tree_attention_mask(t, torch.tensor([2, 4]), span=7)[:, 0].int().tolist()
+    local = t.mask[None].expand(2, 3, 3)
+    depths = torch.tensor(t.depths)[None].expand(2, 3)
+    m = draft_attention_mask(local, depths, torch.tensor([2, 4]), span=7)[:, 0].int().tolist()
     assert m[0] == [[1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 1, 0, 0]]
     assert m[1] == [[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 1]]
 

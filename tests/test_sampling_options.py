@@ -17,8 +17,8 @@ from trtbuild.common.errors import GenerationError
 from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.runtime import Model, Request, SamplingParams, generate
 from trtbuild.runtime.generate import hidden_states
-from trtbuild.runtime.lookahead import lookahead_generate
-from trtbuild.runtime.medusa import medusa_generate
+from trtbuild.runtime import lookahead_generate
+from trtbuild.runtime import medusa_generate
 from trtbuild.runtime.scheduler import Scheduler
 
 PROMPTS = [(5, 6, 7, 8, 5, 6, 7, 8, 5, 6), (3, 9, 27, 81), tuple(range(10, 30)), (11, 12, 13, 11, 12)]
@@ -223,7 +223,7 @@ def test_scheduler_mixed_batch_equals_plain_decoding(ckpts, kind):
             if result is not None:
                 ends[i] = (result, info)
         ids.append(sched.reserve_id())
-        sched.submit(r, cb, mode=mode, job_id=ids[i])
+        sched.submit(r, cb, "engine" if mode is None else None, job_id=ids[i])
     sched.run_until_idle()
     for i, (r, mode) in enumerate(jobs):
         got, info = ends[i]
@@ -247,8 +247,8 @@ def test_job_info_perf_metrics_and_kv_blocks(ckpts):
     infos: dict[int, list] = {0: [], 1: []}
     ids = [sched.reserve_id(), sched.reserve_id()]
     for k, (r, mode) in enumerate([(Request(PROMPTS[2], 40), None), (Request(PROMPTS[1], 5), "plain")]):
-        sched.submit(r, lambda t, res, k=k: infos[k].append((sched.job_info(ids[k]), res)), mode=mode,
-                     job_id=ids[k])
+        sched.submit(r, lambda t, res, k=k: infos[k].append((sched.job_info(ids[k]), res)),
+                     "engine" if mode is None else None, job_id=ids[k])
     waiting = sched.job_info(ids[1])
     assert waiting.arrival_time_ns > 0 and waiting.first_scheduled_time_ns == waiting.first_token_time_ns == 0
     assert waiting.kv_cache_alloc_new_blocks == 0 and sched.progress(ids[1]) == (0, 0, 0)
@@ -297,7 +297,7 @@ def test_invalid_penalties(kw, msg):
     SamplingParams(presence_penalty=-2.0, frequency_penalty=-1.0, repetition_penalty=0.5)  # any finite value
 
 
-def test_invalid_request_options_and_plain_only_decoders(ckpts, model):
+def test_invalid_request_options_and_rules_in_every_decoder(ckpts, model):
     for bad in (-1, 1.5, True):
         with pytest.raises(GenerationError, match="min_tokens must be an integer >= 0"):
             generate(model, [Request(PROMPTS[0], 4, min_tokens=bad)])
@@ -308,15 +308,15 @@ def test_invalid_request_options_and_plain_only_decoders(ckpts, model):
                                                                    lambda t, r: None)
     la, md = Model.load(ckpts["lookahead"]), Model.load(ckpts["medusa"])
     from trtbuild.common.medusa.choices import parse_choices
-    for req in (Request(PROMPTS[0], 4, SamplingParams(presence_penalty=1.0)), Request(PROMPTS[0], 4, min_tokens=2),
-                Request(PROMPTS[0], 4, return_log_probs=True)):
-        with pytest.raises(GenerationError, match="need plain decoding"):
-            lookahead_generate(la, [req], LookaheadSpec(4, 3, 4))
-        with pytest.raises(GenerationError, match="need plain decoding"):
-            medusa_generate(md, [req], parse_choices(CHOICES).choices)
-    # the defaults are no option at all: Medusa / lookahead generation still takes them
-    assert medusa_generate(md, [Request(PROMPTS[0], 4)], parse_choices(CHOICES).choices)[0].output_ids == \
-        generate(md, [Request(PROMPTS[0], 4)])[0].output_ids
+    # offline Medusa / lookahead decode through the scheduler's core, so they apply the same rules as plain
+    for req in (Request(PROMPTS[0], 6, SamplingParams(presence_penalty=1.0)), Request(PROMPTS[0], 6, min_tokens=2),
+                Request(PROMPTS[0], 6, return_log_probs=True)):
+        want = generate(la, [req])[0]
+        got = lookahead_generate(la, [req], LookaheadSpec(4, 3, 4))[0]
+        assert got.output_ids == want.output_ids and got.cum_log_prob == pytest.approx(want.cum_log_prob, abs=1e-4) \
+            if want.cum_log_prob is not None else got.output_ids == want.output_ids
+        assert medusa_generate(md, [req], parse_choices(CHOICES).choices)[0].output_ids == \
+            generate(md, [req])[0].output_ids
 
 
 # --- bad words and embedding bias ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from conftest import speculative_checkpoints
 from trtbuild.common.errors import GenerationError
 from trtbuild.common.lookahead.spec import LookaheadSpec
+from trtbuild.common.medusa.choices import MedusaSpec
 from trtbuild.runtime import Model, Request, SamplingParams, generate
 from trtbuild.runtime.scheduler import Scheduler, schedule_all
 
@@ -51,18 +52,18 @@ def test_requests_join_a_running_batch_and_mix_modes(ckpts):
         return f
 
     sched.submit(Request(PROMPTS[0], 30), cb(0))  # the engine's lookahead
-    sched.submit(Request(PROMPTS[1], 30), cb(1), mode="plain")
+    sched.submit(Request(PROMPTS[1], 30), cb(1), decoding=None)
     for _ in range(4):
         sched.step()
     assert 0 < len(streams[0]) < 30 and sched.stats.active == 2
-    sched.submit(Request(PROMPTS[2], 30), cb(2), mode="lookahead", lookahead=LookaheadSpec(2, 2, 1))
+    sched.submit(Request(PROMPTS[2], 30), cb(2), decoding=LookaheadSpec(2, 2, 1))
     sched.submit(Request(PROMPTS[3], 30), cb(3))
     sched.run_until_idle()
     assert sched.stats.joined_running_batch == 2
     for i in range(4):
         assert tuple(streams[i]) == want[i] == ends[i].output_ids
     with pytest.raises(Exception, match="exceeds the engine's"):
-        sched.submit(Request(PROMPTS[0], 4), cb(0), mode="lookahead", lookahead=LookaheadSpec(4, 4, 4))
+        sched.submit(Request(PROMPTS[0], 4), cb(0), decoding=LookaheadSpec(4, 4, 4))
 
 
 def test_cancel_frees_the_row_and_stops_output(ckpts):
@@ -95,7 +96,7 @@ def test_stops_sampling_and_validation(ckpts):
     with pytest.raises(GenerationError, match="empty prompt"):
         sched.submit(Request((), 4), lambda t, r: None)
     with pytest.raises(GenerationError, match="no Medusa heads"):
-        sched.submit(Request(PROMPTS[0], 4), lambda t, r: None, mode="medusa")
+        sched.submit(Request(PROMPTS[0], 4), lambda t, r: None, decoding=MedusaSpec(((0,),)))
 
 
 def test_serve_forever_thread(ckpts):

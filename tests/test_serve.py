@@ -213,3 +213,63 @@ def test_pod_command_chain_on_a_mounted_build(builds, tmp_path):
     with TritonServer(repo, host, free_port(host), free_port(host), free_port(host),
                       log_file=tmp_path / "triton.log") as s:
         assert "".join(c["text_output"] for c in stream_grpc(s.grpc_url, PROMPTS[0], 16)) == want
+
+
+def _llm_stream(url: str, ids: list[int], n: int, seed: int, parameters: dict | None = None) -> list[int]:
+    """tensorrt_llm over gRPC, sampled (temperature 0.8, no top-k / top-p), with Triton request parameters."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    arrays = {"input_ids": np.array([ids], dtype=np.int32), "input_lengths": np.array([[len(ids)]], dtype=np.int32),
+              "request_output_len": np.array([[n]], dtype=np.int32), "temperature": np.array([[0.8]], dtype=np.float32),
+              "runtime_top_p": np.array([[1.0]], dtype=np.float32), "seed": np.array([[seed]], dtype=np.uint64),
+              "exclude_input_in_output": np.array([[True]], dtype=bool)}
+    inputs = []
+    for k, v in arrays.items():
+        t = grpcclient.InferInput(k, v.shape, np_to_triton_dtype(v.dtype))
+        t.set_data_from_numpy(v)
+        inputs.append(t)
+    got: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url=url)
+    client.start_stream(callback=lambda result, error: got.put(error or result))
+    client.async_stream_infer("tensorrt_llm", inputs, parameters=parameters)
+    client.stop_stream()
+    r = got.get()
+    if isinstance(r, Exception):
+        raise r
+    length = int(r.as_numpy("sequence_length").reshape(-1)[0])
+    return r.as_numpy("output_ids").reshape(-1)[:length].tolist()
+
+
+@pytest.mark.parametrize("kind", ["medusa", "lookahead"])
+def test_seeded_sampling_through_triton_equals_generate(builds, tmp_path, kind):
+    """Issue 15: the same seeded sampled request gives the same tokens from `generate` (offline decoding)
+    and from the server, with the default (lossless) rule and with typical acceptance, asked per request
+    through Triton's request parameters; bad parameters are refused with one line."""
+    from trtbuild.runtime import Model, Request, SamplingParams, decode
+    from trtbuild.runtime.decoding import TypicalAcceptance
+    from trtbuild.runtime.tokenizer import default_end_ids
+
+    engine = builds[kind] / "engine"
+    model = Model.load(engine)
+    tok = load_tokenizer(engine)
+    prompts = [tok(p)["input_ids"] for p in PROMPTS[:2]]
+    rules = {"lossless": (None, None), "typical": (TypicalAcceptance(0.2, 0.3),
+                                                   {"typical_acceptance": True, "posterior_threshold": 0.2})}
+    want = {(name, i): decode(model, [Request(tuple(ids), 16, SamplingParams(temperature=0.8, seed=11 + i),
+                                              default_end_ids(engine))], "engine", rule)[0].output_ids
+            for name, (rule, _) in rules.items() for i, ids in enumerate(prompts)}
+    with _server(builds[kind], tmp_path) as s:
+        for (name, i), ids in want.items():
+            got = _llm_stream(s.grpc_url, prompts[i], 16, 11 + i, rules[name][1])
+            ends = set(default_end_ids(engine))
+            assert [t for t in got if t not in ends] == list(ids), (kind, name, i)
+        from tritonclient.utils import InferenceServerException
+
+        with pytest.raises(InferenceServerException, match="typical_acceptance must be true or false"):
+            _llm_stream(s.grpc_url, prompts[0], 4, 1, {"typical_acceptance": "yes"})
+        with pytest.raises(InferenceServerException, match="send typical_acceptance=true with it"):
+            _llm_stream(s.grpc_url, prompts[0], 4, 1, {"posterior_alpha": 0.5})
+        assert _llm_stream(s.grpc_url, prompts[0], 4, 1) != []  # and the server is still serving

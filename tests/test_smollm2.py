@@ -73,7 +73,7 @@ def test_medusa_heads_from_train_medusa_are_lossless_on_smollm2(demo_hf, tmp_pat
     from trtbuild.cli import cli
     from trtbuild.convert import convert
     from trtbuild.common.medusa.choices import parse_choices
-    from trtbuild.runtime.medusa import medusa_generate
+    from trtbuild.runtime import medusa_generate
     from trtbuild.runtime.tokenizer import load_tokenizer
 
     heads = tmp_path / "heads"
@@ -104,7 +104,7 @@ def test_lookahead_is_lossless_on_smollm2_code(demo_ckpt, tmp_path):
     from trtbuild.common.lookahead.spec import LookaheadSpec
     from trtbuild.common.corpus import stdlib_files
     from trtbuild.common.corpus import code_prompts
-    from trtbuild.runtime.lookahead import lookahead_generate
+    from trtbuild.runtime import lookahead_generate
     from trtbuild.runtime.tokenizer import load_tokenizer
 
     model = Model.load(demo_ckpt, dtype="float32", device="cpu")

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from conftest import engine_dir, make_hf_model
-from trtbuild.cli import build as build_command, cli
+from trtbuild.cli import cli
+from trtbuild.cli.build import build as build_command
 from trtbuild.common.errors import ConfigError, GenerationError
 from trtbuild.common.medusa.choices import TOP_K_MAX, parse_choices
 from trtbuild.common.spec import BuildSpec
@@ -180,7 +181,7 @@ def test_generate_runs_up_to_the_engine_limit(engines, inputs):
 
 def test_engine_limits_are_read_from_build_config(engines):
     from trtbuild.runtime import Model, Request
-    from trtbuild.runtime.lookahead import lookahead_generate
+    from trtbuild.runtime import lookahead_generate
 
     model = Model.load(engines["lookahead"])
     assert (model.cfg.max_input_len, model.cfg.max_seq_len) == (200, 256)  # max_seq_len less max_draft_len
@@ -221,7 +222,7 @@ def test_medusa_choices_beyond_the_top_k_are_refused_by_build_convert_generate(t
 
 def test_medusa_generate_refuses_a_tree_wider_than_the_vocabulary(inputs):
     from trtbuild.runtime import Model, Request
-    from trtbuild.runtime.medusa import medusa_generate
+    from trtbuild.runtime import medusa_generate
 
     model = Model.load(inputs["medusa"])
     with pytest.raises(GenerationError, match="vocabulary has 101 tokens"):

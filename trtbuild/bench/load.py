@@ -228,42 +228,17 @@ def inprocess_sender(engine_dir: Path) -> tuple[Callable[[Prompt, RequestRecord]
     The engine loads in the scheduler's own thread; a load error is raised here, and a request
     whose scheduler thread has died fails instead of waiting forever. Requests are refused as the
     server's preprocessing refuses them (prompt longer than max_input_len)."""
-    from trtbuild.runtime import Model, Request
-    from trtbuild.runtime.scheduler import Scheduler
+    from trtbuild.common.engine_config import EngineConfig
+    from trtbuild.runtime import Request
+    from trtbuild.runtime.scheduler import serve_engine
     from trtbuild.runtime.tokenizer import default_end_ids
     from trtbuild.triton_repo.python_models import Detokenizer
 
     engine_dir = Path(engine_dir)
+    max_input_len = EngineConfig.read(engine_dir).max_input_len
     tok = bench_tokenizer(engine_dir, "--in-process")
     ends = default_end_ids(engine_dir, tok)
-    box: dict = {}
-    booted = threading.Event()
-
-    def boot() -> None:  # load and loop in one thread (see Scheduler.run_forever)
-        try:
-            model = Model.load(engine_dir)
-            build = _build_config(engine_dir)
-            box["max_input_len"] = int(build.get("max_input_len") or build["max_seq_len"])
-            box["s"] = Scheduler(model, int(build["max_batch_size"]),
-                                 int(build["max_seq_len"]) - int(build.get("max_draft_len") or 0),
-                                 int(build["max_num_tokens"]))
-        except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
-            box["error"] = e
-            return
-        finally:
-            booted.set()
-        try:
-            box["s"].run_forever()
-        except BaseException as e:  # noqa: BLE001 (reported by every request still waiting)
-            box["error"] = e
-
-    thread = threading.Thread(target=boot, daemon=True)
-    thread.start()
-    booted.wait()
-    if "error" in box:
-        thread.join()
-        raise box["error"]
-    sched, max_input_len = box["s"], box["max_input_len"]
+    sched, thread = serve_engine(engine_dir)  # the engine loads in the loop's thread; load errors raise here
 
     def stop() -> None:
         sched.shutdown()
@@ -289,17 +264,6 @@ def inprocess_sender(engine_dir: Path) -> tuple[Callable[[Prompt, RequestRecord]
         sched.submit(Request(ids, p.max_tokens, end_ids=ends), on_tokens, job_id=jid)
         while not done.wait(0.5):
             if not thread.is_alive():
-                raise GenerationError(f"the scheduler stopped: {box.get('error') or 'shut down'}")
+                raise GenerationError(f"the scheduler stopped: {sched.error or 'shut down'}")
 
     return send, stop
-
-
-def _build_config(engine_dir: Path) -> dict:
-    path = Path(engine_dir) / "config.json"
-    try:
-        build = json.loads(path.read_text())["build_config"]
-        for key in ("max_batch_size", "max_seq_len", "max_num_tokens"):
-            int(build[key])
-        return build
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: not an engine config ({type(e).__name__}: {e})") from None

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from trtbuild.common.layout import Dims, Mapping, merge_qkv, pp_layers, rank_layout
 from trtbuild.common.rope_scaling import check_scaling
+from trtbuild.common.engine_config import EngineConfig
 from trtbuild.common.errors import CheckpointError, ConfigError
 from trtbuild.common.lookahead.spec import LookaheadSpec
 
@@ -130,16 +131,12 @@ def read_config(ckpt_dir: Path) -> ModelConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from None
     if isinstance(cfg, dict) and isinstance(cfg.get("pretrained_config"), dict):
-        build = cfg.get("build_config")
         config = ModelConfig.from_dict(cfg["pretrained_config"])
-        if not isinstance(build, dict):
+        if not isinstance(cfg.get("build_config"), dict):
             return config
-        try:  # the server's limits (triton_repo.parameters, the scheduler): max_seq_len counts the drafts
-            draft = int(build.get("max_draft_len") or 0)
-            return replace(config, max_input_len=int(build["max_input_len"]),
-                           max_seq_len=int(build["max_seq_len"]) - draft)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"{path}: build_config is missing or has a bad field: {e}") from None
+        # the server's limits (triton_repo.parameters, the scheduler): max_seq_len counts the drafts
+        engine = EngineConfig.from_dict(cfg, where=str(path))
+        return replace(config, max_input_len=engine.max_input_len, max_seq_len=engine.usable_seq_len)
     return ModelConfig.from_dict(cfg)
 
 

@@ -9,13 +9,15 @@ word (included, as TensorRT-LLM does). The engine knows nothing about text: toke
 Per-request rules of TensorRT-LLM's executor (`trtbuild.runtime.sampling.TokenPicker`): repetition /
 presence / frequency penalties (`SamplingParams`), `min_tokens` (end ids masked until that many
 tokens were generated) and `return_log_probs` (`Result.cum_log_prob`, `Result.output_log_probs`).
-`generate()` and the scheduler (every mode) honour them; `validate` refuses them for any other
-caller (Medusa / lookahead `*_generate`), which would otherwise ignore them.
+`generate()` and the decoding core (`decoding`, every mode, offline and in the scheduler) honour them.
+This left-padded batch is kept on purpose as the independent reference: the equality tests and the
+build's self-check compare every speculative decoder against it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -23,6 +25,10 @@ from trtbuild.common.rope_scaling import max_sequence_length
 from trtbuild.common.errors import GenerationError
 from trtbuild.runtime.model import Model
 from trtbuild.runtime.sampling import SamplingParams, TokenPicker
+
+# why a request ended: an end id, a stop word, max_new_tokens reached, or cancelled by its client
+# (the scheduler only; a cancelled request has no Result delivered)
+FinishReason = Literal["length", "end_id", "stop_word", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class Request:
 @dataclass(frozen=True)
 class Result:
     output_ids: tuple[int, ...]  # new tokens only
-    finish_reason: str  # "length" | "end_id" | "stop_word"
+    finish_reason: FinishReason
     num_steps: int  # target forward passes in the decode phase (the prefill is not counted)
     accepted_draft_tokens: int = 0  # speculative decoding: draft tokens the target model confirmed
     # return_log_probs only (else None): the sum of the chosen tokens' log probs, an end id the request
@@ -88,10 +94,8 @@ class Result:
         return (len(self.output_ids) + (self.finish_reason == "end_id")) / (self.num_steps + 1)
 
 
-def validate(model: Model, requests: list[Request], per_token_rules: bool = False) -> None:
-    """Refuse what the model cannot run. per_token_rules: the caller applies TokenPicker's rules;
-    without it, a request asking for penalties, min_tokens or log probs is refused (they need plain
-    decoding here, or the scheduler, which applies them to Medusa and lookahead rows too)."""
+def validate(model: Model, requests: list[Request]) -> None:
+    """Refuse what the model cannot run (one line naming the request and the problem)."""
     if not requests:
         raise GenerationError("no requests to generate")
     vocab = model.cfg.dims.vocab_size
@@ -127,13 +131,6 @@ def validate(model: Model, requests: list[Request], per_token_rules: bool = Fals
         if r.embedding_bias is not None and len(r.embedding_bias) != vocab:
             raise GenerationError(f"request {i}: embedding_bias has {len(r.embedding_bias)} entries, the "
                                   f"vocabulary {vocab}")
-        if r.per_token_rules and not per_token_rules:
-            asked = [n for n, on in (("repetition/presence/frequency penalties", r.sampling.penalised),
-                                     ("min_tokens", r.min_tokens > 0),
-                                     ("return_log_probs", r.return_log_probs), ("bad_words", bool(r.bad_words)),
-                                     ("embedding_bias", r.embedding_bias is not None)) if on]
-            raise GenerationError(f"request {i}: {', '.join(asked)} need plain decoding (generate()) or the "
-                                  "scheduler; this Medusa/lookahead generation does not apply them")
 
 
 def attention_mask(q_lo: int, q_hi: int, pads: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -150,7 +147,8 @@ def attention_mask(q_lo: int, q_hi: int, pads: torch.Tensor, window: int | None)
     return (m | (k == q)).unsqueeze(1)
 
 
-def _stopped(out: list[int], r: Request) -> str | None:
+def stop_reason(out: list[int], r: Request) -> FinishReason | None:
+    """Why a request stops after the tokens `out` (its last one just emitted), or None."""
     tok = out[-1]
     if tok in r.end_ids:
         return "end_id"
@@ -166,7 +164,7 @@ def generate(model: Model, requests: list[Request], normalize_log_probs: bool = 
     """Run every request to completion in one left-padded batch; results in request order.
 
     normalize_log_probs: TensorRT-LLM's engine-wide option (sampling.TokenPicker); off by default."""
-    validate(model, requests, per_token_rules=True)
+    validate(model, requests)
     dev = model.device
     B = len(requests)
     lens = torch.tensor([len(r.prompt) for r in requests], device=dev)
@@ -201,7 +199,7 @@ def generate(model: Model, requests: list[Request], normalize_log_probs: bool = 
         for b in range(B):
             if done[b] is None:
                 outs[b].append(int(nxt[b]))
-                done[b] = _stopped(outs[b], requests[b])
+                done[b] = stop_reason(outs[b], requests[b])
         if all(done):
             break
         for b in range(B):

@@ -258,9 +258,20 @@ class TokenPicker:
             else:
                 probs = _truncate(x - x.max(), p).softmax(-1)
                 tok = int(torch.multinomial(probs, 1, generator=self.generator)[0])
+        self._record(tok, logits, x)
+        return tok
+
+    def observe(self, tok: int, logits: torch.Tensor) -> None:
+        """Count `tok` as the next generated token without choosing it (a draft token accepted by
+        typical acceptance): log prob, penalty counts and bad-word state as `pick` would record them."""
+        self._record(tok, logits, None)
+
+    def _record(self, tok: int, logits: torch.Tensor, x: torch.Tensor | None) -> None:
+        """Book `tok` as generated; x: the adjusted logits it was chosen from (None: not computed yet)."""
+        p = self.params
         if self.log_probs is not None:
             if x is None:
-                x = adjust_logits(logits, p, None, ())
+                x = adjust_logits(logits, p, self.counts, self._masked(), self.bias, self._banned())
             lsm = x.log_softmax(-1)
             # with log probs asked, the values are already the softmax over the vocabulary of the
             # penalised logits:
@@ -284,7 +295,6 @@ class TokenPicker:
         if self.seq is not None:
             self.seq.append(tok)
         self.generated += 1
-        return tok
 
     def report(self, emitted: int, kept: int) -> tuple[float | None, tuple[float, ...] | None]:
         """(cum log prob, per-token log probs) for a request that emitted `emitted` tokens of which the

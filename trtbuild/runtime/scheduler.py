@@ -1,30 +1,28 @@
-"""In-flight (continuous) batching for the reference runtime.
+"""In-flight (continuous) batching for the reference runtime, and offline decoding through it.
 
 A fixed KV cache of `max_batch_size` rows; each running request owns one row (slot == position),
 and the running requests always hold rows 0..n-1 (a finished request's row is refilled by moving
 the last row's KV into it), so a step computes exactly the n running rows. Every `step()`:
 1. admission (guaranteed no evict): waiting requests take free rows, in arrival order, while the
    step's token budget (`max_num_tokens`) allows; a row holds prompt + max_new_tokens + one step's
-   drafts, so every admitted request can finish. Each is prefilled alone into its row (a view of
-   the cache) and emits its first token at once;
-2. one forward pass over the running rows: per request its step tokens (plain: the last token;
-   Medusa: the tree; lookahead: window + n-grams), padded to the longest row, each row with its own
-   lengths, positions and mask;
-3. verification per row (the model's own choice at each node, along the first matching draft
-   chain), accepted KV entries kept, tokens delivered through the request's callback; finished and
-   cancelled requests leave at once and free their rows.
-Plain, Medusa and lookahead requests of one engine share the batch. Greedy output equals plain
-greedy decoding token for token; sampled requests draw each emitted token from the model.
-`serve_forever` runs the loop in a thread for servers; `run_until_idle` serves scripts and tests.
+   drafts, so every admitted request can finish. Each is prefilled alone into its row and emits its
+   first token at once;
+2. `decoding.decode_step` over the running rows (propose, one forward pass, verify, accept, advance);
+3. tokens delivered through each request's callback; finished and cancelled requests leave at once
+   and free their rows.
+Plain, Medusa and lookahead requests of one engine share the batch, each with its own decoder and
+acceptance rule (`decoding`'s docstring: lossless by default, typical acceptance on request).
+`serve_forever` runs the loop in a thread for servers, `run_until_idle` serves scripts and tests,
+`serve_engine` loads an engine in the loop's own thread and raises its load errors to the caller.
+Offline decoding (`decode`, `generate`-like) is the same scheduler with every request admitted at
+once and stepped until done.
 
 Per-request rules (TensorRT-LLM's executor, `trtbuild.runtime.sampling.TokenPicker`): repetition /
-presence / frequency penalties, `min_tokens` and `return_log_probs` hold in every mode, the
-speculative ones included: verification walks the draft nodes in order and each node's token is
-chosen by the request's own picker from that node's logits, with the counts (prompt + tokens emitted
-before that node) and the generated-token count (min_tokens) as they stand at that node. Every
-chosen token is emitted, so the picker sees exactly the sequence plain decoding would, and a
-request's output equals its plain decoding's (greedy: token for token). The drafts themselves
-(Medusa heads, lookahead window and pool) stay unpenalised guesses: only acceptance follows the rule.
+presence / frequency penalties, `min_tokens`, bad words, embedding bias and `return_log_probs` hold
+in every mode, the speculative ones included: verification walks the draft nodes in order and each
+node's token is chosen by the request's own picker from that node's logits, with the counts as they
+stand at that node, so the picker sees exactly the sequence plain decoding would. The drafts
+themselves (Medusa heads, lookahead window and pool) stay unpenalised guesses.
 
 Per job, `job_info(job_id)` (a `JobInfo`, also inside the job's callbacks) has the decode steps,
 accepted and drafted tokens, the log probs of the tokens delivered so far (`log_probs[-len(new):]`
@@ -39,23 +37,27 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
 
 import torch
 
 from trtbuild.common.errors import GenerationError
 from trtbuild.common.lookahead.spec import LookaheadSpec
-from trtbuild.runtime.generate import Request, Result, _stopped, validate
-from trtbuild.runtime.lookahead import StepLayout, _local_mask, _RowState, longest_chain
-from trtbuild.runtime.medusa import tree_buffers
+from trtbuild.common.medusa.choices import Choices, MedusaSpec
+from trtbuild.common.spec import DecodingSpec
+from trtbuild.runtime.decoding import (Row, TypicalAcceptance, check_decoding, decode_step, mode_of, prefill_row,
+                                       resolve_decoding, step_tokens)
+from trtbuild.runtime.generate import Request, Result, validate
 from trtbuild.runtime.model import KVCache, Model
-from trtbuild.runtime.sampling import TokenPicker
-from trtbuild.runtime.speculative import draft_attention_mask, keep_path
 
 # on_tokens(new_tokens, result): called from the scheduler thread with each step's new tokens;
 # `result` is set (and new_tokens may be empty) exactly once, when the request is finished
 Callback = Callable[[list[int], Result | None], None]
+# a request's decoding: a spec, or "engine" = the scheduler's own
+Decoding = DecodingSpec | Literal["engine"]
 
 # TensorRT-LLM's KV cache block size: trtllm-build's tokens_per_block, 32, as trtbuild's engine
 # build_config writes it (trtbuild/builder/engine.py plugin_config)
@@ -89,37 +91,19 @@ class JobInfo:
     kv_cache_alloc_total_blocks: int
 
 
-@dataclass
-class _Job:
+@dataclass(kw_only=True)
+class _Job(Row):
+    """A row of the scheduler: the decoding row plus its id, callback, cache slot and timestamps."""
+
     id: int
-    request: Request
-    mode: str  # plain | medusa | lookahead
-    lookahead: LookaheadSpec | None
     on_tokens: Callback
-    picker: TokenPicker
     arrival_ns: int
     first_scheduled_ns: int = 0
     first_token_ns: int = 0
     last_token_ns: int = 0
     kv_blocks: int = 0
-    row: int = -1
-    length: int = 0  # tokens in the row's cache
-    outs: list[int] = field(default_factory=list)
-    steps: int = 0
-    accepted: int = 0
-    drafted: int = 0
-    done: str | None = None
+    slot: int = -1  # its row of the cache
     cancelled: bool = False
-    h_last: torch.Tensor | None = None  # Medusa: hidden state of the last accepted token [H]
-    la: _RowState | None = None
-
-    def kept(self) -> int:
-        """Output tokens so far (an end id the job stopped at is not one)."""
-        return len(self.outs) - (self.done == "end_id")
-
-    def result(self) -> Result:
-        cum, lps = self.picker.report(len(self.outs), self.kept())
-        return Result(tuple(self.outs[:self.kept()]), self.done or "length", self.steps, self.accepted, cum, lps)
 
     def info(self) -> JobInfo:
         cum, lps = self.picker.report(len(self.outs), self.kept())
@@ -147,9 +131,11 @@ class Stats:
 
 class Scheduler:
     def __init__(self, model: Model, max_batch_size: int = 8, max_seq_len: int | None = None,
-                 max_num_tokens: int = 8192, medusa_choices=None, lookahead: LookaheadSpec | None = None,
+                 max_num_tokens: int = 8192, decoding: Decoding = "engine", *, max_draft_len: int | None = None,
                  normalize_log_probs: bool = False, tokens_per_block: int = TOKENS_PER_BLOCK) -> None:
-        """normalize_log_probs: TensorRT-LLM's engine-wide option (`sampling.TokenPicker`);
+        """decoding: the engine's (default: `resolve_decoding(model)`, what the checkpoint stores), used by
+        requests that ask for none; max_draft_len: draft tokens a step may verify per row (default: the
+        decoding's); normalize_log_probs: TensorRT-LLM's engine-wide option (`sampling.TokenPicker`);
         tokens_per_block: the block size of the KV cache figures in `JobInfo`."""
         self.model = model
         self.normalize_log_probs = normalize_log_probs
@@ -158,20 +144,37 @@ class Scheduler:
         self.tokens_per_block = tokens_per_block
         self.max_batch_size = max_batch_size
         self.max_num_tokens = max_num_tokens
-        self.lookahead = lookahead or model.cfg.lookahead
-        choices = medusa_choices or model.cfg.medusa_choices
-        self.tree = tree_buffers(tuple(tuple(p) for p in choices)) if model.medusa and choices else None
-        self.draft_tokens = (self.tree.num_nodes if self.tree else
-                             self.lookahead.decoding_tokens if self.lookahead else 1)
+        self.decoding: DecodingSpec = resolve_decoding(model) if decoding == "engine" else decoding
+        check_decoding(model, self.decoding)
+        self.draft_tokens = (max_draft_len + 1) if max_draft_len is not None else step_tokens(self.decoding)
         self.max_seq_len = max_seq_len or model.cfg.max_position_embeddings
         self.cache: KVCache = model.new_cache(max_batch_size, self.max_seq_len + self.draft_tokens + 1)
         self.waiting: deque[_Job] = deque()
         self.running: dict[int, _Job] = {}
         self.stats = Stats()
+        self.error: BaseException | None = None  # what stopped run_forever, if anything did
         self._ids = itertools.count()
         self._jobs: dict[int, _Job] = {}  # every job until its final callback has run
         self._cv = threading.Condition()
         self._stop = False
+
+    @classmethod
+    def from_engine(cls, engine_dir: Path, decoding: Decoding | Callable[[Model, int], Decoding] = "engine", *,
+                    attention_window: int | None = None, normalize_log_probs: bool = False) -> Scheduler:
+        """The scheduler an engine directory was built for: its limits (build_config, the usable
+        sequence length), its decoding (or `decoding(model, max_draft_len)`), an optional sliding
+        window (max_attention_window_size) below its max_seq_len."""
+        from trtbuild.common.engine_config import EngineConfig
+
+        engine = EngineConfig.read(engine_dir)
+        model = Model.load(engine_dir)
+        if callable(decoding):
+            decoding = decoding(model, engine.max_draft_len)
+        if attention_window and attention_window < engine.max_seq_len:
+            # attend over that many tokens (sliding window), as the C++ executor's cyclic KV cache does
+            model.cfg = replace(model.cfg, sliding_window=attention_window)
+        return cls(model, engine.max_batch_size, engine.usable_seq_len, engine.max_num_tokens, decoding,
+                   max_draft_len=engine.max_draft_len or None, normalize_log_probs=normalize_log_probs)
 
     # --- the public side (any thread) ---------------------------------------------------------
 
@@ -180,33 +183,41 @@ class Scheduler:
         with self._cv:
             return next(self._ids)
 
-    def submit(self, request: Request, on_tokens: Callback, mode: str | None = None,
-               lookahead: LookaheadSpec | None = None, job_id: int | None = None) -> int:
-        """Queue a request; returns its id. mode: plain | medusa | lookahead (default: the engine's)."""
-        validate(self.model, [request], per_token_rules=True)
+    def resolve(self, decoding: Decoding) -> DecodingSpec:
+        """A request's decoding, checked against this engine: a lookahead (W, N, G) must be <= the
+        engine's, and every decoding must fit the draft tokens the engine was built for."""
+        if decoding == "engine":
+            return self.decoding
+        check_decoding(self.model, decoding)
+        if isinstance(decoding, LookaheadSpec):
+            if isinstance(self.decoding, LookaheadSpec):
+                self.decoding.check_request(decoding)
+            if decoding.max_ngram_size == 1:
+                return None
+        need = step_tokens(decoding)
+        if need > self.draft_tokens:
+            what = (f"lookahead {decoding.as_tuple()}" if isinstance(decoding, LookaheadSpec)
+                    else f"the Medusa tree ({need} nodes)")
+            raise GenerationError(f"{what} needs {need} tokens per step; this engine was built for "
+                                  f"{self.draft_tokens}")
+        return decoding
+
+    def submit(self, request: Request, on_tokens: Callback, decoding: Decoding = "engine",
+               typical: TypicalAcceptance | None = None, job_id: int | None = None) -> int:
+        """Queue a request; returns its id. decoding: the engine's by default; typical: Medusa's typical
+        acceptance instead of the lossless rule (sampled requests only; not with per-token rules)."""
+        validate(self.model, [request])
         if len(request.prompt) + request.max_new_tokens > self.max_seq_len:
             raise GenerationError(f"prompt ({len(request.prompt)} tokens) + max_tokens ({request.max_new_tokens}) "
                                   f"exceeds max_seq_len {self.max_seq_len}")
-        mode = mode or ("medusa" if self.tree else "lookahead" if self.lookahead else "plain")
-        if mode == "medusa" and self.tree is None:
-            raise GenerationError("this engine has no Medusa heads")
-        if mode == "lookahead":
-            lookahead = lookahead or self.lookahead
-            if lookahead is None:
-                raise GenerationError("lookahead requested but neither the engine nor the request gives (W, N, G)")
-            if self.lookahead is not None:
-                self.lookahead.check_request(lookahead)
-            if lookahead.decoding_tokens > self.draft_tokens:
-                raise GenerationError(f"lookahead {lookahead.as_tuple()} needs {lookahead.decoding_tokens} tokens per "
-                                      f"step; this engine was built for {self.draft_tokens}")
-            if lookahead.max_ngram_size == 1:
-                mode, lookahead = "plain", None
-        elif mode != "plain" and mode != "medusa":
-            raise GenerationError(f"unknown decoding mode {mode!r}")
+        spec = self.resolve(decoding)
+        if typical is not None and request.per_token_rules:
+            raise GenerationError("typical acceptance does not apply penalties, min_tokens, bad words, embedding "
+                                  "bias or log probs to the drafts; use the default (lossless) acceptance")
         picker = request.picker(self.model.cfg.dims.vocab_size, self.model.device, self.normalize_log_probs)
         with self._cv:
-            job = _Job(next(self._ids) if job_id is None else job_id, request, mode, lookahead, on_tokens,
-                       picker, time.monotonic_ns())
+            job = _Job(id=next(self._ids) if job_id is None else job_id, request=request, decoding=spec,
+                       picker=picker, typical=typical, on_tokens=on_tokens, arrival_ns=time.monotonic_ns())
             self.waiting.append(job)
             self._jobs[job.id] = job
             self._cv.notify_all()
@@ -233,18 +244,23 @@ class Scheduler:
         return job.info() if job is not None else None
 
     def run_forever(self) -> None:
-        """The step loop, in the calling thread, until `shutdown()` (idle: waits for work).
+        """The step loop, in the calling thread, until `shutdown()` (idle: waits for work); an error
+        that stops it is kept in `self.error` and re-raised.
 
         On CPU, run it in the thread that loaded the model: OpenMP keeps one thread team per
         thread, and a step loop whose model was packed from another thread ran 64 SmolLM2 tokens in
         1.52-1.60 s on a 2-core machine instead of 1.13-1.19 s."""
-        while True:
-            with self._cv:
-                while not self._stop and not self.waiting and not self.running:
-                    self._cv.wait()
-                if self._stop:
-                    return
-            self.step()
+        try:
+            while True:
+                with self._cv:
+                    while not self._stop and not self.waiting and not self.running:
+                        self._cv.wait()
+                    if self._stop:
+                        return
+                self.step()
+        except BaseException as e:
+            self.error = e
+            raise
 
     def serve_forever(self) -> threading.Thread:
         """Run `run_forever` in a daemon thread."""
@@ -272,149 +288,62 @@ class Scheduler:
             for job in [j for j in self.running.values() if j.cancelled]:
                 self._finish(job, "cancelled")
             admit = []
-            budget = self.max_num_tokens - sum(self._step_tokens(j) for j in self.running.values())
+            budget = self.max_num_tokens - sum(j.step_tokens for j in self.running.values())
             self._compact()
             while self.waiting and len(self.running) + len(admit) < self.max_batch_size:
                 job = self.waiting[0]
                 if admit and len(job.request.prompt) > budget:
                     break
                 self.waiting.popleft()
-                job.row = len(self.running) + len(admit)
+                job.slot = len(self.running) + len(admit)
                 budget -= len(job.request.prompt)
                 job.first_scheduled_ns = time.monotonic_ns()
                 r = job.request
-                job.kv_blocks = math.ceil((len(r.prompt) + r.max_new_tokens + self._step_tokens(job) - 1)
+                job.kv_blocks = math.ceil((len(r.prompt) + r.max_new_tokens + job.step_tokens - 1)
                                           / self.tokens_per_block)
                 admit.append(job)
             already = len(self.running)
         for job in admit:
-            self._prefill(job)
+            first = prefill_row(self.model, self.cache, job.slot, job)
+            with self._cv:
+                self.running[job.id] = job
+            self._emit(job, [first])
             self.stats.admitted += 1
             self.stats.joined_running_batch += already > 0
         with self._cv:
             self._compact()  # a request may have finished at its first token
-        if self.running:
-            self._decode()
+            jobs = sorted(self.running.values(), key=lambda j: j.slot)
+        if jobs:
+            assert [j.slot for j in jobs] == list(range(len(jobs))), "running rows must be compact"
+            emitted = decode_step(self.model, self.cache, jobs)
+            self.stats.history.append((time.monotonic(), len(jobs), sum(len(e) for e in emitted)))
+            for job, tokens in zip(jobs, emitted):
+                self._emit(job, tokens)
         with self._cv:
             self._compact()
             self.stats.steps += 1
             self.stats.active, self.stats.waiting = len(self.running), len(self.waiting)
             self.stats.max_active = max(self.stats.max_active, len(self.running))
 
-    def _step_tokens(self, job: _Job) -> int:
-        if job.mode == "medusa":
-            return self.tree.num_nodes
-        if job.mode == "lookahead":
-            return job.lookahead.decoding_tokens
-        return 1
-
-    def _prefill(self, job: _Job) -> None:
-        model, dev, r = self.model, self.model.device, job.request
-        P, b = len(r.prompt), job.row
-        view = KVCache(self.cache.k[:, b:b + 1], self.cache.v[:, b:b + 1])
-        t = torch.arange(P, device=dev)
-        q, k = t[:, None], t[None, :]
-        mask = k <= q
-        if model.cfg.sliding_window:
-            mask &= q - k < model.cfg.sliding_window
-        h = model.hidden(torch.tensor([r.prompt], device=dev), t[None], view, 0, mask[None, None])[0, -1]  # [H]
-        first = job.picker.pick(model.logits(h[None])[0])
-        job.length = P
-        job.h_last = h
-        if job.mode == "lookahead":
-            job.la = _RowState(job.lookahead, r.prompt, first)
-        with self._cv:
-            self.running[job.id] = job
-        self._emit(job, [first])
-
-    def _plan(self, job: _Job) -> tuple[StepLayout | None, list[int], list[int], torch.Tensor, list]:
-        """(lookahead layout, tokens, depths, local mask [T, T], chains) of one row's step."""
-        root = job.outs[-1]
-        if job.mode == "lookahead":
-            layout, toks = job.la.step_tokens()
-            return layout, toks, list(layout.depths), _local_mask(layout), list(layout.chains)
-        if job.mode == "medusa":
-            tree = self.tree
-            cand = self.model.medusa_logits(job.h_last[None]).topk(tree.top_k, dim=-1).indices[0]  # [K, top_k]
-            toks = [root] + cand[tree.head, tree.rank].tolist()
-            chains = [[i for i in row[1:] if i >= 0] for row in tree.retrieve.tolist()]
-            return None, toks, list(tree.depths), tree.mask, chains
-        return None, [root], [0], torch.ones(1, 1, dtype=torch.bool), []
-
     def _compact(self) -> None:
         """Move the highest running rows into the holes finished requests left (caller holds the lock)."""
-        used = {j.row for j in self.running.values()}
+        used = {j.slot for j in self.running.values()}
         holes = sorted(r for r in range(len(self.running)) if r not in used)
-        movers = sorted((j for j in self.running.values() if j.row >= len(self.running)), key=lambda j: -j.row)
+        movers = sorted((j for j in self.running.values() if j.slot >= len(self.running)), key=lambda j: -j.slot)
         for hole, job in zip(holes, movers):
             for kv in (self.cache.k, self.cache.v):  # [L, B, nkv, S, d]
-                kv[:, hole, :, : job.length] = kv[:, job.row, :, : job.length]
-            job.row = hole
+                kv[:, hole, :, : job.length] = kv[:, job.slot, :, : job.length]
+            job.slot = hole
 
     @property
     def free_rows(self) -> list[int]:
         return list(range(len(self.running), self.max_batch_size))
 
-    def _decode(self) -> None:
-        model, dev = self.model, self.model.device
-        with self._cv:
-            jobs = sorted(self.running.values(), key=lambda j: j.row)
-        B = len(jobs)
-        assert [j.row for j in jobs] == list(range(B)), "running rows must be compact"
-        view = KVCache(self.cache.k[:, :B], self.cache.v[:, :B])
-        plans = {j.id: self._plan(j) for j in jobs}
-        T = max(len(p[1]) for p in plans.values())
-        tokens = torch.zeros(B, T, dtype=torch.long)
-        depths = torch.zeros(B, T, dtype=torch.long)
-        local = torch.eye(T, dtype=torch.bool)[None].repeat(B, 1, 1)
-        lens = torch.zeros(B, dtype=torch.long)
-        for j in jobs:
-            _, toks, dep, loc, _ = plans[j.id]
-            n = len(toks)
-            tokens[j.row, :n] = torch.tensor(toks)
-            depths[j.row, :n] = torch.tensor(dep)
-            local[j.row, :n, :n] = loc
-            lens[j.row] = j.length
-        tokens, depths, local, lens = tokens.to(dev), depths.to(dev), local.to(dev), lens.to(dev)
-        mask = draft_attention_mask(local, depths, lens, int(lens.max()) + T, model.cfg.sliding_window)
-        h = model.hidden(tokens, lens[:, None] + depths, view,
-                         lens[:, None] + torch.arange(T, device=dev)[None, :], mask)  # [B, T, H]
-        logits = model.logits(h)  # [B, T, V]
-        pred = logits.argmax(-1).tolist()
-        self.stats.history.append((time.monotonic(), len(jobs), sum(len(p[1]) for p in plans.values())))
-        for i, j in enumerate(jobs):
-            layout, toks, _, _, chains = plans[j.id]
-            if j.request.sampling.greedy and j.picker.trivial:
-                choose = pred[i].__getitem__
-            else:
-                # the walk asks for the nodes in order and emits every choice: the picker's counts and
-                # generated-token count are those of plain decoding at each node (module docstring)
-                def choose(node: int, i: int = i, j: _Job = j) -> int:
-                    return j.picker.pick(logits[i, node])
-            path, bonus = longest_chain(chains, toks, choose)
-            j.steps += 1
-            j.accepted += len(path) - 1
-            j.drafted += len(toks) - 1
-            keep_path(view, i, j.length, path)
-            j.length += len(path)
-            j.h_last = h[i, path[-1]]
-            emitted = [toks[node] for node in path[1:]] + [bonus]
-            if j.mode == "lookahead":
-                j.la.advance(layout, toks, pred[i], emitted)
-            self._emit(j, emitted)
-
     def _emit(self, job: _Job, tokens: list[int]) -> None:
         now = time.monotonic_ns()
         job.first_token_ns = job.first_token_ns or now
         job.last_token_ns = now
-        new = []
-        for t in tokens:
-            job.outs.append(t)
-            job.done = _stopped(job.outs, job.request)
-            if job.done != "end_id":
-                new.append(t)
-            if job.done:
-                break
+        new = job.emit(tokens)
         self.stats.tokens_generated += len(new)
         if job.done:
             self._finish(job, job.done)
@@ -437,14 +366,83 @@ class Scheduler:
                 self.stats.finished += 1
 
 
-def schedule_all(scheduler: Scheduler, requests: list[Request], **kw) -> list[Result]:
-    """Submit `requests`, run the loop until they are done; results in request order."""
+def serve_engine(engine_dir: Path, decoding: Decoding | Callable[[Model, int], Decoding] = "engine", *,
+                 threads: int | None = None, **kw) -> tuple[Scheduler, threading.Thread]:
+    """`Scheduler.from_engine(engine_dir, decoding, **kw)` built and run in a thread of its own (see
+    `run_forever`; `threads`: torch's CPU threads there): a load error is raised here, in the caller's
+    thread; an error that later stops the loop is `scheduler.error` (the thread is then no longer alive)."""
+    box: dict = {}
+    booted = threading.Event()
+
+    def boot() -> None:
+        try:
+            if threads:
+                torch.set_num_threads(threads)
+            box["s"] = Scheduler.from_engine(engine_dir, decoding, **kw)
+        except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
+            box["error"] = e
+            return
+        finally:
+            booted.set()
+        try:
+            box["s"].run_forever()
+        except BaseException:  # noqa: BLE001 (kept in scheduler.error for the requests still waiting)
+            pass
+
+    thread = threading.Thread(target=boot, name="trtbuild-scheduler", daemon=True)
+    thread.start()
+    booted.wait()
+    if "error" in box:
+        thread.join()
+        raise box["error"]
+    return box["s"], thread
+
+
+def schedule_all(scheduler: Scheduler, requests: Sequence[Request], decoding: Decoding | Sequence[Decoding] = "engine",
+                 typical: TypicalAcceptance | None = None) -> list[Result]:
+    """Submit `requests` (one decoding for all, or one each), run the loop until they are done;
+    results in request order."""
+    per = list(decoding) if isinstance(decoding, (list, tuple)) else [decoding] * len(requests)
+    if len(per) != len(requests):
+        raise GenerationError(f"{len(per)} decodings for {len(requests)} requests")
     results: dict[int, Result] = {}
-    ids = []
-    for r in requests:
-        def done(_: list[int], res: Result | None, k: int = len(ids)) -> None:
+    for k, (r, d) in enumerate(zip(requests, per)):
+        def done(_: list[int], res: Result | None, k: int = k) -> None:
             if res is not None:
                 results[k] = res
-        ids.append(scheduler.submit(r, done, **kw))
+        scheduler.submit(r, done, d, typical)
     scheduler.run_until_idle()
     return [results[k] for k in range(len(requests))]
+
+
+def decode(model: Model, requests: Sequence[Request], decoding: Decoding | Sequence[Decoding] = "engine",
+           typical: TypicalAcceptance | None = None, limit: LookaheadSpec | None = None) -> list[Result]:
+    """Offline decoding: every request admitted at once and stepped until done (the scheduler's own
+    path, `decode_step`); results in request order. decoding: one for all or one per request ("engine":
+    what the checkpoint stores); limit: an engine's (W, N, G) that every lookahead request must fit."""
+    validate(model, list(requests))  # before the cache is sized from them
+    per = list(decoding) if isinstance(decoding, (list, tuple)) else [decoding] * len(requests)
+    per = [resolve_decoding(model) if d == "engine" else d for d in per]
+    for d in per:
+        if limit is not None and isinstance(d, LookaheadSpec):
+            limit.check_request(d)
+    sched = Scheduler(model, len(requests), max(len(r.prompt) + r.max_new_tokens for r in requests),
+                      max_num_tokens=sum(len(r.prompt) for r in requests) + 1, decoding=None,
+                      max_draft_len=max(step_tokens(d) for d in per) - 1)
+    return schedule_all(sched, requests, per, typical)
+
+
+def medusa_generate(model: Model, requests: Sequence[Request], choices: Choices,
+                    typical: TypicalAcceptance | None = None) -> list[Result]:
+    """Offline Medusa decoding with the tree `choices` (canonical); lossless unless `typical`."""
+    return decode(model, requests, MedusaSpec(tuple(tuple(p) for p in choices)), typical)
+
+
+def lookahead_generate(model: Model, requests: Sequence[Request], spec: LookaheadSpec | Sequence[LookaheadSpec],
+                       limit: LookaheadSpec | None = None, typical: TypicalAcceptance | None = None) -> list[Result]:
+    """Offline lookahead decoding: one (W, N, G) for all requests or one each, each <= `limit` when given."""
+    return decode(model, requests, spec if isinstance(spec, LookaheadSpec) else list(spec), typical, limit)
+
+
+__all__ = ["JobInfo", "Scheduler", "Stats", "decode", "lookahead_generate", "medusa_generate", "mode_of",
+           "schedule_all", "serve_engine"]

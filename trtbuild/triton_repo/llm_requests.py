@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trtbuild.common.lookahead.spec import LookaheadSpec
+from trtbuild.runtime.decoding import TypicalAcceptance
 from trtbuild.runtime.generate import Request
 from trtbuild.runtime.sampling import SamplingParams
 from trtbuild.triton_repo.python_models import RequestError, words_from_list
@@ -91,6 +92,31 @@ class LlmRequest:
     lookahead: LookaheadSpec | None = None
     return_num_input_tokens: bool = False
     return_num_output_tokens: bool = False
+    typical: TypicalAcceptance | None = None
+
+
+# Typical acceptance (trtbuild's extension; TensorRT-LLM has no such rule): asked per request through
+# Triton's request parameters (KServe `parameters`, not tensors), so upstream's tensors stay as they
+# are: {"typical_acceptance": true[, "posterior_threshold": 0.09][, "posterior_alpha": 0.3]}.
+TYPICAL_PARAMETERS = ("typical_acceptance", "posterior_threshold", "posterior_alpha")
+
+
+def typical_from(parameters: dict) -> TypicalAcceptance | None:
+    """The request's acceptance rule from its Triton request parameters: None = lossless (default)."""
+    on = parameters.get("typical_acceptance", False)
+    if not isinstance(on, bool):
+        raise RequestError(f"typical_acceptance must be true or false, got {on!r}")
+    rule = {}
+    for key in TYPICAL_PARAMETERS[1:]:
+        v = parameters.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise RequestError(f"{key} must be a number in [0, 1], got {v!r}")
+        if not on:
+            raise RequestError(f"{key} tunes typical acceptance: send typical_acceptance=true with it")
+        rule[key] = float(v)
+    return TypicalAcceptance(**rule) if on else None
 
 
 def _scalar(inputs: dict, name: str, default=None):
@@ -129,8 +155,10 @@ def sampling_from(inputs: dict) -> SamplingParams:
 
 
 def parse_request(inputs: dict, *, default_exclude_input: bool, end_ids: tuple[int, ...],
-                  engine_lookahead: LookaheadSpec | None = None) -> LlmRequest:
-    """inputs: tensor name -> numpy array of one request (batch dimension of 1 or none)."""
+                  engine_lookahead: LookaheadSpec | None = None, parameters: dict | None = None) -> LlmRequest:
+    """inputs: tensor name -> numpy array of one request (batch dimension of 1 or none); parameters:
+    its Triton request parameters (`typical_from`)."""
+    typical = typical_from(parameters or {})
     for name, reason in REFUSED_IF_PRESENT.items():
         if inputs.get(name) is not None:
             raise RequestError(f"{name}: {reason}")
@@ -187,4 +215,4 @@ def parse_request(inputs: dict, *, default_exclude_input: bool, end_ids: tuple[i
                       bool(_scalar(inputs, "exclude_input_in_output", default_exclude_input)), return_log_probs,
                       bool(_scalar(inputs, "return_perf_metrics", False)), lookahead,
                       bool(_scalar(inputs, "return_num_input_tokens", False)),
-                      bool(_scalar(inputs, "return_num_output_tokens", False)))
+                      bool(_scalar(inputs, "return_num_output_tokens", False)), typical)

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trtbuild.common.lookahead.spec import LookaheadSpec
-from trtbuild.runtime import Model, Request, generate
-from trtbuild.runtime.lookahead import lookahead_generate
+from trtbuild.runtime import Model, Request, generate, lookahead_generate
 
 # a small grid around TensorRT-LLM's default (4, 3, 4): wider windows and more candidates cost
 # rows per step; n-grams longer than 5 rarely verify fully on a small model

@@ -20,9 +20,8 @@ import torch
 
 from trtbuild.common.errors import ConfigError
 from trtbuild.common.medusa.choices import Choices
-from trtbuild.runtime import Model, Request, generate
+from trtbuild.runtime import Model, Request, generate, medusa_generate
 from trtbuild.runtime.generate import hidden_states
-from trtbuild.runtime.medusa import medusa_generate
 
 
 def head_rank_probs(model: Model, prompts: list[list[int]], new_tokens: int, top_k: int = 10) -> torch.Tensor:

@@ -4,7 +4,6 @@ read as the C++ backend reads it (`trtbuild.triton_repo.contract`: the engine fr
 the same required keys and messages, the same value parsing), its requests as the C++ backend reads
 them (`trtbuild.triton_repo.llm_requests`), and it writes the outputs the C++ backend writes."""
 
-import dataclasses
 import json
 import os
 import queue
@@ -15,8 +14,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from trtbuild.common.errors import TrtbuildError
+from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.runtime import Model
-from trtbuild.runtime.scheduler import Scheduler
+from trtbuild.runtime.scheduler import serve_engine
 from trtbuild.runtime.tokenizer import default_end_ids
 from trtbuild.triton_repo.contract import ContractError, read_parameters
 from trtbuild.triton_repo.llm_requests import parse_request
@@ -29,35 +29,37 @@ def _inputs(request) -> dict:
     return {t.name(): t.as_numpy() for t in request.inputs()}
 
 
-def speculation(p: dict, model: Model, max_draft_len: int):
-    """(medusa choices, lookahead spec, scheduler mode) from decoding_mode and its parameters, as the
-    C++ backend resolves them: unset = what the engine was built for; medusa without a parseable
-    medusa_choices = mc_sim_7b_63 (mis.cc@c2e65b8:596-608); lookahead = the three lookahead_* values."""
-    from trtbuild.common.lookahead.spec import LookaheadSpec
-    from trtbuild.common.medusa.choices import parse_choices, presets
+def speculation(p: dict):
+    """The engine's decoding from decoding_mode and its parameters, as the C++ backend resolves them
+    (a function of the loaded model and its max_draft_len, for `Scheduler.from_engine`): unset = what
+    the engine was built for; medusa without a parseable medusa_choices = mc_sim_7b_63
+    (mis.cc@c2e65b8:596-608); lookahead = the three lookahead_* values; top_k / top_p = plain."""
+    from trtbuild.common.medusa.choices import MedusaSpec, parse_choices, presets
 
-    mode = p["decoding_mode"]
-    if mode is None:
-        return None, None, None
-    if mode == "medusa":
-        if not model.medusa:
-            raise ContractError("decoding_mode medusa, but the engine has no Medusa heads")
-        tree = p["medusa_choices"] or [list(c) for c in presets()["mc_sim_7b_63"]]
-        try:
-            choices = parse_choices(tree, num_heads=len(model.medusa), max_draft_len=max_draft_len).choices
-        except Exception as e:  # noqa: BLE001 (a tree the engine cannot verify)
-            raise ContractError(f"medusa_choices do not fit this engine: {e}") from None
-        return choices, None, "medusa"
-    if mode == "lookahead":
-        spec = LookaheadSpec(p["lookahead_window_size"], p["lookahead_ngram_size"],
-                             p["lookahead_verification_set_size"])
-        if spec.max_draft_len > max_draft_len:
-            raise ContractError(f"lookahead {spec.as_tuple()} needs max_draft_len {spec.max_draft_len}; the engine "
-                                f"was built for {max_draft_len}")
-        return None, spec, "lookahead"
-    if mode in ("top_k", "top_p", "top_k_top_p"):
-        return None, None, "plain"
-    raise ContractError(f"decoding_mode {mode} is not supported by the torch backend")
+    def decoding(model: Model, max_draft_len: int):
+        mode = p["decoding_mode"]
+        if mode is None:
+            return "engine"
+        if mode == "medusa":
+            if not model.medusa:
+                raise ContractError("decoding_mode medusa, but the engine has no Medusa heads")
+            tree = p["medusa_choices"] or [list(c) for c in presets()["mc_sim_7b_63"]]
+            try:
+                return MedusaSpec(parse_choices(tree, num_heads=len(model.medusa), max_draft_len=max_draft_len).choices)
+            except Exception as e:  # noqa: BLE001 (a tree the engine cannot verify)
+                raise ContractError(f"medusa_choices do not fit this engine: {e}") from None
+        if mode == "lookahead":
+            spec = LookaheadSpec(p["lookahead_window_size"], p["lookahead_ngram_size"],
+                                 p["lookahead_verification_set_size"])
+            if spec.max_draft_len > max_draft_len:
+                raise ContractError(f"lookahead {spec.as_tuple()} needs max_draft_len {spec.max_draft_len}; the "
+                                    f"engine was built for {max_draft_len}")
+            return spec
+        if mode in ("top_k", "top_p", "top_k_top_p"):
+            return None
+        raise ContractError(f"decoding_mode {mode} is not supported by the torch backend")
+
+    return decoding
 
 
 class TritonPythonModel:
@@ -84,39 +86,11 @@ class TritonPythonModel:
         self.tokenizer = load_tokenizer(engine) if has_tok else None
         # The model is loaded, and the scheduler runs, in one thread of its own: on CPU, OpenMP
         # keeps a thread team per thread, and packing the weights in another thread made every
-        # step ~35 % slower (see Scheduler.run_forever).
-        booted, failure = threading.Event(), {}
-
-        def boot():
-            try:
-                threads = os.environ.get("TRTBUILD_CPU_THREADS")
-                if threads:
-                    import torch
-
-                    torch.set_num_threads(int(threads))
-                model = Model.load(engine)
-                build = json.loads((engine / "config.json").read_text())["build_config"]
-                draft = int(build.get("max_draft_len") or 0)
-                choices, lookahead, self.mode = speculation(p, model, draft)
-                if self.window and min(self.window) < int(build["max_seq_len"]):
-                    # max_attention_window_size: attend over that many tokens (sliding window), as the
-                    # C++ executor's cyclic KV cache does
-                    model.cfg = dataclasses.replace(model.cfg, sliding_window=min(self.window))
-                self.scheduler = Scheduler(model, int(build["max_batch_size"]), int(build["max_seq_len"]) - draft,
-                                           int(build["max_num_tokens"]), medusa_choices=choices, lookahead=lookahead,
-                                           normalize_log_probs=bool(p["normalize_log_probs"]))
-            except BaseException as e:  # noqa: BLE001 (re-raised in initialize)
-                failure["error"] = e
-                booted.set()
-                return
-            booted.set()
-            self.scheduler.run_forever()
-
-        self.thread = threading.Thread(target=boot, name="trtbuild-scheduler", daemon=True)
-        self.thread.start()
-        booted.wait()
-        if failure:
-            raise failure["error"]
+        # step ~35 % slower (see Scheduler.run_forever). A load error is raised here.
+        threads = os.environ.get("TRTBUILD_CPU_THREADS")
+        self.scheduler, self.thread = serve_engine(
+            engine, speculation(p), attention_window=min(self.window) if self.window else None,
+            normalize_log_probs=bool(p["normalize_log_probs"]), threads=int(threads) if threads else None)
         # responses leave from their own thread: the decode loop never waits on Triton's IPC
         self._outbox = queue.Queue()
         self._sender = threading.Thread(target=self._send_loop, daemon=True)
@@ -159,8 +133,10 @@ class TritonPythonModel:
                 metric.set(float(getattr(stats, key)))
 
     def _request(self, request):
+        engine = self.scheduler.decoding
         llm = parse_request(_inputs(request), default_exclude_input=self.exclude_input, end_ids=self.end_ids,
-                            engine_lookahead=self.scheduler.lookahead)
+                            engine_lookahead=engine if isinstance(engine, LookaheadSpec) else None,
+                            parameters=json.loads(request.parameters() or "{}"))
         if llm.streaming and not self.decoupled:  # utils.cc@c2e65b8:904-907
             raise RequestError("Streaming is only supported if model is deployed using decoupled mode.")
         return llm
@@ -261,19 +237,13 @@ class TritonPythonModel:
                 done.set()
 
         try:
-            sched.submit(llm.request, on_tokens, job_id=state["id"], mode=self._mode(llm),
-                         lookahead=llm.lookahead)
+            sched.submit(llm.request, on_tokens, llm.lookahead or "engine", llm.typical, job_id=state["id"])
         except TrtbuildError as e:
             err = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e)))
             if sender is not None:
                 sender.send(err, flags=FINAL)
             return None, err
         return (None, None) if sender is not None else (done, box)
-
-    def _mode(self, llm):
-        if llm.lookahead is not None:
-            return "lookahead"
-        return self.mode  # None: what the engine was built for
 
     def finalize(self):
         self._outbox.put(None)

@@ -1,0 +1,405 @@
+"""The decoding core: one step of propose -> verify -> accept -> advance, for every decoder.
+
+Glossary (Medusa: Cai et al., 2024, arXiv 2401.10774; lookahead: Fu et al., 2024, arXiv 2402.02057):
+- root: a row's last emitted token, not yet in its KV cache; node 0 of every step;
+- draft: the step's tokens after the root, guesses of the text that follows it (plain: none;
+  Medusa: the heads' top-k tokens arranged as a tree; lookahead: a Jacobi window and pool n-grams);
+- node: one token of a step, root or draft, in cache slot L + t at position L + depth[t], seeing the
+  row's context and the step nodes its local mask allows (a `Draft` holds all of this);
+- chain: draft nodes that verification may accept one after another (a root-to-leaf path of the
+  Medusa tree, a window column or an n-gram of lookahead);
+- accepted path: the root plus the draft nodes accepted along one chain; their KV entries are moved
+  to consecutive slots, the other slots are overwritten by later steps;
+- bonus token: the model's own choice after the last accepted node; it becomes the next root.
+
+A step emits the accepted draft tokens plus the bonus token. The acceptance rule is one for all
+decoders, in `generate`, the server and the tuners alike:
+- lossless (the default): walking from the root, each verified position's token is chosen by the
+  request's own `TokenPicker` from that position's logits (greedy: the argmax; else a sample, with
+  every per-request rule); the walk moves on while some chain holds the chosen token next. Every
+  emitted token is the model's own choice given the tokens before it, so the output distribution is
+  plain decoding's (greedy: token for token);
+- typical acceptance (`TypicalAcceptance`, Medusa's rule, opt-in, not lossless): along each chain a
+  draft token is accepted while its probability under the tempered model exceeds
+  min(posterior_threshold, posterior_alpha * exp(-entropy)); the chain with the most accepted
+  tokens wins (ties: the highest log probability), then the bonus token is sampled.
+
+`decode_step(model, cache, rows)` runs one step for rows 0..B-1 of `cache`: pad the drafts to the
+longest, one forward pass, verify, keep the accepted KV, advance each decoder. The scheduler
+(`trtbuild.runtime.scheduler`) owns admission, compaction, cancellation and threads around it, and
+offline decoding is the scheduler with everything admitted at once. A new proposer is a new
+`Decoder`, nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from trtbuild.common.errors import GenerationError
+from trtbuild.common.lookahead.layout import StepLayout, step_layout
+from trtbuild.common.lookahead.pool import NgramPool
+from trtbuild.common.lookahead.spec import LookaheadSpec
+from trtbuild.common.medusa.choices import MedusaSpec, parse_choices, presets
+from trtbuild.common.medusa.tree import TreeBuffers, tree_buffers
+from trtbuild.common.spec import DecodingSpec
+from trtbuild.runtime.generate import FinishReason, Request, Result, attention_mask, stop_reason
+from trtbuild.runtime.model import KVCache, Model
+from trtbuild.runtime.sampling import TokenPicker
+
+Mode = Literal["plain", "medusa", "lookahead"]
+
+
+def mode_of(decoding: DecodingSpec) -> Mode:
+    return "medusa" if isinstance(decoding, MedusaSpec) else "lookahead" if decoding is not None else "plain"
+
+
+def step_tokens(decoding: DecodingSpec) -> int:
+    """Tokens one step of this decoding verifies per row (root included)."""
+    if isinstance(decoding, MedusaSpec):
+        return decoding.nodes
+    return decoding.decoding_tokens if decoding is not None else 1
+
+
+@dataclass(frozen=True)
+class TypicalAcceptance:
+    """Medusa's typical acceptance for temperature > 0 (opt-in; not lossless; TensorRT-LLM has none):
+    a draft token is accepted iff p(token) > min(posterior_threshold, posterior_alpha * exp(-entropy))."""
+
+    posterior_threshold: float = 0.09
+    posterior_alpha: float = 0.3
+
+
+@dataclass(frozen=True)
+class Draft:
+    """One row's step: the root and its draft nodes."""
+
+    tokens: tuple[int, ...]  # [T] node 0 is the root
+    depths: tuple[int, ...]  # [T] position offset of each node from the root
+    local: torch.Tensor  # [T, T] bool: node t sees node u (itself included)
+    chains: tuple[tuple[int, ...], ...]  # node ids after the root, in verification order
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+
+def longest_chain(chains: Sequence[Sequence[int]], tokens: Sequence[int],
+                  choose: Callable[[int], int]) -> tuple[list[int], int]:
+    """The lossless walk: from the root (node 0), take the model's choice `choose(node)` at each node
+    and continue on the first chain that still matches and holds it next.
+    Returns (accepted node ids starting with 0, the choice at the last accepted node)."""
+    path, alive, d = [0], list(chains), 0
+    while True:
+        t = choose(path[-1])
+        alive = [c for c in alive if len(c) > d and tokens[c[d]] == t]
+        if not alive:
+            return path, t
+        path.append(alive[0][d])
+        d += 1
+
+
+def typical_path(chains: Sequence[Sequence[int]], tokens: Sequence[int], logits: torch.Tensor, temperature: float,
+                 rule: TypicalAcceptance) -> list[int]:
+    """Typical acceptance over the chains; logits [T, V]. Returns the accepted node ids from the root:
+    the chain prefix with the most accepted tokens (ties: highest log probability, then chain order)."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # [T, V]
+    entropy = -(probs * torch.log(probs + 1e-5)).sum(-1)  # [T]
+    threshold = torch.minimum(torch.full_like(entropy, rule.posterior_threshold),
+                              rule.posterior_alpha * torch.exp(-entropy)).tolist()
+    best, best_key = [0], (0, -math.inf)
+    for chain in chains:
+        parent, k, logp = 0, 0, 0.0
+        for node in chain:
+            p = float(probs[parent, tokens[node]])
+            if not p > threshold[parent]:
+                break
+            k, logp, parent = k + 1, logp + math.log(p + 1e-12), node
+        if (k, logp) > best_key:
+            best, best_key = [0, *chain[:k]], (k, logp)
+    return best
+
+
+class Decoder:
+    """One request's proposer. `propose` gives the step's nodes; `advance` updates the proposer's state
+    with the verified step (the model's argmax at every node, the tokens emitted)."""
+
+    mode: Mode = "plain"
+    uses_heads = False  # propose needs the Medusa heads' top-k at the root's hidden state
+
+    def propose(self, root: int, heads: torch.Tensor | None) -> Draft:
+        raise NotImplementedError
+
+    def advance(self, draft: Draft, pred: list[int], emitted: list[int]) -> None:
+        """pred: [T] the model's argmax at each node; emitted: the accepted draft tokens and the bonus."""
+
+
+_SINGLE = torch.ones(1, 1, dtype=torch.bool)
+
+
+class PlainDecoder(Decoder):
+    """No draft: the root alone."""
+
+    def propose(self, root: int, heads: torch.Tensor | None) -> Draft:
+        return Draft((root,), (0,), _SINGLE, ())
+
+
+class MedusaDecoder(Decoder):
+    """A Medusa tree: node i holds head (depth - 1)'s rank-th token at the root's hidden state."""
+
+    mode: Mode = "medusa"
+    uses_heads = True
+
+    def __init__(self, tree: TreeBuffers) -> None:
+        self.tree = tree
+
+    def propose(self, root: int, heads: torch.Tensor | None) -> Draft:
+        """heads: [K, k >= tree.top_k] the top-k token ids of each Medusa head, best first."""
+        t = self.tree
+        return Draft((root, *heads[t.head, t.rank].tolist()), t.depths, t.mask, t.chains)
+
+
+class LookaheadDecoder(Decoder):
+    """Lookahead: a Jacobi window and an n-gram pool (trtbuild.common.lookahead.layout).
+
+    After each step the window advances one Jacobi iteration: each column's last-level output becomes
+    a new level (the oldest is dropped once there are N - 1), and each full column adds one n-gram,
+    keyed by its level-0 token, to the pool. The pool starts with the prompt's n-grams and gets those
+    the emitted tokens complete. Level 0 starts as the root plus W - 1 tokens drawn from the prompt."""
+
+    mode: Mode = "lookahead"
+
+    def __init__(self, spec: LookaheadSpec, prompt: Sequence[int], first: int) -> None:
+        self.w, self.n, self.g = spec.as_tuple()
+        self.seq = list(prompt) + [first]
+        self.pool = NgramPool(self.n, self.g) if self.n >= 2 else None
+        if self.pool is not None:
+            self.pool.add_sequence(self.seq)
+        rng = random.Random(0)
+        self.levels = [[first] + [rng.choice(prompt) for _ in range(self.w - 1)]]
+        self.layout: StepLayout | None = None  # of the step proposed last
+
+    def propose(self, root: int, heads: torch.Tensor | None) -> Draft:
+        self.levels[0][0] = root
+        cands = self.pool.candidates(root, self.g) if self.pool is not None else []
+        lay = self.layout = step_layout(self.w, len(self.levels), len(cands), self.n - 1)
+        tokens = [root] + [t for lev, row in enumerate(self.levels) for t in (row[1:] if lev == 0 else row)]
+        tokens += [t for c in cands for t in c]
+        return Draft(tuple(tokens), lay.depths, lay.mask, lay.chains)
+
+    def advance(self, draft: Draft, pred: list[int], emitted: list[int]) -> None:
+        lay = self.layout
+        new = [pred[node] for node in lay.window[-1]]  # each column's next guess
+        if len(self.levels) == self.n - 1:
+            for i in range(self.w):
+                col = [draft.tokens[lay.window[m][i]] for m in range(len(self.levels))]
+                self.pool.add(col[0], col[1:] + [new[i]])
+            self.levels = self.levels[1:] + [new]
+        else:
+            self.levels.append(new)
+        start = len(self.seq)
+        self.seq.extend(emitted)
+        if self.pool is not None:
+            self.pool.add_sequence(self.seq, start - self.n + 1)
+
+
+def make_decoder(decoding: DecodingSpec, prompt: Sequence[int], first: int) -> Decoder:
+    if isinstance(decoding, MedusaSpec):
+        return MedusaDecoder(tree_buffers(decoding.choices))
+    if isinstance(decoding, LookaheadSpec) and decoding.max_ngram_size > 1:
+        return LookaheadDecoder(decoding, prompt, first)
+    return PlainDecoder()
+
+
+def check_decoding(model: Model, decoding: DecodingSpec) -> None:
+    """Refuse a decoding the model cannot run (one line)."""
+    if not isinstance(decoding, MedusaSpec):
+        return
+    if not model.medusa:
+        raise GenerationError("this checkpoint has no Medusa heads (convert it with --medusa)")
+    tree = tree_buffers(decoding.choices)
+    if tree.max_depth > len(model.medusa):
+        raise GenerationError(f"medusa choices: tree depth {tree.max_depth} exceeds the {len(model.medusa)} heads")
+    if tree.top_k > model.cfg.dims.vocab_size:  # torch.topk over the vocabulary (parse_choices also caps at TOP_K_MAX)
+        raise GenerationError(f"medusa choices: a node takes candidate {tree.top_k - 1} of a head, but the "
+                              f"vocabulary has {model.cfg.dims.vocab_size} tokens")
+
+
+def resolve_decoding(model: Model, medusa_choices: str | list | None = None, lookahead: LookaheadSpec | None = None,
+                     no_medusa: bool = False, no_lookahead: bool = False) -> DecodingSpec:
+    """The one precedence rule for how a checkpoint or engine decodes (generate, the build self-check
+    and the scheduler's default): a Medusa checkpoint decodes with its stored tree (or `medusa_choices`)
+    unless `no_medusa`; otherwise lookahead with `lookahead` or the stored (W, N, G) (a request's
+    must be <= the stored one) unless `no_lookahead`; otherwise plain (None)."""
+    if lookahead is not None and no_lookahead:
+        raise GenerationError("lookahead settings and no-lookahead contradict each other")
+    medusa = bool(model.medusa) and not no_medusa
+    cfg = model.cfg
+    if medusa_choices is not None and not medusa:
+        raise GenerationError("medusa choices need a Medusa checkpoint (and Medusa decoding not switched off)")
+    if lookahead is not None and medusa:
+        raise GenerationError("lookahead on a Medusa checkpoint needs Medusa decoding switched off (--no-medusa)")
+    if medusa:
+        # a Medusa engine with no tree decodes with mc_sim_7b_63, as the C++ backend does:
+        #   triton-inference-server/tensorrtllm_backend@c2e65b8:inflight_batcher_llm/src/model_instance_state.cc:596-608
+        tree = medusa_choices if medusa_choices is not None else (
+            [list(p) for p in cfg.medusa_choices] if cfg.medusa_choices else [list(p) for p in presets()["mc_sim_7b_63"]])
+        return MedusaSpec(parse_choices(tree, len(model.medusa), cfg.max_draft_len or None, cfg.dims.vocab_size).choices)
+    if lookahead is not None:
+        if cfg.lookahead is not None:
+            cfg.lookahead.check_request(lookahead)
+        return lookahead if lookahead.max_ngram_size > 1 else None
+    if not no_lookahead and cfg.lookahead is not None and cfg.lookahead.max_ngram_size > 1:
+        return cfg.lookahead
+    return None
+
+
+@dataclass(kw_only=True)
+class Row:
+    """One request being decoded: its decoder, cache length, emitted tokens, stop rules and counters."""
+
+    request: Request
+    decoding: DecodingSpec
+    picker: TokenPicker
+    typical: TypicalAcceptance | None = None
+    decoder: Decoder | None = None  # made at prefill (lookahead starts from the first token)
+    length: int = 0  # tokens in the row's cache (accepted ones: slot == position)
+    outs: list[int] = field(default_factory=list)  # emitted tokens (an end id it stopped at included)
+    done: FinishReason | None = None
+    steps: int = 0  # decode steps (forward passes after the prefill)
+    accepted: int = 0  # draft tokens accepted
+    drafted: int = 0  # draft tokens verified
+    h_last: torch.Tensor | None = None  # [H] final hidden state of the last accepted token
+
+    @property
+    def step_tokens(self) -> int:
+        return step_tokens(self.decoding)
+
+    def emit(self, tokens: list[int]) -> list[int]:
+        """Append tokens until a stop rule holds; returns the ones that are output (not an end id)."""
+        new = []
+        for t in tokens:
+            self.outs.append(t)
+            self.done = stop_reason(self.outs, self.request)
+            if self.done != "end_id":
+                new.append(t)
+            if self.done:
+                break
+        return new
+
+    def kept(self) -> int:
+        """Output tokens so far (an end id the row stopped at is not one)."""
+        return len(self.outs) - (self.done == "end_id")
+
+    def result(self) -> Result:
+        cum, lps = self.picker.report(len(self.outs), self.kept())
+        return Result(tuple(self.outs[:self.kept()]), self.done or "length", self.steps, self.accepted, cum, lps)
+
+
+def prefill_row(model: Model, cache: KVCache, slot: int, row: Row) -> int:
+    """The row's prompt alone into cache row `slot` (slots 0..P-1); returns its first token (chosen by
+    the row's picker) and makes its decoder."""
+    dev, prompt = model.device, row.request.prompt
+    P = len(prompt)
+    view = KVCache(cache.k[:, slot:slot + 1], cache.v[:, slot:slot + 1])
+    mask = attention_mask(0, P, torch.zeros(1, dtype=torch.long, device=dev), model.cfg.sliding_window)
+    pos = torch.arange(P, device=dev)[None]
+    h = model.hidden(torch.tensor([prompt], device=dev), pos, view, 0, mask)[0, -1]  # [H]
+    first = row.picker.pick(model.logits(h[None])[0])
+    row.length, row.h_last = P, h
+    row.decoder = make_decoder(row.decoding, prompt, first)
+    return first
+
+
+def draft_attention_mask(local: torch.Tensor, depths: torch.Tensor, lengths: torch.Tensor, span: int,
+                         window: int | None = None) -> torch.Tensor:
+    """[B, 1, T, span] bool over cache slots 0..span-1.
+
+    local: [B, T, T] bool, step token t may see step token u (t sees itself); depths: [B, T] the
+    position offset of each step token; lengths: [B] accepted lengths L_b. Step token t of row b
+    sees slots < L_b (its context; with a sliding window only positions less than `window`
+    behind it) and slot L_b + u where local[b, t, u].
+    """
+    B, T, _ = local.shape
+    col = torch.arange(span, device=lengths.device)[None, None, :] - lengths[:, None, None]  # [B, 1, span]
+    in_step = (col >= 0) & (col < T)
+    seen = local.gather(2, col.clamp(0, T - 1).expand(B, T, span))  # [B, T, span]
+    context = col < 0
+    if window:
+        context = context & (depths[:, :, None] - col < window)  # query L + depth, key L + col
+    return (context | (in_step & seen)).unsqueeze(1)
+
+
+def keep_path(cache: KVCache, b: int, start: int, path: list[int]) -> None:
+    """Move the KV entries of row b's accepted step tokens (slots start + path[j]) to start + j."""
+    if path == list(range(len(path))):
+        return
+    src = torch.tensor(path, device=cache.k.device) + start
+    dst = torch.arange(len(path), device=cache.k.device) + start
+    for kv in (cache.k, cache.v):  # [L, B, nkv, S, d]
+        row = kv[:, b]
+        row[:, :, dst] = row[:, :, src]
+
+
+def _verify(row: Row, draft: Draft, logits: torch.Tensor, pred: list[int]) -> tuple[list[int], int]:
+    """(accepted path from the root, bonus token) of one row; logits [T, V], pred [T] their argmax."""
+    picker, sampling = row.picker, row.request.sampling
+    if row.typical is not None and not sampling.greedy:
+        path = typical_path(draft.chains, draft.tokens, logits, sampling.temperature, row.typical)
+        for parent, node in zip(path, path[1:]):  # accepted as drafted: booked as generated, nothing drawn
+            picker.observe(draft.tokens[node], logits[parent])
+        return path, picker.pick(logits[path[-1]])
+    if sampling.greedy and picker.trivial:
+        return longest_chain(draft.chains, draft.tokens, pred.__getitem__)
+    # the walk asks for the nodes in order and emits every choice: the picker's counts and generated-token
+    # count are plain decoding's at each node
+    return longest_chain(draft.chains, draft.tokens, lambda node: picker.pick(logits[node]))
+
+
+@torch.inference_mode()
+def decode_step(model: Model, cache: KVCache, rows: Sequence[Row]) -> list[list[int]]:
+    """One step for rows[b] in cache row b (b < len(rows)): pad the drafts, one forward pass, verify,
+    keep the accepted KV, advance. Returns each row's emitted tokens (accepted drafts, then the bonus
+    token; the caller applies the stop rules with `Row.emit`)."""
+    dev, B = model.device, len(rows)
+    view = KVCache(cache.k[:, :B], cache.v[:, :B])
+    heads = None
+    need = [b for b, r in enumerate(rows) if r.decoder.uses_heads]
+    if need:  # one pass of the Medusa heads for every Medusa row
+        k = max(r.decoder.tree.top_k for r in (rows[b] for b in need))
+        top = model.medusa_logits(torch.stack([rows[b].h_last for b in need])).topk(k, dim=-1).indices  # [n, K, k]
+        heads = dict(zip(need, top))
+    drafts = [r.decoder.propose(r.outs[-1], heads.get(b) if heads else None) for b, r in enumerate(rows)]
+    T = max(d.size for d in drafts)
+    tokens = torch.zeros(B, T, dtype=torch.long)
+    depths = torch.zeros(B, T, dtype=torch.long)
+    local = torch.eye(T, dtype=torch.bool)[None].repeat(B, 1, 1)  # padding sees only itself
+    lens = torch.tensor([r.length for r in rows], dtype=torch.long)
+    for b, d in enumerate(drafts):
+        tokens[b, :d.size] = torch.tensor(d.tokens)
+        depths[b, :d.size] = torch.tensor(d.depths)
+        local[b, :d.size, :d.size] = d.local
+    tokens, depths, local, lens = tokens.to(dev), depths.to(dev), local.to(dev), lens.to(dev)
+    mask = draft_attention_mask(local, depths, lens, int(lens.max()) + T, model.cfg.sliding_window)
+    h = model.hidden(tokens, lens[:, None] + depths, view, lens[:, None] + torch.arange(T, device=dev)[None, :],
+                     mask)  # [B, T, H]
+    logits = model.logits(h)  # [B, T, V]
+    pred = logits.argmax(-1).tolist()
+    out = []
+    for b, (r, d) in enumerate(zip(rows, drafts)):
+        path, bonus = _verify(r, d, logits[b], pred[b])
+        r.steps += 1
+        r.accepted += len(path) - 1
+        r.drafted += d.size - 1
+        keep_path(view, b, r.length, path)
+        r.length += len(path)
+        r.h_last = h[b, path[-1]]
+        emitted = [d.tokens[node] for node in path[1:]] + [bonus]
+        r.decoder.advance(d, pred[b], emitted)
+        out.append(emitted)
+    return out
