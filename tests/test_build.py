@@ -99,6 +99,32 @@ def test_torch_builds_plain_medusa_lookahead(tmp_path, hf, heads):
     assert got["lookahead"]["lookahead"] == "4,3,4" and "accepted_draft_tokens" in got["medusa"]
 
 
+def test_every_tokenizer_file_reaches_the_repository(tmp_path, hf):
+    """Issue 15: one tokenizer file list. Whatever the checkpoint carries (added_tokens.json,
+    chat_template.json, ...) is what the engine directory and the repository's tokenizer/ get, for a
+    build and for a dry run."""
+    import shutil
+
+    from trtbuild.common.tokenizer_files import TOKENIZER_FILES
+
+    model = tmp_path / "hf"
+    shutil.copytree(hf, model)
+    for name in TOKENIZER_FILES:
+        if not (model / name).is_file():  # placeholders: a plain torch build never loads them
+            (model / name).write_text(json.dumps({"file": name}) if name.endswith(".json") else f"{name}\n")
+    out = tmp_path / "out"
+    build(BuildSpec(model=str(model), max_seq_len=64), out, echo=_quiet)
+    carried = {n for n in TOKENIZER_FILES if (out / "checkpoint" / n).is_file()}
+    assert carried == set(TOKENIZER_FILES)
+    for d in (out / "engine", out / "triton_repo" / "preprocessing" / "tokenizer"):
+        assert {n for n in TOKENIZER_FILES if (d / n).is_file()} == carried, d
+        for n in carried:
+            assert (d / n).read_bytes() == (out / "checkpoint" / n).read_bytes(), (d, n)
+    build(BuildSpec(model=str(model), max_seq_len=64), tmp_path / "dry", echo=_quiet, dry_run=True)
+    tok = tmp_path / "dry" / "triton_repo" / "preprocessing" / "tokenizer"
+    assert {p.name for p in tok.iterdir()} == set(TOKENIZER_FILES)
+
+
 def test_build_is_the_default_command(tmp_path, hf, heads):
     r = CliRunner().invoke(cli, [str(hf), "--medusa", str(heads), "-o", str(tmp_path / "out"), "--max-seq-len", "128"])
     assert r.exit_code == 0, r.output
@@ -142,15 +168,15 @@ def test_flags_override_the_spec_file(tmp_path, hf):
 
 
 def test_self_check_failure_fails_the_build(tmp_path, hf, monkeypatch):
-    import trtbuild.runtime.lookahead as la
+    import trtbuild.runtime as rt
     from trtbuild.runtime.generate import Result
 
-    real = la.lookahead_generate
+    real = rt.decode
 
-    def broken(model, reqs, spec, limit=None):  # a decoder that drops the last token of each output
-        return [Result(r.output_ids[:-1] + (0,), r.finish_reason, r.num_steps) for r in real(model, reqs, spec, limit)]
+    def broken(model, reqs, decoding="engine", *a, **kw):  # a decoder that drops the last token of each output
+        return [Result(r.output_ids[:-1] + (0,), r.finish_reason, r.num_steps) for r in real(model, reqs, decoding)]
 
-    monkeypatch.setattr(la, "lookahead_generate", broken)
+    monkeypatch.setattr(rt, "decode", broken)
     with pytest.raises(BuildError, match="self-check failed: prompt 0 decodes differently"):
         build(BuildSpec(model=str(hf), lookahead="2,2,1", max_seq_len=128), tmp_path / "out", echo=_quiet)
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []

@@ -286,3 +286,49 @@ def test_demo_model_bad_source(tmp_path, name, content, msg):
     r = run("demo-model", "-o", tmp_path / "out", "--gguf", tmp_path / name)
     assert r.exit_code == 1 and msg in r.output and r.output.count("\n") == 1, r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_json_keys_and_typical_acceptance_flag(tmp_path):
+    make_hf_model(tmp_path / "hf")
+    assert run("convert", tmp_path / "hf", "-o", tmp_path / "c", "--dtype", "float32").exit_code == 0
+    base = ["generate", tmp_path / "c", "--input-ids", "5,17", "--max-tokens", "3", "--ignore-eos", "--json"]
+    r = run(*base)
+    assert r.exit_code == 0, r.output
+    assert list(json.loads(r.output)) == ["output_ids", "text", "finish_reason", "num_steps", "tokens_per_step"]
+    typical = run(*base, "--typical-acceptance", "--posterior-threshold", "0.2", "--posterior-alpha", "0.5")
+    assert typical.exit_code == 0 and typical.output == r.output  # plain decoding: nothing to accept
+
+
+class _Tok:
+    """A tokenizer stand-in: one id per character, a chat template that wraps the text."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": ([1] if add_special_tokens else []) + [ord(c) for c in text]}
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return f"<{messages[0]['content']}>"
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids)
+
+
+def test_runtime_text_encodes_prompts_end_ids_and_stop_words(tmp_path):
+    from trtbuild.runtime import SamplingParams
+    from trtbuild.runtime.generate import Result
+    from trtbuild.runtime.text import encode_prompts, render, requests
+
+    tok = _Tok()
+    assert encode_prompts(tok, ["ab"]) == [(1, 97, 98)]
+    assert encode_prompts(tok, ["ab"], chat=True) == [(60, 97, 98, 62)]  # the template's text, no BOS added
+    params = SamplingParams(0.0, 0, 1.0, None)
+    (req,) = requests(tmp_path, tok, prompts=["a"], max_tokens=4, params=params, stops=["z"])
+    assert req.prompt == (1, 97) and req.end_ids == (0,) and req.stop_words == ((122,),)  # the tokenizer's EOS
+    (req,) = requests(tmp_path, None, input_ids=[(3, 4)], max_tokens=4, params=params, end_ids=(7,))
+    assert req.prompt == (3, 4) and req.end_ids == (7,)
+    (req,) = requests(tmp_path, None, input_ids=[(3,)], max_tokens=4, params=params, ignore_eos=True)
+    assert req.end_ids == ()
+    res = Result((104, 105), "length", 1)
+    assert render(res, tok) == "hi" and render(res, None) == "104,105"
+    assert json.loads(render(res, tok, as_json=True))["text"] == "hi"

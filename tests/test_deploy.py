@@ -408,6 +408,25 @@ def test_sizing_rules_by_hand(builds):
     assert kube.memory_bytes(big) == (2 * (70 + 4) * 2**30 + 2048 * 2**20 + 2**30 - 1) // 2**30 * 2**30
 
 
+def test_a_build_is_read_typed(builds, tmp_path):
+    """Issue 15: spec.yaml and the engine's config.json are read once, typed; a damaged spec.yaml is one
+    line naming the file and the setting."""
+    from trtbuild.common.engine_config import EngineConfig
+    from trtbuild.common.lookahead.spec import LookaheadSpec
+    from trtbuild.common.spec import ResolvedSpec
+
+    b = read_build(builds["lookahead_tp2"])
+    assert isinstance(b.spec, ResolvedSpec) and isinstance(b.engine_config, EngineConfig)
+    assert b.spec.decoding == b.engine_config.decoding == LookaheadSpec(4, 3, 4)
+    assert b.engine_config.usable_seq_len == b.spec.max_seq_len and b.engine_config.world_size == b.world_size == 2
+    bad = tmp_path / "bad"
+    shutil.copytree(builds["lookahead_tp2"], bad, symlinks=True)
+    text = (bad / "spec.yaml").read_text()
+    (bad / "spec.yaml").write_text(text.replace("\ntp: 2\n", "\ntp: two\n"))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad / 'spec.yaml'))}: tp must be an integer, got 'two'$"):
+        read_build(bad)
+
+
 def test_torch_cpu_build_manifests(tmp_path):
     """A torch-backend CPU build deploys on the CPU image: no GPU request, affinity or toleration."""
     make_hf_model(tmp_path / "hf")
@@ -687,6 +706,6 @@ def test_cpu_image_installs_with_the_readme_install_step(tmp_path):
     assert r.returncode == 0, r.stderr
     (wheel,) = (tmp_path / "wheel").glob("trtbuild-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("trtbuild/cli.py", "trtbuild/triton_repo/models/tensorrt_llm.py", "trtbuild/common/medusa/presets.json",
+    for f in ("trtbuild/cli/__init__.py", "trtbuild/triton_repo/models/tensorrt_llm.py", "trtbuild/common/medusa/presets.json",
               "trtbuild/deploy/k8s.py", "trtbuild/deploy/preflight.py"):
         assert f in names

@@ -358,3 +358,55 @@ def test_bench_sweep_leaves_no_region_and_no_process(builds, tmp_path):
     assert proc.returncode == 0, out
     assert (tmp_path / "sweep" / "comparison.txt").is_file()
     assert _left_behind(f"trtbuild-{proc.pid}-", before) == []
+
+
+# --- the supervision loop, with a stand-in server (no tritonserver) -------------------------------
+
+
+class _FakeServer:
+    grpc_url = "127.0.0.1:1"
+
+    def __init__(self, fail_after: int | None = None, on_start=None):
+        self.polls, self.fail_after, self.on_start, self.stopped = 0, fail_after, on_start, 0
+
+    def start(self):
+        if self.on_start:
+            self.on_start()
+        return self
+
+    def failure(self):
+        self.polls += 1
+        return "tritonserver exited with code 3" if self.fail_after is not None and self.polls > self.fail_after else None
+
+    def stop(self):
+        self.stopped += 1
+
+
+def test_supervise_a_server_that_dies_is_one_error_and_stopped():
+    from trtbuild.serve.supervise import Ports, ServerDied, supervise
+
+    lines = []
+    server = _FakeServer(fail_after=2)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ServerDied, match="^the server died: tritonserver exited with code 3$"):
+        supervise(server, Ports(), echo=lambda t="", nl=True: lines.append(t), poll=0)
+    assert server.stopped == 1 and lines[0].startswith("ready: HTTP http://127.0.0.1:8000")
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
+
+
+def test_supervise_a_signal_while_starting_is_128_plus_it():
+    from trtbuild.serve.supervise import Ports, supervise
+
+    server = _FakeServer(on_start=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    stopped = supervise(server, Ports(), echo=lambda t="", nl=True: None, poll=0)
+    assert server.stopped == 1 and stopped.signal == signal.SIGTERM and not stopped.ready
+    assert stopped.exit_code == 128 + signal.SIGTERM
+
+
+def test_supervise_a_signal_once_ready_is_a_clean_stop():
+    from trtbuild.serve.supervise import Ports, supervise
+
+    server = _FakeServer()
+    server.failure = lambda: os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while serving
+    stopped = supervise(server, Ports(), echo=lambda t="", nl=True: None, poll=0)
+    assert stopped.ready and stopped.signal == signal.SIGINT and stopped.exit_code == 0 and server.stopped == 1

@@ -9,6 +9,9 @@ metrics per load point, and results written as JSON, CSV and per-request JSON li
 
 The results are written even when a load point fails (every request, or more than --max-error-rate);
 the failure is then raised as BenchFailed (a non-zero exit at the CLI).
+
+May import: trtbuild.common, trtbuild.convert, trtbuild.runtime, trtbuild.triton_repo, trtbuild.builder,
+trtbuild.tuning, trtbuild.serve (every layer below; never trtbuild.deploy or trtbuild.cli).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from trtbuild.common.errors import ConfigError
 from trtbuild.common.fsutil import open_output_dir
+from trtbuild.common.spec import ResolvedSpec
 
 
 def sweep(builds: list[Path], points: list[dict], num_requests: int, isl: str, osl: str, seed: int, warmup: int,
@@ -37,9 +38,8 @@ def sweep(builds: list[Path], points: list[dict], num_requests: int, isl: str, o
         echo(f"== {name}: serving {b}/triton_repo")
         with TritonServer(Path(b) / "triton_repo", http_port=free_port(), grpc_port=free_port(),
                           metrics_port=free_port()) as server:
-            import yaml
-
-            spec = yaml.safe_load((Path(b) / "spec.yaml").read_text()) if (Path(b) / "spec.yaml").is_file() else None
+            spec_file = Path(b) / "spec.yaml"
+            spec = ResolvedSpec.from_yaml(spec_file).to_dict() if spec_file.is_file() else None
             try:
                 bench(sender(server.grpc_url, "ensemble"), prompts, tok, points, warmup=warmup,
                       out_dir=out_dir / name, meta={"target": {"build": str(b)}, "spec": spec}, echo=echo,

@@ -32,6 +32,8 @@ the Medusa heads, the spec file). Build and dry run are one command's outputs (m
 and "dry-run"): a build replaces a previous build or dry run without --force; a dry run replaces a
 previous dry run without --force and a build only with --force; nothing else but an empty directory
 is ever replaced, --force or not.
+
+May import: trtbuild.common, trtbuild.convert, trtbuild.runtime, trtbuild.triton_repo.
 """
 
 from __future__ import annotations
@@ -46,14 +48,14 @@ from pathlib import Path
 from trtbuild.builder.engine import (TRTLLM_PIN, build_config, convert_command, diff_build_config, engine_config,
                                      gpu_info, shell, trtllm_build_command, versions)
 from trtbuild.builder.validate import Resolved, resolve_spec
+from trtbuild.common.engine_config import EngineConfig
 from trtbuild.common.errors import BuildError, ConfigError
 from trtbuild.common.fsutil import MARKER, check_inputs, check_output_dir, marker_kind, staging_dir, sweep_stale
 from trtbuild.convert.safetensors_io import sha256_file
 from trtbuild.common.spec import BuildSpec
+from trtbuild.common.tokenizer_files import tokenizer_files
 
 LOCK = "trtbuild.lock.json"
-COPIED = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "vocab.json",
-          "merges.txt", "chat_template.jinja", "generation_config.json")
 
 
 @dataclass(frozen=True)
@@ -181,19 +183,21 @@ def _build_into(tmp: Path, resolved: Resolved, echo: Callable[[str], None]) -> N
 
         echo(f"building {rs.world_size} engine(s) with TensorRT-LLM")
         version = build_engines(rs, ckpt, engine)
-        cfg = json.loads((engine / "config.json").read_text())
-        cfg["pretrained_config"].setdefault("lookahead_config", pretrained.get("lookahead_config"))
-        for note in diff_build_config(build_config(rs), cfg["build_config"]):
+        recorded = EngineConfig.read(engine)  # as TensorRT-LLM wrote it
+        for note in diff_build_config(build_config(rs), recorded.build_config):
             echo(f"note: {note}")
+        cfg = recorded.to_dict()
+        # TensorRT-LLM's pretrained_config may not keep the checkpoint's (W, N, G): the server reads it there
+        cfg["pretrained_config"] = {**cfg["pretrained_config"]}
+        cfg["pretrained_config"].setdefault("lookahead_config", pretrained.get("lookahead_config"))
     else:
         version = _engine_version(rs)
         cfg = engine_config(rs, pretrained, version)
     (engine / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (engine / MARKER).write_text(json.dumps({"backend": rs.backend, "checkpoint": "../checkpoint",
                                              "engine_version": version}, indent=2) + "\n")
-    for name in COPIED:
-        if (ckpt / name).is_file():
-            shutil.copy2(ckpt / name, engine / name)
+    for f in tokenizer_files(ckpt):
+        shutil.copy2(f, engine / f.name)
 
 
 def _write_lock(tmp: Path, resolved: Resolved, key: str, inputs: dict[str, str], vers: dict) -> dict:
@@ -254,9 +258,8 @@ def _dry_run(resolved: Resolved, out: Path, force: bool, echo: Callable[[str], N
         (preview / "config.json").write_text(json.dumps(predicted, indent=2) + "\n")
         (preview / MARKER).write_text(json.dumps({"backend": rs.backend, "checkpoint": "../checkpoint",
                                                   "engine_version": version, "dry_run": True}, indent=2) + "\n")
-        for name in COPIED:
-            if (Path(rs.model) / name).is_file():
-                shutil.copy2(Path(rs.model) / name, preview / name)
+        for f in tokenizer_files(Path(rs.model)):
+            shutil.copy2(f, preview / f.name)
         write_repo(preview, tmp / "triton_repo", engine_dir_in_repo=_engine_dir_in_repo(rs, out))
         shutil.rmtree(preview)
         (tmp / MARKER).write_text(json.dumps({"kind": "dry-run", "backend": rs.backend,
@@ -273,7 +276,7 @@ def _dry_run(resolved: Resolved, out: Path, force: bool, echo: Callable[[str], N
 
 def self_check(engine_dir: Path, echo: Callable[[str], None], new_tokens: int = 16) -> None:
     """Greedy output with and without speculation must agree token for token (reference runtime)."""
-    from trtbuild.runtime import Model, Request, generate
+    from trtbuild.runtime import Model, Request, decode, generate
     from trtbuild.runtime.tokenizer import load_tokenizer
 
     model = Model.load(engine_dir, dtype="float32", device="cpu")
@@ -285,14 +288,7 @@ def self_check(engine_dir: Path, echo: Callable[[str], None], new_tokens: int = 
         prompts = [tuple(range(1, 9)), tuple(range(9, 13))]
     reqs = [Request(p, new_tokens) for p in prompts]
     plain = [r.output_ids for r in generate(model, reqs)]
-    if model.medusa:
-        from trtbuild.runtime.medusa import medusa_generate
-
-        spec = medusa_generate(model, reqs, model.cfg.medusa_choices)
-    else:
-        from trtbuild.runtime.lookahead import lookahead_generate
-
-        spec = lookahead_generate(model, reqs, model.cfg.lookahead)
+    spec = decode(model, reqs, "engine")  # what the server decodes with: the engine's own decoding
     for i, (p, s) in enumerate(zip(plain, spec)):
         if s.output_ids != p:
             raise BuildError(f"self-check failed: prompt {i} decodes differently with speculative decoding "

@@ -29,12 +29,11 @@ import platform
 import shlex
 from pathlib import Path
 
+from trtbuild.common.engine_config import SPEC_MODE_IDS
 from trtbuild.common.spec import ResolvedSpec
 
 TRTLLM_PIN = "1.2"  # the last TensorRT-LLM line with the engine flow (Medusa, lookahead)
-# SpeculativeDecodingMode is an IntFlag of auto() values NONE, DRAFT_TOKENS_EXTERNAL, MEDUSA,
-# LOOKAHEAD_DECODING, ... (tensorrt_llm/models/modeling_utils.py); config.json holds the int
-SPEC_MODE = {None: 1, "medusa": 4, "lookahead_decoding": 8}
+SPEC_MODE = SPEC_MODE_IDS  # build_config.speculative_decoding_mode's int per mode (engine_config.SPEC_MODES)
 TOKENS_PER_BLOCK = 32  # NVIDIA/TensorRT-LLM@c20322ffd3dc0740ca530c9fad989b22e64f6e06:tensorrt_llm/plugin/plugin.py:248-249
 # NVIDIA/TensorRT-LLM@65f1d1536e18aea3380e6e270e00895a709333eb:tensorrt_llm/commands/build.py:171 (trtllm-build's
 # default, BuildConfig.output_timing_cache: NVIDIA/TensorRT-LLM@008b2b8d23af95e4e19fa6f354f9c5f6349b2bfc:tensorrt_llm/builder.py:499)

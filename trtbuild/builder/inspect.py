@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from trtbuild.convert.safetensors_io import sha256_file
+from trtbuild.common.engine_config import EngineConfig
 from trtbuild.common.errors import ConfigError
 from trtbuild.common.fsutil import MARKER
 
@@ -55,10 +56,12 @@ def inspect_dir(path: Path, verify: bool = False) -> dict:
     else:
         out["decoding"] = {"mode": "plain"}
     if engine:
-        bc = cfg.get("build_config") or {}
-        out["version"] = cfg.get("version")
-        out["limits"] = {k: bc.get(k) for k in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens",
-                                               "max_beam_width", "max_draft_len")}
+        ec = EngineConfig.from_dict(cfg, str(path / "config.json"))
+        out["version"] = ec.version
+        out["limits"] = {"max_batch_size": ec.max_batch_size, "max_input_len": ec.max_input_len,
+                         "max_seq_len": ec.max_seq_len, "max_num_tokens": ec.max_num_tokens,
+                         "max_beam_width": ec.build_config.get("max_beam_width"), "max_draft_len": ec.max_draft_len,
+                         "usable_seq_len": ec.usable_seq_len}
         out["engines"] = sorted(p.name for p in path.glob("rank*.engine"))
         if (path / LOCK).is_file():
             lock = read_lock(path)

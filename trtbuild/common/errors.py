@@ -1,4 +1,4 @@
-"""One exception hierarchy for the library; cli.py turns it into one-line errors with exit code 1."""
+"""One exception hierarchy for the library; trtbuild.cli turns it into one-line errors with exit code 1."""
 
 
 class TrtbuildError(Exception):

@@ -4,7 +4,8 @@
 checked on construction (a wrong type is one ConfigError naming the key, the value and the type,
 from YAML and flags alike). `resolve_spec` fills every default from the model itself and checks
 every rule that needs no GPU, so the resolved spec (written as `spec.yaml` next to the engine) is
-complete: nothing downstream asks again. Field names follow
+complete: nothing downstream asks again; `ResolvedSpec.from_yaml` reads it back typed, its
+decoding (`decoding`: a DecodingSpec) parsed once. Field names follow
 TensorRT-LLM's (`max_draft_len`, `LookaheadDecodingConfig`'s W/N/G, trtllm-build's limits).
 """
 
@@ -210,7 +211,59 @@ class ResolvedSpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @property
-    def lookahead_spec(self):
-        from trtbuild.common.lookahead.spec import parse_lookahead
+    def decoding(self) -> DecodingSpec:
+        """How the build decodes, typed (from medusa_choices / lookahead; None: plain decoding).
+        Parsed here once: no reader parses the brace form or "W,N,G" itself."""
+        if self.medusa_choices is not None:
+            from trtbuild.common.medusa.choices import parse_choices
 
-        return parse_lookahead(self.lookahead) if self.lookahead else None
+            return MedusaSpec(parse_choices(self.medusa_choices).choices)
+        if self.lookahead is not None:
+            from trtbuild.common.lookahead.spec import parse_lookahead
+
+            return parse_lookahead(self.lookahead)
+        return None
+
+    @property
+    def lookahead_spec(self) -> LookaheadSpec | None:
+        d = self.decoding
+        return d if isinstance(d, LookaheadSpec) else None
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> ResolvedSpec:
+        """A build's spec.yaml (as `to_yaml` writes it): every field present with its annotated
+        type, nothing else; one ConfigError line naming the file and the field otherwise."""
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} is not a resolved build spec (a YAML mapping of every setting)")
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise ConfigError(f"{path}: missing setting(s) {', '.join(missing)} (written by another trtbuild? "
+                              "rebuild)")
+        unknown = sorted(str(k) for k in data if k not in names)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        values = {}
+        for n in names:
+            ok, norm = _typed(data[n], _RESOLVED_HINTS[n])
+            if not ok:
+                raise ConfigError(f"{path}: {n} must be {_describe(_RESOLVED_HINTS[n])}, got {_show(data[n])}")
+            values[n] = norm
+        spec = cls(**values)
+        try:
+            spec.decoding  # the tree / (W, N, G) parse, so a reader's `decoding` cannot fail later
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        return spec
+
+
+_RESOLVED_HINTS = typing.get_type_hints(ResolvedSpec)

@@ -7,6 +7,8 @@ appears complete or not at all. The output is self-contained: tokenizer, chat te
 generation config are copied, and `trtbuild.json` records its kind ("checkpoint"), the version, the
 options and the sha256 of every source and output file. `out_dir` follows fsutil's output rule: it
 never is, contains or sits inside the HF directory or the Medusa heads.
+
+May import: trtbuild.common.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from trtbuild.convert.rules import Family, iter_rank, plan_ranks
 from trtbuild.convert.safetensors_io import StreamingWriter, sha256_file
 from trtbuild.common.errors import ConfigError
 from trtbuild.common.fsutil import MARKER, check_output_dir, staging_dir
+# TOKENIZER_FILES (re-exported): what makes the checkpoint self-contained for tokenisation and generation
+from trtbuild.common.tokenizer_files import TOKENIZER_FILES, tokenizer_files  # noqa: F401
 
 KIND = "checkpoint"  # the marker kind of convert's output
 
@@ -40,12 +44,6 @@ ARCHITECTURES: dict[str, Family] = {
 
 DTYPES = ("float32", "float16", "bfloat16")
 
-# Files that make the checkpoint self-contained for tokenisation and generation defaults.
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-    "generation_config.json",
-)
 
 MANIFEST = MARKER
 
@@ -120,7 +118,7 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
             digests = {f"rank{r}.safetensors": _write_rank(tmp / f"rank{r}.safetensors", steps, source, dims,
                                                              mapping, r, dtype)
                        for r, steps in enumerate(plans)}
-            for p in _tokenizer_files(hf_dir):
+            for p in tokenizer_files(hf_dir):
                 shutil.copy2(p, tmp / p.name)
             hashes = source_hashes.result()
             if heads is not None:
@@ -149,13 +147,9 @@ def _write_rank(path: Path, steps: list, source, dims, mapping: Mapping, rank: i
     return writer.sha256
 
 
-def _tokenizer_files(hf_dir: Path) -> list[Path]:
-    return [hf_dir / n for n in TOKENIZER_FILES if (hf_dir / n).is_file()]
-
-
 def source_files(ckpt: HFCheckpoint) -> list[Path]:
     indexes = sorted(ckpt.path.glob("*.index.json"))
-    return [ckpt.path / "config.json", *indexes, *ckpt.weight_files, *_tokenizer_files(ckpt.path)]
+    return [ckpt.path / "config.json", *indexes, *ckpt.weight_files, *tokenizer_files(ckpt.path)]
 
 
 def _write_manifest(tmp: Path, ckpt: HFCheckpoint, source_hashes: dict[str, str], digests: dict[str, str],

@@ -7,20 +7,20 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from trtbuild.builder import LOCK, read_lock
 from trtbuild.builder.gpus import GPUS, Gpu
+from trtbuild.common.engine_config import EngineConfig
 from trtbuild.common.errors import ConfigError
 from trtbuild.common.fsutil import MARKER
+from trtbuild.common.spec import ResolvedSpec
 
 
 @dataclass(frozen=True)
 class Build:
     path: Path
-    spec: dict  # spec.yaml (ResolvedSpec.to_dict())
+    spec: ResolvedSpec  # spec.yaml
     lock: dict  # engine/trtbuild.lock.json
-    engine_config: dict  # engine/config.json
+    engine_config: EngineConfig  # engine/config.json
     repo: dict  # triton_repo/trtbuild.json
     python_instances: int  # Python-backend model instances in the repository (rank 0)
     engine_bytes_per_rank: int  # the largest rank's engine (or, without engines, its checkpoint file)
@@ -28,15 +28,15 @@ class Build:
 
     @property
     def backend(self) -> str:
-        return self.spec["backend"]
+        return self.spec.backend
 
     @property
     def world_size(self) -> int:
-        return int(self.spec["tp"]) * int(self.spec["pp"])
+        return self.spec.tp * self.spec.pp
 
     @property
     def gpu(self) -> Gpu | None:
-        return GPUS.get(self.spec["gpu"])
+        return GPUS.get(self.spec.gpu)
 
     @property
     def trtllm_version(self) -> str | None:
@@ -69,11 +69,14 @@ def read_build(out: Path) -> Build:
         raise ConfigError(f"{out} is a dry run: it has no engine to deploy (build it, then generate the manifests)")
     if marker.get("kind") != "build":
         raise ConfigError(f"{out} is not a build directory written by `trtbuild build`")
+    for rel in ("spec.yaml", "engine/config.json", f"triton_repo/{MARKER}"):
+        if not (out / rel).is_file():
+            raise ConfigError(f"{out} is an incomplete build (no {rel})")
+    spec = ResolvedSpec.from_yaml(out / "spec.yaml")
+    engine_config = EngineConfig.read(out / "engine")
     try:
-        spec = yaml.safe_load((out / "spec.yaml").read_text())
-        engine_config = json.loads((out / "engine" / "config.json").read_text())
         repo = json.loads((out / "triton_repo" / MARKER).read_text())
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as e:
+    except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{out} is an incomplete build ({e})") from None
     if not (out / "engine" / LOCK).is_file():
         raise ConfigError(f"{out}/engine has no {LOCK}: rebuild it with this trtbuild")

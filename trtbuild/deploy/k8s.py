@@ -154,7 +154,7 @@ def _round_up(n: int, step: int) -> int:
 
 
 def shm_bytes(build: Build) -> int:
-    per_instance = 64 * MiB + int(build.spec["max_batch_size"]) * int(build.spec["max_seq_len"]) * 8
+    per_instance = 64 * MiB + build.spec.max_batch_size * build.spec.max_seq_len * 8
     n = 256 * MiB + build.python_instances * per_instance
     if build.world_size > 1:
         n += build.world_size * 512 * MiB
@@ -204,7 +204,7 @@ def _label_value(text: str) -> str:
 def labels(build: Build, opts: Options) -> dict[str, str]:
     """Selector labels first; then what the engine is (GPU, TensorRT-LLM version, spec hash)."""
     return {**selector(opts), "app.kubernetes.io/component": "triton", "app.kubernetes.io/managed-by": "trtbuild",
-            "trtbuild.dev/backend": build.backend, "trtbuild.dev/gpu": _label_value(build.spec["gpu"]),
+            "trtbuild.dev/backend": build.backend, "trtbuild.dev/gpu": _label_value(build.spec.gpu),
             "trtbuild.dev/tensorrt-llm": _label_value(build.trtllm_version or "none"),
             "trtbuild.dev/spec-hash": build.lock["spec_hash"][:16]}
 
@@ -225,7 +225,7 @@ def annotations(build: Build, opts: Options) -> dict[str, str]:
             "trtbuild.dev/cuda-version": versions.get("cuda") or "none",
             "trtbuild.dev/trtbuild-version": versions.get("trtbuild") or "none",
             "trtbuild.dev/world-size": str(build.world_size),
-            "trtbuild.dev/speculative-decoding": build.spec.get("speculative_decoding_mode") or "none",
+            "trtbuild.dev/speculative-decoding": build.spec.speculative_decoding_mode or "none",
             "trtbuild.dev/model-store": opts.store.url or f"pvc:{opts.store.claim}/{opts.store.sub_path}".rstrip("/")}
 
 
@@ -410,7 +410,7 @@ def render(build: Build, opts: Options) -> dict[str, dict]:
     if build.backend == "tensorrt-llm" and build.gpu is None:
         raise ConfigError("a tensorrt-llm build without a GPU target cannot be deployed")
     if build.backend == "torch" and build.gpu is not None:
-        raise ConfigError(f"{build.path.name} is a torch-backend build for {build.spec['gpu']}: the torch backend "
+        raise ConfigError(f"{build.path.name} is a torch-backend build for {build.spec.gpu}: the torch backend "
                           "deploys on the CPU image (build with --gpu cpu), GPU deployments serve tensorrt-llm "
                           "engines (--backend tensorrt-llm)")
     if (opts.hpa is None) == (opts.replicas is None):
@@ -448,3 +448,38 @@ def write(build: Build, opts: Options, out: Path, force: bool = False) -> Path:
         (tmp / MARKER).write_text(json.dumps({"kind": "k8s", "build": str(build.path), "name": opts.name},
                                              indent=2) + "\n")
     return out
+
+
+def options_for(build: Build, build_dir: Path, *, name: str | None = None, image: str | None = None,
+                replicas: int | None = None, model_store: str | None = None, hpa: str | None = None,
+                monitor_labels: tuple[str, ...] = (), namespace: str | None = None) -> Options:
+    """`trtbuild k8s`'s options with their defaults: the name from the build directory's, the image
+    docker/ builds for the backend, the claim NAME-build, and HPA 1,4,1.0 unless a fixed replica count."""
+    name = check_name(name) if name else k8s_name(Path(build_dir).resolve().name)
+    if namespace is not None:
+        check_name(namespace, "--namespace")
+    return Options(name=name, image=image or default_image(build), store=parse_model_store(model_store or
+                                                                                            f"pvc:{name}-build"),
+                   hpa=None if replicas is not None else parse_hpa(hpa or "1,4,1.0"), replicas=replicas,
+                   namespace=namespace, monitor_labels=tuple(parse_label(t) for t in monitor_labels))
+
+
+def default_image(build: Build) -> str:
+    return images.TRTLLM_IMAGE if build.backend == "tensorrt-llm" else images.CPU_IMAGE
+
+
+def summary(build: Build, opts: Options, out: Path, image_given: bool) -> list[str]:
+    """What `trtbuild k8s` wrote, the notes a user needs before applying it, and the apply command."""
+    gpus = f"{build.world_size} x nvidia.com/gpu ({', '.join(gpu_products(build))})" if build.gpu else "CPU only"
+    scale = f"HPA {opts.hpa.min_replicas}-{opts.hpa.max_replicas}" if opts.hpa else f"{opts.replicas} replica(s)"
+    lines = [f"wrote {out}: Deployment {opts.name} ({gpus}, image {opts.image}, /dev/shm {mi(shm_bytes(build))}, "
+             f"startup window {startup_failure_threshold(build) * STARTUP_PERIOD} s, {scale}), Service, PodMonitor, "
+             "PrometheusRule"]
+    if not image_given:
+        lines.append(f"note: image {opts.image} is what docker/ builds locally: push it to a registry the "
+                     "cluster pulls from and pass --image")
+    if opts.store.kind == "pvc":
+        lines.append(f"note: the build must be on the claim {opts.store.claim}"
+                     + (f" under {opts.store.sub_path}" if opts.store.sub_path else "")
+                     + " (ReadOnlyMany or ReadWriteMany, for replicas on several nodes)")
+    return lines + [f"apply: kubectl apply -k {out}"]

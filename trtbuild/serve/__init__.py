@@ -10,7 +10,10 @@ manager for tests and scripts).
   Python).
 The server binds to `host` only, is ready when `/v2/health/ready` answers 200, and is stopped with
 its whole process group, Python-backend stubs included, and its /dev/shm regions removed (named
-with a prefix of its own, so concurrent servers never touch each other's).
+with a prefix of its own, so concurrent servers never touch each other's). `supervise.py`: the
+`trtbuild serve` loop (signals, a server that dies); `ask.py`: one request to a running server.
+
+May import: trtbuild.common, trtbuild.triton_repo (and what they may).
 """
 
 from __future__ import annotations

@@ -14,7 +14,10 @@ as a Triton ModelConfig before the repository is published. `decoupled_mode` fol
 streaming switch for tensorrt_llm and the BLS. Paths inside are relative to each model's
 directory, except the engine (`gpt_model_path`) for the tensorrtllm backend, which must be absolute
 there. The tensorrt_llm model's parameters are the C++ backend's keys (`contract.py`), checked
-before anything is written.
+before anything is written. The engine is read once (`EngineConfig.read`), the spec as
+`ResolvedSpec.from_yaml`; their typed decoding becomes the backend's strings only here.
+
+May import: trtbuild.common, trtbuild.convert, trtbuild.runtime (the Python models run the runtime).
 """
 
 from __future__ import annotations
@@ -25,43 +28,40 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from trtbuild.common.engine_config import EngineConfig
 from trtbuild.common.errors import ConfigError
 from trtbuild.common.fsutil import MARKER, staging_dir
+from trtbuild.common.lookahead.spec import LookaheadSpec
+from trtbuild.common.medusa.choices import MedusaSpec
+from trtbuild.common.spec import ResolvedSpec
+from trtbuild.common.tokenizer_files import tokenizer_files
 from trtbuild.triton_repo import contract
 from trtbuild.triton_repo.templates import TEMPLATES
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "chat_template.jinja", "generation_config.json")
 MODELS = ("ensemble", "preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls")
 
 
-def _read_engine(engine_dir: Path) -> tuple[dict, dict, dict]:
+def _read_engine(engine_dir: Path) -> tuple[EngineConfig, dict, ResolvedSpec | None]:
+    """The engine's config.json, its trtbuild marker and the build's spec.yaml (None: an engine
+    directory outside a build, `trtbuild repo` on it; the defaults then apply)."""
     try:
-        cfg = json.loads((engine_dir / "config.json").read_text())
         marker = json.loads((engine_dir / MARKER).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{engine_dir} is not an engine directory built by trtbuild ({e})") from None
-    if "build_config" not in cfg or "pretrained_config" not in cfg:
-        raise ConfigError(f"{engine_dir}/config.json is not an engine config (no build_config)")
-    spec = {}
+    cfg = EngineConfig.read(engine_dir)
     spec_file = engine_dir.parent / "spec.yaml"
-    if spec_file.is_file():
-        import yaml
-
-        spec = yaml.safe_load(spec_file.read_text()) or {}
-    return cfg, marker, spec
+    return cfg, marker, ResolvedSpec.from_yaml(spec_file) if spec_file.is_file() else None
 
 
-def parameters(cfg: dict, marker: dict, spec: dict, engine_param: str, streaming: bool) -> dict[str, dict[str, str]]:
+def parameters(cfg: EngineConfig, marker: dict, spec: ResolvedSpec | None, engine_param: str,
+               streaming: bool) -> dict[str, dict[str, str]]:
     """Template values per model, all strings; `tensorrt_llm` also gets `parameters`, its key/value
     list rendered from `tensorrt_llm_parameters` (checked against the C++ backend's contract)."""
-    bc = cfg["build_config"]
-    draft = int(bc.get("max_draft_len") or 0)
-    max_batch = str(bc["max_batch_size"])
+    max_batch = str(cfg.max_batch_size)
     common = {"triton_max_batch_size": max_batch, "decoupled_mode": "true" if streaming else "false",
               "logits_datatype": "TYPE_FP32", "encoder_input_features_data_type": "TYPE_FP16",
               "max_queue_delay_microseconds": "0", "max_queue_size": "0"}
-    end_ids = spec.get("end_ids") or []
+    end_ids = spec.end_ids if spec is not None else ()
     torch_backend = marker.get("backend") == "torch"
     tok = "../preprocessing/tokenizer"
     llm = tensorrt_llm_parameters(cfg, spec, engine_param)
@@ -69,9 +69,9 @@ def parameters(cfg: dict, marker: dict, spec: dict, engine_param: str, streaming
     return {
         "ensemble": common,
         "preprocessing": {**common, "tokenizer_dir": "tokenizer", "add_special_tokens": "true",
-                          "max_input_len": str(bc["max_input_len"]), "max_seq_len": str(int(bc["max_seq_len"]) - draft),
+                          "max_input_len": str(cfg.max_input_len), "max_seq_len": str(cfg.usable_seq_len),
                           "end_ids": ",".join(str(i) for i in end_ids),
-                          "vocab_size": str(cfg["pretrained_config"]["vocab_size"]),
+                          "vocab_size": str(cfg.vocab_size),
                           "preprocessing_instance_count": "1"},
         "postprocessing": {**common, "tokenizer_dir": tok, "skip_special_tokens": "true",
                            "postprocessing_instance_count": "1"},
@@ -86,33 +86,31 @@ def parameters(cfg: dict, marker: dict, spec: dict, engine_param: str, streaming
     }
 
 
-def tensorrt_llm_parameters(cfg: dict, spec: dict, engine_param: str) -> dict[str, str]:
+def tensorrt_llm_parameters(cfg: EngineConfig, spec: ResolvedSpec | None, engine_param: str) -> dict[str, str]:
     """The tensorrt_llm model's parameters: the C++ backend's keys (contract.CPP_PARAMETERS), filled
     from the engine and spec; keys it would default are written only where trtbuild's value differs
-    or matters to the reader."""
-    bc, pre = cfg["build_config"], cfg["pretrained_config"]
+    or matters to the reader. The decoding is the engine's own (`cfg.decoding`), turned into the
+    backend's strings only here."""
+    kv_fraction = spec.kv_cache_free_gpu_mem_fraction if spec is not None else 0.9
     p = {"gpt_model_type": "inflight_fused_batching", "gpt_model_path": engine_param,
          # read with no fallback; empty: no tokenizer for guided decoding, which stays off
          "tokenizer_dir": "", "xgrammar_tokenizer_info_path": "", "guided_decoding_backend": "",
          "max_beam_width": "1", "batch_scheduler_policy": "guaranteed_no_evict",
-         "kv_cache_free_gpu_mem_fraction": str(spec.get("kv_cache_free_gpu_mem_fraction", 0.9)),
+         "kv_cache_free_gpu_mem_fraction": str(kv_fraction),
          "enable_kv_cache_reuse": "false", "normalize_log_probs": "true", "enable_chunked_context": "true",
          "exclude_input_in_output": "true", "cancellation_check_period_ms": "100", "stats_check_period_ms": "100"}
-    window = pre.get("sliding_window")
-    if window and int(window) < int(bc["max_seq_len"]):
+    if cfg.sliding_window and cfg.sliding_window < cfg.max_seq_len:
         # without it the executor attends over max_seq_len (mis.cc:141-151): a Mistral engine must say it
-        p["max_attention_window_size"] = str(int(window))
-    if pre.get("architecture") == "MedusaForCausalLM":
-        from trtbuild.common.medusa.choices import parse_choices, to_brace
-
+        p["max_attention_window_size"] = str(cfg.sliding_window)
+    d = cfg.decoding
+    if isinstance(d, MedusaSpec):
         p["decoding_mode"] = "medusa"
-        p["medusa_choices"] = to_brace(parse_choices([list(c) for c in pre["medusa_choices"]]).choices)
-    elif pre.get("lookahead_config"):
-        la = pre["lookahead_config"]
+        p["medusa_choices"] = str(d)
+    elif isinstance(d, LookaheadSpec):
         p["decoding_mode"] = "lookahead"
-        p["lookahead_window_size"] = str(la["max_window_size"])
-        p["lookahead_ngram_size"] = str(la["max_ngram_size"])
-        p["lookahead_verification_set_size"] = str(la["max_verification_set_size"])
+        p["lookahead_window_size"] = str(d.max_window_size)
+        p["lookahead_ngram_size"] = str(d.max_ngram_size)
+        p["lookahead_verification_set_size"] = str(d.max_verification_set_size)
     else:
         p["decoding_mode"] = "top_k_top_p"
     return p
@@ -167,13 +165,11 @@ def write_repo(engine_dir: Path, out: Path, *, streaming: bool = True, force: bo
         for name in ("preprocessing", "postprocessing", "tensorrt_llm_bls") + (("tensorrt_llm",) if torch_backend else ()):
             (tmp / name / "1" / "model.py").write_text((sources / f"{name}.py").read_text())
         (tmp / "preprocessing" / "tokenizer").mkdir()
-        for f in TOKENIZER_FILES:
-            if (engine_dir / f).is_file():
-                shutil.copy2(engine_dir / f, tmp / "preprocessing" / "tokenizer" / f)
+        for f in tokenizer_files(engine_dir):
+            shutil.copy2(f, tmp / "preprocessing" / "tokenizer" / f.name)
         # engine_dir: the engine as the server sees it (absolute for tensorrt-llm, relative to
         # tensorrt_llm/ for torch), not where it was read from (a build's staging directory)
         (tmp / MARKER).write_text(json.dumps({"kind": "triton_repo", "engine_dir": engine_dir_in_repo,
                                               "backend": marker.get("backend"), "streaming": streaming,
-                                              "world_size": (cfg["pretrained_config"].get("mapping") or {})
-                                              .get("world_size", 1)}, indent=2) + "\n")
+                                              "world_size": cfg.world_size}, indent=2) + "\n")
     return out

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import sysconfig
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal

@@ -1,0 +1,85 @@
+"""`trtbuild bench`'s options -> one run: the target (a server, or the in-process scheduler), the
+prompts (a dataset or synthetic ones), the load points, and what results.json records about them
+(the target; a build directory's resolved spec.yaml when the engine or tokenizer is in one)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from trtbuild.bench import bench
+from trtbuild.bench.load import (bench_tokenizer, check_server, dataset_prompts, inprocess_sender, parse_length,
+                                 sender, synthetic_prompts)
+from trtbuild.bench.metrics import parse_slo
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server (`url`, `protocol`, `model`, `tokenizer` its tokenizer's directory) or the
+    in-process scheduler of `engine_dir`."""
+
+    url: str | None = None
+    engine_dir: Path | None = None
+    protocol: str = "grpc"
+    model: str = "ensemble"
+    tokenizer: Path | None = None
+
+
+@dataclass(frozen=True)
+class Load:
+    concurrency: tuple[int, ...] = (1,)
+    request_rate: float | None = None  # Poisson arrivals instead of concurrency levels
+    burstiness: float = 1.0
+    num_requests: int = 16
+    duration: float | None = None
+    warmup: int = 1
+    dataset: Path | None = None
+    isl: str = "128"
+    osl: str = "64"
+    seed: int = 0
+    slo: str | None = None
+    max_error_rate: float = 0.0
+
+    def points(self) -> list[dict]:
+        if self.request_rate:
+            return [{"request_rate": self.request_rate, "burstiness": self.burstiness, "seed": self.seed}]
+        return [{"concurrency": c} for c in self.concurrency]
+
+
+def run_bench(target: Target, load: Load, out_dir: Path | None = None, echo: Callable[[str], None] = print) -> dict:
+    """Load `target` and report (and write to `out_dir`); one-line errors for bad settings, an
+    unreachable server or a tokenizer-less directory; BenchFailed after writing for failed points."""
+    slo_ms = parse_slo(load.slo)
+    tok = bench_tokenizer(target.tokenizer or target.engine_dir, "--tokenizer" if target.tokenizer else "--in-process")
+    if load.dataset is not None:
+        prompts = dataset_prompts(load.dataset, tok, parse_length(load.osl, "--osl")[0])[:load.num_requests]
+    else:
+        prompts = synthetic_prompts(tok, load.num_requests, parse_length(load.isl, "--isl"),
+                                    parse_length(load.osl, "--osl"), load.seed)
+    stop = None
+    if target.engine_dir is not None:
+        send, stop = inprocess_sender(target.engine_dir)
+        meta: dict = {"target": {"in_process": str(target.engine_dir)}}
+    else:
+        check_server(target.url, target.model, target.protocol)  # one line now rather than every request failing
+        send = sender(target.url, target.model, target.protocol)
+        meta = {"target": {"url": target.url, "protocol": target.protocol, "model": target.model}}
+    spec = build_spec(target.engine_dir or target.tokenizer)
+    if spec is not None:
+        meta["spec"] = spec
+    try:
+        return bench(send, prompts, tok, load.points(), warmup=load.warmup, slo=slo_ms, out_dir=out_dir, meta=meta,
+                     echo=echo, duration=load.duration, max_error_rate=load.max_error_rate,
+                     inputs=(target.tokenizer, target.engine_dir, load.dataset))
+    finally:
+        if stop:
+            stop()
+
+
+def build_spec(path: Path) -> dict | None:
+    """The resolved spec of the build directory holding `path` (OUT/engine -> OUT/spec.yaml), if any."""
+    from trtbuild.common.spec import ResolvedSpec
+
+    spec = Path(path).parent / "spec.yaml"
+    return ResolvedSpec.from_yaml(spec).to_dict() if spec.is_file() else None

@@ -1,0 +1,56 @@
+"""`trtbuild plan MODEL`: the memory plan of a HF directory or config.json, and its report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from trtbuild.builder.gpus import gpu as gpu_for
+from trtbuild.builder.plan import Plan, dims_from_config, model_positions, plan, with_medusa
+from trtbuild.common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    plan: Plan
+    tp: int
+    pp: int
+    dtype: str
+    max_seq_len: int
+    positions: int  # the model's positions, RoPE scaling included
+    max_position_embeddings: int | None
+
+    def to_dict(self) -> dict:
+        return {**self.plan.to_dict(), "model_positions": self.positions}
+
+    def lines(self) -> list[str]:
+        p, gib = self.plan, 1 << 30
+        out = []
+        if self.max_seq_len > self.positions:  # build refuses it whatever the memory says
+            scaled = ", RoPE scaling included" if self.positions != self.max_position_embeddings else ""
+            out.append(f"max_seq_len {self.max_seq_len} exceeds the model's {self.positions} positions "
+                       f"(max_position_embeddings{scaled}): build refuses it")
+        fits = p.fits and self.max_seq_len <= self.positions
+        return out + [
+            f"{p.device} x {self.tp * self.pp} (tp={self.tp}, pp={self.pp}), {self.dtype}",
+            f"weights per GPU:            {p.weights_bytes / gib:8.2f} GiB",
+            f"KV cache per token per GPU: {p.kv_cache_bytes_per_token:8d} bytes",
+            f"activations + logits:       {(p.activation_bytes + p.logits_bytes) / gib:8.2f} GiB",
+            f"KV tokens that fit:         {p.max_kv_tokens:8d}  ({p.kv_cache_free_gpu_mem_fraction:.0%} of what is left)",
+            f"fits: {'yes' if fits else 'no'}; max_batch_size x max_seq_len: "
+            f"{'fits' if p.full_batch_fits else 'does not fit'}; recommended: {json.dumps(p.recommended)}"]
+
+
+def plan_model(model: Path, *, gpu: str, tp: int, pp: int, dtype: str, max_batch_size: int, max_seq_len: int,
+               max_num_tokens: int, medusa_heads: int, medusa_layers: int, max_draft_len: int) -> ModelPlan:
+    """Plan `model` (a HF directory or its config.json) on `gpu`; one ConfigError line for an unreadable config."""
+    path = model / "config.json" if model.is_dir() else model
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+    dims = with_medusa(dims_from_config(cfg), medusa_heads, medusa_layers)
+    p = plan(dims, gpu_for(gpu), tp=tp, pp=pp, dtype=dtype, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
+             max_num_tokens=max_num_tokens, max_draft_len=max_draft_len)
+    return ModelPlan(p, tp, pp, dtype, max_seq_len, model_positions(cfg), cfg.get("max_position_embeddings"))
