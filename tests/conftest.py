@@ -47,6 +47,16 @@ def make_hf_model(path: Path, arch: str = "LlamaForCausalLM", seed: int = 0, **o
     return model
 
 
+def random_heads(path: Path, heads: int, hidden: int = 64, seed: int = 0) -> Path:
+    """Medusa heads with one ResBlock each, random, as a safetensors file (the base lm_head is shared)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    save_file({f"{h}.0.linear.{n}": torch.randn(*s, generator=g) for h in range(heads)
+               for n, s in (("weight", (hidden, hidden)), ("bias", (hidden,)))}, str(path))
+    return path
+
+
 def speculative_checkpoints(d: Path, choices: str = "{0}, {1}, {0, 0}, {0, 1}, {0, 0, 0}") -> dict[str, Path]:
     """A tiny Llama as plain, lookahead (4,3,4) and Medusa (3 heads, `choices`) fp32 checkpoints under d."""
     from safetensors.torch import save_file

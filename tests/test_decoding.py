@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import speculative_checkpoints
-from trtbuild.common.errors import GenerationError
+from trtbuild.common.errors import ConfigError, GenerationError
 from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.common.medusa.choices import MedusaSpec
 from trtbuild.runtime import Model, Request, SamplingParams, decode, generate
@@ -126,3 +126,24 @@ def test_typical_acceptance_is_opt_in_and_refuses_per_token_rules(ckpts):
     with pytest.raises(GenerationError, match="typical acceptance does not apply penalties"):
         decode(model, [Request(REPEATING, 4, SamplingParams(temperature=0.8, presence_penalty=1.0))], "engine",
                TypicalAcceptance())
+
+
+def test_the_scheduler_refuses_what_its_cache_cannot_hold_and_stays_refusing_once_dead(ckpts):
+    from trtbuild.runtime import Scheduler
+
+    md, la = Model.load(ckpts["medusa"]), Model.load(ckpts["lookahead"])
+    with pytest.raises(GenerationError, match=r"the Medusa tree \(6 nodes\) needs 6 tokens per step; this engine "
+                                              r"was built for 3"):
+        Scheduler(md, 2, 64, max_draft_len=2)  # the engine's own tree must fit its draft tokens
+    sched = Scheduler(la, 2, 64)
+    for bad in ("medusa", "plain", (4, 3, 4)):
+        with pytest.raises(GenerationError, match="unknown decoding"):
+            sched.submit(Request(REPEATING, 4), lambda t, r: None, bad)
+    with pytest.raises(ConfigError, match="exceeds the engine.s"):  # the checkpoint's (W, N, G) is the limit
+        Scheduler(la, 2, 64, decoding=None).submit(Request(REPEATING, 4), lambda t, r: None, LookaheadSpec(5, 3, 4))
+    sched.error = RuntimeError("boom")  # what run_forever keeps when the loop dies
+    with pytest.raises(GenerationError, match="the scheduler stopped: boom"):
+        sched.submit(Request(REPEATING, 4), lambda t, r: None)
+    # typical acceptance never applies to greedy rows: their per-token rules are fine
+    greedy = Request(REPEATING, 6, return_log_probs=True)
+    assert decode(md, [greedy], "engine", TypicalAcceptance())[0].output_ids == generate(md, [greedy])[0].output_ids

@@ -27,14 +27,12 @@ import jsonschema
 import kubernetes_validate
 import promql_parser
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 from dockerfile_parse import DockerfileParser
 from referencing import Registry, Resource
-from safetensors.torch import save_file
 
-from conftest import make_hf_model
+from conftest import make_hf_model, random_heads
 from trtbuild.builder.engine import TRTLLM_PIN, engine_config
 from trtbuild.builder.gpus import NodeGpu, parse_nvidia_smi
 from trtbuild.cli import cli
@@ -89,9 +87,7 @@ def gpu_host_build(hf: Path, out: Path, **spec) -> Path:
 def builds(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("deploy")
     make_hf_model(d / "hf")
-    g = torch.Generator().manual_seed(0)
-    save_file({f"{h}.0.linear.{n}": torch.randn(*s, generator=g) for h in range(3)
-               for n, s in (("weight", (64, 64)), ("bias", (64,)))}, str(d / "medusa_lm_head.safetensors"))
+    random_heads(d / "medusa_lm_head.safetensors", 3)
     return {
         "medusa_tp1": gpu_host_build(d / "hf", d / "llama-medusa", medusa=str(d / "medusa_lm_head.safetensors"),
                                      medusa_choices="{0}, {1}, {0, 0}"),

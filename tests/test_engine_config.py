@@ -8,10 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
-from conftest import engine_dir, make_hf_model
+from conftest import engine_dir, make_hf_model, random_heads
 from trtbuild.common.engine_config import SPEC_MODES, EngineConfig
 from trtbuild.common.errors import ConfigError
 from trtbuild.common.lookahead.spec import LookaheadSpec
@@ -25,9 +23,7 @@ CASES = {"plain": {}, "medusa": {"medusa_choices": "{0, 0}, {1}"}, "lookahead": 
 def engines(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("ec")
     make_hf_model(d / "hf")
-    g = torch.Generator().manual_seed(0)
-    save_file({f"{h}.0.linear.{n}": torch.randn(*s, generator=g) for h in range(2)
-               for n, s in (("weight", (64, 64)), ("bias", (64,)))}, str(d / "heads.safetensors"))
+    random_heads(d / "heads.safetensors", 2)
     out = {}
     for name, kw in CASES.items():
         kw = dict(kw, medusa=str(d / "heads.safetensors")) if "medusa_choices" in kw else kw

@@ -36,6 +36,7 @@ import itertools
 import math
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -132,10 +133,13 @@ class Stats:
 class Scheduler:
     def __init__(self, model: Model, max_batch_size: int = 8, max_seq_len: int | None = None,
                  max_num_tokens: int = 8192, decoding: Decoding = "engine", *, max_draft_len: int | None = None,
+                 lookahead_limit: LookaheadSpec | None | Literal["engine"] = "engine",
                  normalize_log_probs: bool = False, tokens_per_block: int = TOKENS_PER_BLOCK) -> None:
         """decoding: the engine's (default: `resolve_decoding(model)`, what the checkpoint stores), used by
         requests that ask for none; max_draft_len: draft tokens a step may verify per row (default: the
-        decoding's); normalize_log_probs: TensorRT-LLM's engine-wide option (`sampling.TokenPicker`);
+        decoding's); lookahead_limit: the (W, N, G) a request's lookahead must fit (default: the engine's
+        decoding's, else the checkpoint's, so a lookahead engine served with another decoding mode still
+        takes lookahead requests; None: no limit); normalize_log_probs: TensorRT-LLM's engine-wide option (`sampling.TokenPicker`);
         tokens_per_block: the block size of the KV cache figures in `JobInfo`."""
         self.model = model
         self.normalize_log_probs = normalize_log_probs
@@ -145,8 +149,11 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.max_num_tokens = max_num_tokens
         self.decoding: DecodingSpec = resolve_decoding(model) if decoding == "engine" else decoding
-        check_decoding(model, self.decoding)
+        self.lookahead_limit: LookaheadSpec | None = (
+            (self.decoding if isinstance(self.decoding, LookaheadSpec) else model.cfg.lookahead)
+            if lookahead_limit == "engine" else lookahead_limit)
         self.draft_tokens = (max_draft_len + 1) if max_draft_len is not None else step_tokens(self.decoding)
+        self.decoding = self.resolve(self.decoding)  # the engine's own must fit its draft tokens too
         self.max_seq_len = max_seq_len or model.cfg.max_position_embeddings
         self.cache: KVCache = model.new_cache(max_batch_size, self.max_seq_len + self.draft_tokens + 1)
         self.waiting: deque[_Job] = deque()
@@ -188,10 +195,12 @@ class Scheduler:
         engine's, and every decoding must fit the draft tokens the engine was built for."""
         if decoding == "engine":
             return self.decoding
+        if decoding is not None and not isinstance(decoding, (MedusaSpec, LookaheadSpec)):
+            raise GenerationError(f"unknown decoding {decoding!r} (a MedusaSpec, a LookaheadSpec or None)")
         check_decoding(self.model, decoding)
         if isinstance(decoding, LookaheadSpec):
-            if isinstance(self.decoding, LookaheadSpec):
-                self.decoding.check_request(decoding)
+            if self.lookahead_limit is not None:
+                self.lookahead_limit.check_request(decoding)
             if decoding.max_ngram_size == 1:
                 return None
         need = step_tokens(decoding)
@@ -206,12 +215,14 @@ class Scheduler:
                typical: TypicalAcceptance | None = None, job_id: int | None = None) -> int:
         """Queue a request; returns its id. decoding: the engine's by default; typical: Medusa's typical
         acceptance instead of the lossless rule (sampled requests only; not with per-token rules)."""
+        if self.error is not None:
+            raise GenerationError(f"the scheduler stopped: {self.error}")
         validate(self.model, [request])
         if len(request.prompt) + request.max_new_tokens > self.max_seq_len:
             raise GenerationError(f"prompt ({len(request.prompt)} tokens) + max_tokens ({request.max_new_tokens}) "
                                   f"exceeds max_seq_len {self.max_seq_len}")
         spec = self.resolve(decoding)
-        if typical is not None and request.per_token_rules:
+        if typical is not None and not request.sampling.greedy and request.per_token_rules:
             raise GenerationError("typical acceptance does not apply penalties, min_tokens, bad words, embedding "
                                   "bias or log probs to the drafts; use the default (lossless) acceptance")
         picker = request.picker(self.model.cfg.dims.vocab_size, self.model.device, self.normalize_log_probs)
@@ -315,8 +326,10 @@ class Scheduler:
             jobs = sorted(self.running.values(), key=lambda j: j.slot)
         if jobs:
             assert [j.slot for j in jobs] == list(range(len(jobs))), "running rows must be compact"
+            drafted = sum(j.drafted for j in jobs)
             emitted = decode_step(self.model, self.cache, jobs)
-            self.stats.history.append((time.monotonic(), len(jobs), sum(len(e) for e in emitted)))
+            verified = sum(j.drafted for j in jobs) - drafted + len(jobs)  # the step's tokens, roots included
+            self.stats.history.append((time.monotonic(), len(jobs), verified))
             for job, tokens in zip(jobs, emitted):
                 self._emit(job, tokens)
         with self._cv:
@@ -386,8 +399,8 @@ def serve_engine(engine_dir: Path, decoding: Decoding | Callable[[Model, int], D
             booted.set()
         try:
             box["s"].run_forever()
-        except BaseException:  # noqa: BLE001 (kept in scheduler.error for the requests still waiting)
-            pass
+        except BaseException:  # noqa: BLE001 (kept in scheduler.error; submit refuses from then on)
+            traceback.print_exc()  # the server's log says why
 
     thread = threading.Thread(target=boot, name="trtbuild-scheduler", daemon=True)
     thread.start()
@@ -422,19 +435,23 @@ def decode(model: Model, requests: Sequence[Request], decoding: Decoding | Seque
     what the checkpoint stores); limit: an engine's (W, N, G) that every lookahead request must fit."""
     validate(model, list(requests))  # before the cache is sized from them
     per = list(decoding) if isinstance(decoding, (list, tuple)) else [decoding] * len(requests)
+    if len(per) != len(requests):
+        raise GenerationError(f"{len(per)} decodings for {len(requests)} requests")
     per = [resolve_decoding(model) if d == "engine" else d for d in per]
-    for d in per:
+    for d in per:  # before anything is allocated
+        check_decoding(model, d)
         if limit is not None and isinstance(d, LookaheadSpec):
             limit.check_request(d)
     sched = Scheduler(model, len(requests), max(len(r.prompt) + r.max_new_tokens for r in requests),
                       max_num_tokens=sum(len(r.prompt) for r in requests) + 1, decoding=None,
-                      max_draft_len=max(step_tokens(d) for d in per) - 1)
+                      max_draft_len=max(step_tokens(d) for d in per) - 1, lookahead_limit=limit)
     return schedule_all(sched, requests, per, typical)
 
 
 def medusa_generate(model: Model, requests: Sequence[Request], choices: Choices,
                     typical: TypicalAcceptance | None = None) -> list[Result]:
-    """Offline Medusa decoding with the tree `choices` (canonical); lossless unless `typical`."""
+    """Offline Medusa decoding with the tree `choices` (canonical). Lossless unless `typical` (before
+    issue 15 sampled requests took typical acceptance by default; now it is asked for)."""
     return decode(model, requests, MedusaSpec(tuple(tuple(p) for p in choices)), typical)
 
 

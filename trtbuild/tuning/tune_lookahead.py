@@ -12,38 +12,15 @@ when it beats plain decoding here.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from trtbuild.common.lookahead.spec import LookaheadSpec
-from trtbuild.runtime import Model, Request, generate, lookahead_generate
+from trtbuild.runtime import Model
+from trtbuild.tuning.measure import measure
 
 # a small grid around TensorRT-LLM's default (4, 3, 4): wider windows and more candidates cost
 # rows per step; n-grams longer than 5 rarely verify fully on a small model
 DEFAULT_GRID = tuple(LookaheadSpec(w, n, g) for w, n, g in itertools.product((1, 3, 5), (3, 4, 5), (2, 4, 8)))
-
-
-@dataclass(frozen=True)
-class Run:
-    spec: LookaheadSpec | None  # None: plain greedy decoding
-    tokens_per_s: float
-    acceptance_length: float
-    compression_ratio: float
-
-
-def measure(model: Model, prompts: list[list[int]], new_tokens: int, spec: LookaheadSpec | None) -> Run:
-    """Decode every prompt alone (batch 1, greedy) and time the whole run."""
-    reqs = [Request(tuple(p), new_tokens) for p in prompts]
-    t = time.perf_counter()
-    if spec is None:
-        results = [generate(model, [r])[0] for r in reqs]
-    else:
-        results = [lookahead_generate(model, [r], spec)[0] for r in reqs]
-    elapsed = time.perf_counter() - t
-    tokens = sum(len(r.output_ids) for r in results)
-    steps = sum(r.num_steps for r in results)
-    return Run(spec, tokens / elapsed, (tokens - len(results)) / max(steps, 1), tokens / (steps + len(results)))
 
 
 def sweep(model: Model, prompts: list[list[int]], new_tokens: int,
@@ -57,10 +34,10 @@ def sweep(model: Model, prompts: list[list[int]], new_tokens: int,
     runs = [measure(model, prompts, new_tokens, s) for s in grid]
     last = measure(model, prompts, new_tokens, None)
     base = max(first.tokens_per_s, last.tokens_per_s)
-    rows = [{"W": r.spec.max_window_size, "N": r.spec.max_ngram_size, "G": r.spec.max_verification_set_size,
-             "max_draft_len": r.spec.max_draft_len, "tokens_per_s": round(r.tokens_per_s, 2),
+    rows = [{"W": r.decoding.max_window_size, "N": r.decoding.max_ngram_size, "G": r.decoding.max_verification_set_size,
+             "max_draft_len": r.decoding.max_draft_len, "tokens_per_s": round(r.tokens_per_s, 2),
              "acceptance_length": round(r.acceptance_length, 3), "compression_ratio": round(r.compression_ratio, 3),
-             "speedup": round(r.tokens_per_s / base, 3)} for r in runs if r.spec is not None]
+             "speedup": round(r.tokens_per_s / base, 3)} for r in runs if r.decoding is not None]
     fastest = max(rows, key=lambda r: r["tokens_per_s"])
     densest = max(rows, key=lambda r: r["compression_ratio"])
     report = {"prompts": len(prompts), "new_tokens": new_tokens,

@@ -13,15 +13,14 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 
 import torch
 
 from trtbuild.common.errors import ConfigError
-from trtbuild.common.medusa.choices import Choices
-from trtbuild.runtime import Model, Request, generate, medusa_generate
+from trtbuild.common.medusa.choices import Choices, MedusaSpec
+from trtbuild.runtime import Model, Request, generate
 from trtbuild.runtime.generate import hidden_states
+from trtbuild.tuning.measure import measure
 
 
 def head_rank_probs(model: Model, prompts: list[list[int]], new_tokens: int, top_k: int = 10) -> torch.Tensor:
@@ -73,28 +72,6 @@ def expected_length(choices: Choices, probs: torch.Tensor) -> float:
     return total
 
 
-@dataclass(frozen=True)
-class Measurement:
-    nodes: int  # 0 = plain greedy decoding
-    tokens_per_s: float
-    acceptance_length: float  # tokens per target forward pass (decode phase)
-    expected_length: float | None = None
-
-
-def measure(model: Model, prompts: list[list[int]], new_tokens: int, choices: Choices | None) -> Measurement:
-    """Decode every prompt alone (batch 1, greedy); tokens/s over the whole run, prefill included."""
-    reqs = [Request(tuple(p), new_tokens) for p in prompts]
-    t = time.perf_counter()
-    if choices is None:
-        results = [generate(model, [r])[0] for r in reqs]
-    else:
-        results = [medusa_generate(model, [r], choices)[0] for r in reqs]
-    elapsed = time.perf_counter() - t
-    tokens = sum(len(r.output_ids) for r in results)
-    steps = sum(r.num_steps for r in results)
-    return Measurement(len(choices or ()), tokens / elapsed, (tokens - len(results)) / max(steps, 1))
-
-
 def tune(model: Model, calibration: list[list[int]], new_tokens: int, nodes: int | None,
          candidates: tuple[int, ...], max_draft_len: int | None = None) -> dict:
     """Measure the heads, build greedy trees, pick the size; returns a JSON-ready report."""
@@ -110,7 +87,7 @@ def tune(model: Model, calibration: list[list[int]], new_tokens: int, nodes: int
     trees = {}
     for k in sizes:
         choices, expected = greedy_tree(probs, k)
-        m = measure(model, calibration, new_tokens, choices)
+        m = measure(model, calibration, new_tokens, MedusaSpec(choices))
         trees[k] = choices
         rows.append({"nodes": k, "tokens_per_s": round(m.tokens_per_s, 2),
                      "acceptance_length": round(m.acceptance_length, 3), "expected_length": round(expected, 3),

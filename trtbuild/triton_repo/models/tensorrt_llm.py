@@ -14,7 +14,6 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from trtbuild.common.errors import TrtbuildError
-from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.runtime import Model
 from trtbuild.runtime.scheduler import serve_engine
 from trtbuild.runtime.tokenizer import default_end_ids
@@ -34,6 +33,7 @@ def speculation(p: dict):
     (a function of the loaded model and its max_draft_len, for `Scheduler.from_engine`): unset = what
     the engine was built for; medusa without a parseable medusa_choices = mc_sim_7b_63
     (mis.cc@c2e65b8:596-608); lookahead = the three lookahead_* values; top_k / top_p = plain."""
+    from trtbuild.common.lookahead.spec import LookaheadSpec
     from trtbuild.common.medusa.choices import MedusaSpec, parse_choices, presets
 
     def decoding(model: Model, max_draft_len: int):
@@ -133,9 +133,8 @@ class TritonPythonModel:
                 metric.set(float(getattr(stats, key)))
 
     def _request(self, request):
-        engine = self.scheduler.decoding
         llm = parse_request(_inputs(request), default_exclude_input=self.exclude_input, end_ids=self.end_ids,
-                            engine_lookahead=engine if isinstance(engine, LookaheadSpec) else None,
+                            engine_lookahead=self.scheduler.lookahead_limit,
                             parameters=json.loads(request.parameters() or "{}"))
         if llm.streaming and not self.decoupled:  # utils.cc@c2e65b8:904-907
             raise RequestError("Streaming is only supported if model is deployed using decoupled mode.")
