@@ -147,3 +147,19 @@ def test_the_scheduler_refuses_what_its_cache_cannot_hold_and_stays_refusing_onc
     # typical acceptance never applies to greedy rows: their per-token rules are fine
     greedy = Request(REPEATING, 6, return_log_probs=True)
     assert decode(md, [greedy], "engine", TypicalAcceptance())[0].output_ids == generate(md, [greedy])[0].output_ids
+
+
+def test_typical_acceptance_from_triton_request_parameters():
+    from trtbuild.triton_repo.llm_requests import typical_from
+    from trtbuild.triton_repo.python_models import RequestError
+
+    assert typical_from({}) is None and typical_from({"typical_acceptance": False}) is None
+    assert typical_from({"typical_acceptance": True}) == TypicalAcceptance()
+    assert typical_from({"typical_acceptance": True, "posterior_threshold": 0.2, "posterior_alpha": "0.5"}) == \
+        TypicalAcceptance(0.2, 0.5)  # a number as text: how a BLS forwards it
+    for params, msg in (({"typical_acceptance": "yes"}, "must be true or false"),
+                        ({"typical_acceptance": True, "posterior_alpha": 2}, r"must be a number in \[0, 1\]"),
+                        ({"typical_acceptance": True, "posterior_alpha": "x"}, r"must be a number in \[0, 1\]"),
+                        ({"posterior_threshold": 0.1}, "send typical_acceptance=true with it")):
+        with pytest.raises(RequestError, match=msg):
+            typical_from(params)

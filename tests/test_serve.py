@@ -266,6 +266,13 @@ def test_seeded_sampling_through_triton_equals_generate(builds, tmp_path, kind):
             got = _llm_stream(s.grpc_url, prompts[i], 16, 11 + i, rules[name][1])
             ends = set(default_end_ids(engine))
             assert [t for t in got if t not in ends] == list(ids), (kind, name, i)
+        # through the ensemble and the BLS too: the request parameters reach tensorrt_llm
+        sampled = {"temperature": np.array([[0.8]], dtype=np.float32), "top_p": np.array([[1.0]], dtype=np.float32),
+                   "seed": np.array([[11]], dtype=np.uint64)}
+        text = tok.decode(list(want[("typical", 0)]), skip_special_tokens=True)
+        for model in ("ensemble", "tensorrt_llm_bls"):
+            chunks = stream_grpc(s.grpc_url, PROMPTS[0], 16, model, extra=sampled, parameters=rules["typical"][1])
+            assert "".join(c["text_output"] for c in chunks) == text, model
         from tritonclient.utils import InferenceServerException
 
         with pytest.raises(InferenceServerException, match="typical_acceptance must be true or false"):

@@ -94,8 +94,9 @@ def _inputs(mod, prompt: str, max_tokens: int, stream: bool, extra: dict | None 
 
 
 def stream_grpc(url: str, prompt: str, max_tokens: int, model: str = "ensemble",
-                extra: dict | None = None, timeout: float = 600) -> Iterator[dict]:
-    """Yield each streamed response as {"text_output", ...}; raises ServerError on an error."""
+                extra: dict | None = None, timeout: float = 600, parameters: dict | None = None) -> Iterator[dict]:
+    """Yield each streamed response as {"text_output", ...}; raises ServerError on an error.
+    extra: more input tensors; parameters: Triton request parameters (e.g. typical acceptance)."""
     import tritonclient.grpc as grpcclient
 
     q: queue.Queue = queue.Queue()
@@ -103,7 +104,7 @@ def stream_grpc(url: str, prompt: str, max_tokens: int, model: str = "ensemble",
     client.start_stream(callback=lambda result, error: q.put((result, error)))
     try:
         client.async_stream_infer(model, _inputs(grpcclient, prompt, max_tokens, True, extra),
-                                  enable_empty_final_response=True)
+                                  enable_empty_final_response=True, parameters=parameters)
         while True:
             result, error = q.get(timeout=timeout)
             if error is not None:

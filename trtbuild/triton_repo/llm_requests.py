@@ -111,6 +111,11 @@ def typical_from(parameters: dict) -> TypicalAcceptance | None:
         v = parameters.get(key)
         if v is None:
             continue
+        if isinstance(v, str):  # a BLS forwards numbers as text (the Python backend takes no floats)
+            try:
+                v = float(v)
+            except ValueError:
+                raise RequestError(f"{key} must be a number in [0, 1], got {v!r}") from None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
             raise RequestError(f"{key} must be a number in [0, 1], got {v!r}")
         if not on:

@@ -47,6 +47,12 @@ PASSED_BACK = ("cum_log_probs", "output_log_probs", "context_logits", "generatio
                "num_output_tokens")
 
 
+def _forwarded(request) -> dict:
+    """The request's Triton parameters for a BLS request: the Python backend takes bool, int and str
+    values only, so a number such as posterior_threshold travels as its text (typical_from reads both)."""
+    return {k: str(v) if isinstance(v, float) else v for k, v in json.loads(request.parameters() or "{}").items()}
+
+
 class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
@@ -97,9 +103,11 @@ class TritonPythonModel:
         streaming = bool(stream is not None and stream.reshape(-1)[0])
         detok = Detokenizer(self.tok)
         last, pending, sent_before, gone = None, "", "", False
+        # the request's Triton parameters (`_forwarded`) reach tensorrt_llm as an ensemble's steps get them (trtbuild's
+        # typical acceptance is asked there: trtbuild.triton_repo.llm_requests.typical_from)
         for resp in pb_utils.InferenceRequest(model_name=self.llm, inputs=llm_in,
-                                              requested_output_names=["output_ids", "sequence_length", *PASSED_BACK]
-                                              ).exec(decoupled=True):
+                                              requested_output_names=["output_ids", "sequence_length", *PASSED_BACK],
+                                              parameters=_forwarded(request)).exec(decoupled=True):
             if resp.has_error():
                 raise RuntimeError(resp.error().message())
             if not resp.output_tensors():
