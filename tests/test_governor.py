@@ -1,0 +1,99 @@
+"""Issue 16's foundations: the measured cost model (and its cache) and the governor's allocation,
+checked by hand and against brute force."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+
+from conftest import speculative_checkpoints
+from trtbuild.common.errors import ConfigError
+from trtbuild.runtime.cost import CACHE, CostModel, calibrate, knots, load, machine_id, save
+from trtbuild.runtime.governor import allocate, hull
+
+
+def test_hull_by_hand():
+    # (2, 0.9) lies under the chord from (1, 0.8) to (3, 1.3)? chord at 2: 1.05 > 0.9 -> dropped
+    assert hull([(0, 0.0), (1, 0.8), (2, 0.9), (3, 1.3)]) == [0, 1, 3]
+    assert hull([(0, 0.0), (2, 0.1), (1, 0.5)]) == [0, 2]  # costs more, gives less: never
+    assert hull([(0, 0.0)]) == [0]
+    with pytest.raises(ValueError, match="starts at"):
+        hull([(1, 0.5)])
+
+
+def test_allocation_by_hand():
+    a = [(0, 0.0), (1, 0.8), (2, 1.2)]
+    b = [(0, 0.0), (1, 0.3)]
+    # t(T) = 1 + 0.5 T. (a, b) -> emitted / time: (0,0) 2/2 = 1.0; (1,0) 2.8/2.5 = 1.12; (2,0) 3.2/3 = 1.067;
+    # (1,1) 3.1/3 = 1.033; (2,1) 3.5/3.5 = 1.0; (0,1) 2.3/2.5 = 0.92 -> (1, 0)
+    choice, rate = allocate([a, b], lambda T: 1 + 0.5 * T)
+    assert choice == [1, 0] and rate == pytest.approx(1.12)
+    # a CPU-like cost, every token paid in full: no draft pays (each extra token brings < 1 token)
+    assert allocate([a, b], lambda T: 0.01 * T)[0] == [0, 0]
+    # a GPU-like cost, nearly flat: every draft pays
+    assert allocate([a, b], lambda T: 1 + 0.001 * T)[0] == [2, 1]
+
+
+def _brute(curves, t):
+    best = max(itertools.product(*[range(len(c)) for c in curves]),
+               key=lambda ch: (len(curves) + sum(c[i][1] for c, i in zip(curves, ch)))
+               / t(len(curves) + sum(c[i][0] for c, i in zip(curves, ch))))
+    return (len(curves) + sum(c[i][1] for c, i in zip(curves, best))) / t(len(curves) + sum(c[i][0] for c, i in zip(curves, best)))
+
+
+def test_allocation_is_exact_for_concave_unit_curves():
+    """Medusa's node-by-node trees: concave, one token per step; random cases against brute force,
+    with fixed-plus-linear and convex step costs."""
+    rng = random.Random(0)
+    for case in range(200):
+        curves = []
+        for _ in range(rng.randint(1, 4)):
+            gains = sorted((rng.random() for _ in range(rng.randint(0, 4))), reverse=True)
+            curve, e = [(0, 0.0)], 0.0
+            for k, g in enumerate(gains, 1):
+                e += g
+                curve.append((k, e))
+            curves.append(curve)
+        fixed, slope, bend = rng.uniform(0.1, 2), rng.uniform(0.01, 1), rng.choice([0.0, 0.02])
+        t = lambda T, f=fixed, s=slope, q=bend: f + s * T + q * T * T  # noqa: E731
+        _, rate = allocate(curves, t)
+        assert rate == pytest.approx(_brute(curves, t)), case
+
+
+def test_cost_model_interpolates_and_follows_live_steps():
+    cost = CostModel((1, 4, 16), (0.010, 0.013, 0.040), "m", "e")
+    assert cost.step_time(1) == pytest.approx(0.010)
+    assert cost.step_time(2) == pytest.approx(0.011)  # a third of the way from 1 to 4
+    assert cost.step_time(10) == pytest.approx(0.0265)
+    assert cost.step_time(32) == pytest.approx(0.076)  # the last segment extrapolates
+    assert cost.step_time(0) == pytest.approx(0.010)  # never below the first knot
+    moved = cost.observe(4, 0.023, weight=0.5)
+    assert moved.seconds == pytest.approx((0.010, 0.018, 0.040))
+    for bad in (((1,), (0.1,)), ((4, 1), (0.1, 0.2)), ((1, 2), (0.1, 0.0))):
+        with pytest.raises(ConfigError):
+            CostModel(*bad, "m", "e")
+    assert knots(20) == (1, 2, 4, 8, 16, 20) and knots(1) == (1, 2)
+
+
+def test_calibration_is_measured_cached_and_refused_elsewhere(tmp_path):
+    from trtbuild.runtime import Model
+
+    model = Model.load(speculative_checkpoints(tmp_path)["plain"])
+    cost = calibrate(model, 24, engine="tiny", repeats=2)
+    assert cost.tokens == (1, 2, 4, 8, 16, 24) and all(s > 0 for s in cost.seconds)
+    assert list(cost.seconds) == sorted(cost.seconds)  # a step never gets cheaper with more tokens
+    assert cost.machine == machine_id("cpu")
+    save(cost, tmp_path)
+    assert load(tmp_path, machine_id("cpu"), "tiny") == cost
+    with pytest.raises(ConfigError, match="measured on another machine"):
+        load(tmp_path, "another box", "tiny")
+    with pytest.raises(ConfigError, match="measured for another engine"):
+        load(tmp_path, machine_id("cpu"), "other")
+    (tmp_path / CACHE).write_text(json.dumps({"tokens": [1]}))
+    with pytest.raises(ConfigError, match="not a cost calibration"):
+        load(tmp_path, machine_id("cpu"), "tiny")
+    with pytest.raises(ConfigError, match="no cost calibration"):
+        load(tmp_path / "none", machine_id("cpu"), "tiny")

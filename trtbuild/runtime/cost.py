@@ -1,0 +1,149 @@
+"""The measured cost of a forward pass: step time as a function of the batch's total tokens.
+
+`calibrate(model, max_tokens)` times a few decode-shaped forwards (rows of one token, then rows of
+several, up to `max_tokens` in all) and keeps the medians as knots of a piecewise-linear curve;
+`CostModel.step_time(tokens)` interpolates between knots and extrapolates the last segment.
+`observe(tokens, seconds)` keeps it current from live steps (an exponential average at the nearest
+knot). The curve is cached next to the engine with the machine and the engine it was measured on
+(`save` / `load`): a cache from another machine or engine is refused, never silently used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from bisect import bisect_left
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from trtbuild.common.errors import ConfigError
+
+CACHE = "trtbuild.cost.json"
+
+
+@dataclass(frozen=True)
+class CostModel:
+    tokens: tuple[int, ...]  # [K] total tokens of a step, increasing
+    seconds: tuple[float, ...]  # [K] measured step time at each
+    machine: str  # machine_id() it was measured on
+    engine: str  # what it was measured for (an engine digest)
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) < 2 or len(self.tokens) != len(self.seconds):
+            raise ConfigError("a cost model needs two or more (tokens, seconds) knots")
+        if any(b <= a for a, b in zip(self.tokens, self.tokens[1:])) or min(self.seconds) <= 0:
+            raise ConfigError("cost model knots must have increasing tokens and positive times")
+
+    def step_time(self, tokens: int) -> float:
+        """Seconds of one step over `tokens` tokens (piecewise linear; the end segments extrapolate,
+        never below the first knot's time)."""
+        xs, ys = self.tokens, self.seconds
+        i = min(max(bisect_left(xs, tokens), 1), len(xs) - 1)
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return max(y0 + (y1 - y0) * (tokens - x0) / (x1 - x0), ys[0] if tokens <= xs[0] else 0.0, 1e-9)
+
+    def observe(self, tokens: int, seconds: float, weight: float = 0.1) -> CostModel:
+        """The model after a live step: the nearest knot moves `weight` of the way to what was seen
+        (scaled to the knot by the curve's own slope there)."""
+        i = min(range(len(self.tokens)), key=lambda k: abs(self.tokens[k] - tokens))
+        seen = seconds * self.step_time(self.tokens[i]) / self.step_time(tokens)
+        ys = list(self.seconds)
+        ys[i] = (1 - weight) * ys[i] + weight * seen
+        return replace(self, seconds=tuple(ys))
+
+    def to_dict(self) -> dict:
+        return {"tokens": list(self.tokens), "seconds": list(self.seconds), "machine": self.machine,
+                "engine": self.engine}
+
+
+def machine_id(device: str = "cpu") -> str:
+    """What a step time depends on besides the engine: processor, threads, torch, device."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if str(device).startswith("cuda") and torch.cuda.is_available() else ""
+    return f"{cpu} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__} | {device}" \
+        + (f" | {gpu}" if gpu else "")
+
+
+def save(cost: CostModel, engine_dir: Path) -> Path:
+    path = Path(engine_dir) / CACHE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cost.to_dict(), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load(engine_dir: Path, machine: str, engine: str) -> CostModel:
+    """The cached curve of `engine_dir`; ConfigError when there is none, or it was measured on another
+    machine or for another engine."""
+    path = Path(engine_dir) / CACHE
+    try:
+        d = json.loads(path.read_text())
+        cost = CostModel(tuple(int(t) for t in d["tokens"]), tuple(float(s) for s in d["seconds"]),
+                         str(d["machine"]), str(d["engine"]))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no cost calibration") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a cost calibration ({type(e).__name__}: {e})") from None
+    if cost.machine != machine:
+        raise ConfigError(f"{path} was measured on another machine ({cost.machine}), not this one ({machine})")
+    if cost.engine != engine:
+        raise ConfigError(f"{path} was measured for another engine ({cost.engine}), not {engine}")
+    return cost
+
+
+def knots(max_tokens: int) -> tuple[int, ...]:
+    """Token totals to time: 1, 2, 4, ... up to max_tokens (always included)."""
+    out, t = [], 1
+    while t < max_tokens:
+        out.append(t)
+        t *= 2
+    return tuple(out + [max_tokens]) if max_tokens > 1 else (1, 2)
+
+
+@torch.inference_mode()
+def calibrate(model, max_tokens: int, engine: str, repeats: int = 3, context: int = 64) -> CostModel:
+    """Time a step of each knot's total tokens (as rows of one token up to 8 rows, then 8 rows of
+    several tokens, each row over `context` cached tokens); medians of `repeats`, after a warm-up."""
+    from trtbuild.runtime.decoding import draft_attention_mask
+    from trtbuild.runtime.model import KVCache
+
+    dev, seconds, totals = model.device, [], knots(max_tokens)
+    rows = min(8, totals[-1])
+    cache = model.new_cache(rows, context + max(1, -(-totals[-1] // rows)) + 1)
+    for total in totals:
+        B = min(rows, total)
+        T = -(-total // B)  # tokens per row (the last knot may round up a little)
+        tokens = torch.zeros(B, T, dtype=torch.long, device=dev)
+        lens = torch.full((B,), context, dtype=torch.long, device=dev)
+        depths = torch.arange(T, device=dev)[None].expand(B, T)
+        local = torch.tril(torch.ones(T, T, dtype=torch.bool, device=dev))[None].expand(B, T, T)
+        mask = draft_attention_mask(local, depths, lens, context + T, model.cfg.sliding_window)
+        slots = lens[:, None] + torch.arange(T, device=dev)[None]
+        view = KVCache(cache.k[:, :B], cache.v[:, :B])
+
+        def step() -> float:
+            t0 = time.perf_counter()
+            model.logits(model.hidden(tokens, lens[:, None] + depths, view, slots, mask))
+            if str(dev).startswith("cuda"):
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+        step()  # warm-up: first-call allocations, kernel selection
+        seconds.append(statistics.median(step() for _ in range(repeats)))
+    # a step never gets cheaper with more tokens: noise must not make the curve dip
+    mono = [seconds[0]]
+    for s in seconds[1:]:
+        mono.append(max(s, mono[-1]))
+    return CostModel(totals, tuple(mono), machine_id(str(dev)), engine)
