@@ -97,3 +97,66 @@ def test_calibration_is_measured_cached_and_refused_elsewhere(tmp_path):
         load(tmp_path, machine_id("cpu"), "tiny")
     with pytest.raises(ConfigError, match="no cost calibration"):
         load(tmp_path / "none", machine_id("cpu"), "tiny")
+
+
+PROMPTS = [(5, 9, 17, 5, 9, 17, 5, 9), (3, 1, 4, 1, 5, 9, 2, 6), (2, 7, 1, 8, 2, 8), (1, 1, 2, 3, 5, 8, 13)]
+
+
+def _run(model, speculation, cost=None, n=(24, 12, 30, 18)):
+    from trtbuild.runtime import Request, Scheduler
+
+    sched = Scheduler(model, max_batch_size=4, max_seq_len=64, speculation=speculation, cost=cost)
+    got, jobs = {}, {}
+    for i, (p, k) in enumerate(zip(PROMPTS, n)):
+        jobs[i] = sched.submit(Request(p, k), lambda t, r, i=i: got.__setitem__(i, r) if r is not None else None)
+        if i == 1:  # the last two join a running batch
+            for _ in range(3):
+                sched.step()
+    sched.run_until_idle()
+    return [got[i] for i in range(len(PROMPTS))], sched
+
+
+def test_governed_medusa_rows_switch_drafts_mid_request_and_stay_lossless(tmp_path):
+    from trtbuild.runtime import Model, Request, generate
+
+    model = Model.load(speculative_checkpoints(tmp_path)["medusa"])  # random heads: drafts rarely accepted
+    want = [generate(model, [Request(p, k)])[0].output_ids for p, k in zip(PROMPTS, (24, 12, 30, 18))]
+    always, _ = _run(model, "always")
+    off, _ = _run(model, "off")
+    # drafts pay while the prior (each node 1/2 given its parent) holds, and stop paying as the rows learn
+    # that these heads miss: rows switch from drafting to not, per row, mid-request
+    cost = CostModel((1, 64), (1.0, 1.0 + 0.3 * 63), "m", "e")
+    auto, sched = _run(model, "auto", cost)
+    full = 5  # the tree's draft nodes
+    for res in (always, off, auto):
+        assert [r.output_ids for r in res] == want  # greedy: token for token, whatever was drafted
+    assert all(r.accepted_draft_tokens == 0 for r in off)
+    steps = [r.num_steps for r in auto]
+    history = list(sched.stats.history)  # (time, rows, tokens verified)
+    assert any(v > rows for _, rows, v in history) and any(v == rows for _, rows, v in history), history
+    assert sum(s * full for s in steps) > sum(v - rows for _, rows, v in history) > 0  # partial trees
+    with pytest.raises(Exception, match="needs a cost model"):
+        _run(model, "auto")
+    with pytest.raises(Exception, match="must be always, off or auto"):
+        _run(model, "sometimes")
+
+
+def test_budgets_by_hand(tmp_path):
+    """One Medusa row (prior path probabilities 1/2 at depth 1, 1/4 at depth 2, 1/8 at 3) beside a
+    plain row; t(T) = 1 + 0.3 T. Options for the Medusa row, k nodes -> E: 0 -> 0, 1 -> .5, 2 -> 1,
+    3 -> 1.25, 4 -> 1.5, 5 -> 1.625; rate (2 + E) / (1 + 0.3 (2 + k)): 1.250, 1.316, 1.364, 1.300,
+    1.250, 1.169 -> 2 nodes."""
+    from trtbuild.runtime import Model
+    from trtbuild.runtime.decoding import PlainDecoder, Row, budgets, make_decoder, resolve_decoding
+    from trtbuild.runtime.generate import Request
+
+    model = Model.load(speculative_checkpoints(tmp_path)["medusa"])  # {0}, {1}, {0, 0}, {0, 1}, {0, 0, 0}
+    spec = resolve_decoding(model)
+    req = Request((1, 2, 3), 4)
+    pick = req.picker(model.cfg.dims.vocab_size, "cpu")
+    rows = [Row(request=req, decoding=spec, picker=pick, decoder=make_decoder(spec, req.prompt, 1)),
+            Row(request=req, decoding=None, picker=pick, decoder=PlainDecoder())]
+    assert rows[0].decoder.options() == [(0, 0.0), (1, 0.5), (2, 1.0), (3, 1.25), (4, 1.5), (5, 1.625)]
+    assert budgets(rows, lambda T: 1 + 0.3 * T, "auto") == [2, 0]
+    assert budgets(rows, lambda T: 1 + 0.3 * T, "off") == [0, 0]
+    assert budgets(rows, None, "always") == [None, None]

@@ -132,11 +132,18 @@ class Decoder:
     mode: Mode = "plain"
     uses_heads = False  # propose needs the Medusa heads' top-k at the root's hidden state
 
-    def propose(self, root: int, heads: torch.Tensor | None) -> Draft:
+    def propose(self, root: int, heads: torch.Tensor | None, budget: int | None = None) -> Draft:
+        """budget: draft nodes the governor grants this step (None: all of them; 0: the root alone)."""
         raise NotImplementedError
 
-    def advance(self, draft: Draft, pred: list[int], emitted: list[int]) -> None:
-        """pred: [T] the model's argmax at each node; emitted: the accepted draft tokens and the bonus."""
+    def advance(self, draft: Draft, path: list[int], pred: list[int], emitted: list[int]) -> None:
+        """path: the accepted node ids from the root; pred: [T] the model's argmax at each node;
+        emitted: the accepted draft tokens and the bonus."""
+
+    def options(self) -> list[tuple[int, float]] | None:
+        """The governor's curve, [(draft nodes, expected accepted tokens)] from (0, 0.0), or None: this
+        decoder always drafts all it has (its tokens are a fixed cost of the step)."""
+        return None
 
 
 _SINGLE = torch.ones(1, 1, dtype=torch.bool)
@@ -145,23 +152,67 @@ _SINGLE = torch.ones(1, 1, dtype=torch.bool)
 class PlainDecoder(Decoder):
     """No draft: the root alone."""
 
-    def propose(self, root: int, heads: torch.Tensor | None) -> Draft:
+    def propose(self, root: int, heads: torch.Tensor | None, budget: int | None = None) -> Draft:
         return Draft((root,), (0,), _SINGLE, ())
+
+    def options(self) -> list[tuple[int, float]] | None:
+        return [(0, 0.0)]
 
 
 class MedusaDecoder(Decoder):
-    """A Medusa tree: node i holds head (depth - 1)'s rank-th token at the root's hidden state."""
+    """A Medusa tree: node i holds head (depth - 1)'s rank-th token at the root's hidden state.
+
+    Per request it estimates each node's acceptance given its parent's (counts of its own steps on a
+    uniform prior), so a node's path probability is the product along its path and the expected
+    accepted length of a prefix-closed set of nodes is the sum of their path probabilities. With a
+    budget of k nodes it drafts the k nodes of highest path probability (prefix-closed: a child's is
+    never above its parent's; ties in node order)."""
 
     mode: Mode = "medusa"
     uses_heads = True
 
     def __init__(self, tree: TreeBuffers) -> None:
         self.tree = tree
+        n = tree.num_nodes
+        self.hits, self.tries = [1.0] * n, [2.0] * n  # Beta(1, 1): 0.5 before any evidence
+        self.nodes: tuple[int, ...] = tuple(range(n))  # full-tree ids of the last draft's nodes
 
-    def propose(self, root: int, heads: torch.Tensor | None) -> Draft:
+    def _ranked(self) -> list[tuple[float, int]]:
+        """(path probability, node id) of every draft node, best first."""
+        t, prob = self.tree, [1.0] * self.tree.num_nodes
+        for i in range(1, t.num_nodes):  # parents come first in node order
+            prob[i] = prob[t.parents[i]] * self.hits[i] / self.tries[i]
+        return sorted(((prob[i], i) for i in range(1, t.num_nodes)), key=lambda x: (-x[0], x[1]))
+
+    def options(self) -> list[tuple[int, float]] | None:
+        curve, e = [(0, 0.0)], 0.0
+        for k, (p, _) in enumerate(self._ranked(), 1):
+            e += p
+            curve.append((k, e))
+        return curve
+
+    def propose(self, root: int, heads: torch.Tensor | None, budget: int | None = None) -> Draft:
         """heads: [K, k >= tree.top_k] the top-k token ids of each Medusa head, best first."""
         t = self.tree
-        return Draft((root, *heads[t.head, t.rank].tolist()), t.depths, t.mask, t.chains)
+        if budget is None or budget >= t.num_nodes - 1:
+            self.nodes = tuple(range(t.num_nodes))
+            return Draft((root, *heads[t.head, t.rank].tolist()), t.depths, t.mask, t.chains)
+        self.nodes = (0, *sorted(i for _, i in self._ranked()[:budget]))
+        sub = tree_buffers(tuple(t.paths[i - 1] for i in self.nodes[1:]))
+        if not sub.paths:
+            return Draft((root,), (0,), _SINGLE, ())
+        return Draft((root, *heads[sub.head, sub.rank].tolist()), sub.depths, sub.mask, sub.chains)
+
+    def advance(self, draft: Draft, path: list[int], pred: list[int], emitted: list[int]) -> None:
+        """Each drafted node whose parent was accepted was tried; accepted if on the path."""
+        full = self.nodes
+        on_path = {full[j] for j in path}
+        parents = self.tree.parents
+        for j in range(1, len(full)):
+            i = full[j]
+            if parents[i] in on_path:
+                self.tries[i] += 1
+                self.hits[i] += i in on_path
 
 
 class LookaheadDecoder(Decoder):
@@ -184,7 +235,7 @@ class LookaheadDecoder(Decoder):
         self.levels = [[first] + [rng.choice(prompt) for _ in range(self.w - 1)]]
         self.layout: StepLayout | None = None  # of the step proposed last
 
-    def propose(self, root: int, heads: torch.Tensor | None) -> Draft:
+    def propose(self, root: int, heads: torch.Tensor | None, budget: int | None = None) -> Draft:
         self.levels[0][0] = root
         cands = self.pool.candidates(root, self.g) if self.pool is not None else []
         lay = self.layout = step_layout(self.w, len(self.levels), len(cands), self.n - 1)
@@ -192,7 +243,7 @@ class LookaheadDecoder(Decoder):
         tokens += [t for c in cands for t in c]
         return Draft(tuple(tokens), lay.depths, lay.mask, lay.chains)
 
-    def advance(self, draft: Draft, pred: list[int], emitted: list[int]) -> None:
+    def advance(self, draft: Draft, path: list[int], pred: list[int], emitted: list[int]) -> None:
         lay = self.layout
         new = [pred[node] for node in lay.window[-1]]  # each column's next guess
         if len(self.levels) == self.n - 1:
@@ -361,20 +412,47 @@ def _verify(row: Row, draft: Draft, logits: torch.Tensor, pred: list[int]) -> tu
     return longest_chain(draft.chains, draft.tokens, lambda node: picker.pick(logits[node]))
 
 
+def budgets(rows: Sequence[Row], step_time: Callable[[int], float] | None,
+            speculation: Literal["always", "off", "auto"] = "always") -> list[int | None]:
+    """Draft nodes per row this step: None = all (always); 0 = none (off); auto: the governor's choice
+    (`governor.allocate` over the rows that offer a curve, with the others' tokens as a fixed cost)."""
+    if speculation == "always":
+        return [None] * len(rows)
+    curves = [r.decoder.options() for r in rows]
+    if speculation == "off":
+        return [0 if c is not None else None for c in curves]
+    if step_time is None:
+        raise GenerationError("speculation auto needs a cost model")
+    from trtbuild.runtime.governor import allocate
+
+    fixed = sum(r.step_tokens - 1 for r, c in zip(rows, curves) if c is None)
+    flexible = [b for b, c in enumerate(curves) if c is not None]
+    if not flexible:
+        return [None] * len(rows)
+    chosen, _ = allocate([curves[b] for b in flexible], lambda T: step_time(T + fixed + len(rows) - len(flexible)))
+    out: list[int | None] = [None] * len(rows)
+    for b, k in zip(flexible, chosen):
+        out[b] = curves[b][k][0]
+    return out
+
+
 @torch.inference_mode()
-def decode_step(model: Model, cache: KVCache, rows: Sequence[Row]) -> list[list[int]]:
+def decode_step(model: Model, cache: KVCache, rows: Sequence[Row], budget: Sequence[int | None] | None = None
+                ) -> list[list[int]]:
     """One step for rows[b] in cache row b (b < len(rows)): pad the drafts, one forward pass, verify,
-    keep the accepted KV, advance. Returns each row's emitted tokens (accepted drafts, then the bonus
-    token; the caller applies the stop rules with `Row.emit`)."""
+    keep the accepted KV, advance. budget: draft nodes per row (`budgets`; None: all). Returns each
+    row's emitted tokens (accepted drafts, then the bonus token; the caller applies the stop rules
+    with `Row.emit`)."""
     dev, B = model.device, len(rows)
+    budget = list(budget) if budget is not None else [None] * B
     view = KVCache(cache.k[:, :B], cache.v[:, :B])
     heads = None
-    need = [b for b, r in enumerate(rows) if r.decoder.uses_heads]
+    need = [b for b, r in enumerate(rows) if r.decoder.uses_heads and budget[b] != 0]
     if need:  # one pass of the Medusa heads for every Medusa row
         k = max(r.decoder.tree.top_k for r in (rows[b] for b in need))
         top = model.medusa_logits(torch.stack([rows[b].h_last for b in need])).topk(k, dim=-1).indices  # [n, K, k]
         heads = dict(zip(need, top))
-    drafts = [r.decoder.propose(r.outs[-1], heads.get(b) if heads else None) for b, r in enumerate(rows)]
+    drafts = [r.decoder.propose(r.outs[-1], heads.get(b) if heads else None, budget[b]) for b, r in enumerate(rows)]
     T = max(d.size for d in drafts)
     tokens = torch.zeros(B, T, dtype=torch.long)
     depths = torch.zeros(B, T, dtype=torch.long)
@@ -400,6 +478,6 @@ def decode_step(model: Model, cache: KVCache, rows: Sequence[Row]) -> list[list[
         r.length += len(path)
         r.h_last = h[b, path[-1]]
         emitted = [d.tokens[node] for node in path[1:]] + [bonus]
-        r.decoder.advance(d, pred[b], emitted)
+        r.decoder.advance(d, path, pred[b], emitted)
         out.append(emitted)
     return out

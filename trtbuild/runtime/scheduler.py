@@ -49,8 +49,9 @@ from trtbuild.common.errors import GenerationError
 from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.common.medusa.choices import Choices, MedusaSpec
 from trtbuild.common.spec import DecodingSpec
-from trtbuild.runtime.decoding import (Row, TypicalAcceptance, check_decoding, decode_step, mode_of, prefill_row,
-                                       resolve_decoding, step_tokens)
+from trtbuild.runtime.cost import CostModel
+from trtbuild.runtime.decoding import (Row, TypicalAcceptance, budgets, check_decoding, decode_step, mode_of,
+                                       prefill_row, resolve_decoding, step_tokens)
 from trtbuild.runtime.generate import Request, Result, validate
 from trtbuild.runtime.model import KVCache, Model
 
@@ -134,14 +135,22 @@ class Scheduler:
     def __init__(self, model: Model, max_batch_size: int = 8, max_seq_len: int | None = None,
                  max_num_tokens: int = 8192, decoding: Decoding = "engine", *, max_draft_len: int | None = None,
                  lookahead_limit: LookaheadSpec | None | Literal["engine"] = "engine",
-                 normalize_log_probs: bool = False, tokens_per_block: int = TOKENS_PER_BLOCK) -> None:
+                 normalize_log_probs: bool = False, tokens_per_block: int = TOKENS_PER_BLOCK,
+                 speculation: Literal["always", "off", "auto"] = "always", cost: CostModel | None = None) -> None:
         """decoding: the engine's (default: `resolve_decoding(model)`, what the checkpoint stores), used by
         requests that ask for none; max_draft_len: draft tokens a step may verify per row (default: the
         decoding's); lookahead_limit: the (W, N, G) a request's lookahead must fit (default: the engine's
         decoding's, else the checkpoint's, so a lookahead engine served with another decoding mode still
-        takes lookahead requests; None: no limit); normalize_log_probs: TensorRT-LLM's engine-wide option (`sampling.TokenPicker`);
+        takes lookahead requests; None: no limit); speculation: always (every row drafts all its engine
+        allows), off (no row drafts: plain decoding), auto (Medusa rows draft what `governor.allocate`
+        finds pays, from `cost`, which live steps keep current); normalize_log_probs: TensorRT-LLM's engine-wide option (`sampling.TokenPicker`);
         tokens_per_block: the block size of the KV cache figures in `JobInfo`."""
         self.model = model
+        if speculation not in ("always", "off", "auto"):
+            raise GenerationError(f"speculation must be always, off or auto, got {speculation!r}")
+        if speculation == "auto" and cost is None:
+            raise GenerationError("speculation auto needs a cost model (runtime.cost.calibrate)")
+        self.speculation, self.cost = speculation, cost
         self.normalize_log_probs = normalize_log_probs
         if tokens_per_block < 1:
             raise GenerationError(f"tokens_per_block must be >= 1, got {tokens_per_block}")
@@ -327,8 +336,13 @@ class Scheduler:
         if jobs:
             assert [j.slot for j in jobs] == list(range(len(jobs))), "running rows must be compact"
             drafted = sum(j.drafted for j in jobs)
-            emitted = decode_step(self.model, self.cache, jobs)
+            budget = budgets(jobs, self.cost.step_time if self.cost else None, self.speculation)
+            t0 = time.perf_counter()
+            emitted = decode_step(self.model, self.cache, jobs, budget)
+            seconds = time.perf_counter() - t0
             verified = sum(j.drafted for j in jobs) - drafted + len(jobs)  # the step's tokens, roots included
+            if self.speculation == "auto":
+                self.cost = self.cost.observe(verified, seconds)
             self.stats.history.append((time.monotonic(), len(jobs), verified))
             for job, tokens in zip(jobs, emitted):
                 self._emit(job, tokens)
