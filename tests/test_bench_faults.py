@@ -175,14 +175,6 @@ def test_bad_concurrency_is_a_usage_error(command, value, tmp_path):
     assert f"Invalid value for --concurrency: expected comma-separated integers >= 1, got {value!r}" in r.output
 
 
-def test_parse_int_list():
-    from trtbuild.bench.load import parse_int_list
-    from trtbuild.common.errors import ConfigError
-
-    assert parse_int_list("1, 4,16") == (1, 4, 16)
-    with pytest.raises(ConfigError, match="got '4,,8'"):
-        parse_int_list("4,,8")
-
 
 def test_in_process_with_a_broken_engine_fails_instead_of_hanging(build, tmp_path):
     """Issue 15: a model that failed to load in the scheduler's thread left bench waiting forever."""

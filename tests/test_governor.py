@@ -35,6 +35,12 @@ def test_allocation_by_hand():
     assert allocate([a, b], lambda T: 0.01 * T)[0] == [0, 0]
     # a GPU-like cost, nearly flat: every draft pays
     assert allocate([a, b], lambda T: 1 + 0.001 * T)[0] == [2, 1]
+    # rows that offer no choice still count: beside 10 fixed tokens emitting 3, t(T) = 1 + 0.5 T, row a alone:
+    # k = 0: 4 / 6.5 = 0.615; k = 1: 4.8 / 7 = 0.686; k = 2: 5.2 / 7.5 = 0.693 -> 2 (without them: 1.8 / 2 = 0.9
+    # at k = 1 beats 2.2 / 2.5 = 0.88 at k = 2)
+    assert allocate([a], lambda T: 1 + 0.5 * T)[0] == [1]
+    choice, rate = allocate([a], lambda T: 1 + 0.5 * T, fixed_tokens=10, fixed_emitted=3.0)
+    assert choice == [2] and rate == pytest.approx(5.2 / 7.5)
 
 
 def _brute(curves, t):

@@ -31,17 +31,6 @@ class Prompt:
     max_tokens: int
 
 
-def parse_int_list(text: str) -> tuple[int, ...]:
-    """'1,4,16' -> (1, 4, 16): comma-separated integers >= 1, no empty item."""
-    try:
-        values = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or any(v < 1 for v in values):
-        raise ConfigError(f"expected comma-separated integers >= 1, got {text!r}")
-    return values
-
-
 def bench_tokenizer(path: Path, what: str):
     """The tokenizer in `path` for `what` (the option naming it), or a one-line ConfigError."""
     from trtbuild.runtime.tokenizer import load_tokenizer
@@ -228,17 +217,16 @@ def inprocess_sender(engine_dir: Path) -> tuple[Callable[[Prompt, RequestRecord]
     The engine loads in the scheduler's own thread; a load error is raised here, and a request
     whose scheduler thread has died fails instead of waiting forever. Requests are refused as the
     server's preprocessing refuses them (prompt longer than max_input_len)."""
-    from trtbuild.common.engine_config import EngineConfig
     from trtbuild.runtime import Request
     from trtbuild.runtime.scheduler import serve_engine
     from trtbuild.runtime.tokenizer import default_end_ids
     from trtbuild.triton_repo.python_models import Detokenizer
 
     engine_dir = Path(engine_dir)
-    max_input_len = EngineConfig.read(engine_dir).max_input_len
     tok = bench_tokenizer(engine_dir, "--in-process")
     ends = default_end_ids(engine_dir, tok)
     sched, thread = serve_engine(engine_dir)  # the engine loads in the loop's thread; load errors raise here
+    max_input_len = sched.model.cfg.max_input_len  # the engine's build_config, as the model read it
 
     def stop() -> None:
         sched.shutdown()

@@ -52,13 +52,6 @@ from trtbuild.runtime.generate import FinishReason, Request, Result, attention_m
 from trtbuild.runtime.model import KVCache, Model
 from trtbuild.runtime.sampling import TokenPicker
 
-Mode = Literal["plain", "medusa", "lookahead"]
-
-
-def mode_of(decoding: DecodingSpec) -> Mode:
-    return "medusa" if isinstance(decoding, MedusaSpec) else "lookahead" if decoding is not None else "plain"
-
-
 def step_tokens(decoding: DecodingSpec) -> int:
     """Tokens one step of this decoding verifies per row (root included)."""
     if isinstance(decoding, MedusaSpec):
@@ -129,7 +122,6 @@ class Decoder:
     """One request's proposer. `propose` gives the step's nodes; `advance` updates the proposer's state
     with the verified step (the model's argmax at every node, the tokens emitted)."""
 
-    mode: Mode = "plain"
     uses_heads = False  # propose needs the Medusa heads' top-k at the root's hidden state
 
     def propose(self, root: int, heads: torch.Tensor | None, budget: int | None = None) -> Draft:
@@ -168,7 +160,6 @@ class MedusaDecoder(Decoder):
     budget of k nodes it drafts the k nodes of highest path probability (prefix-closed: a child's is
     never above its parent's; ties in node order)."""
 
-    mode: Mode = "medusa"
     uses_heads = True
 
     def __init__(self, tree: TreeBuffers) -> None:
@@ -222,8 +213,6 @@ class LookaheadDecoder(Decoder):
     a new level (the oldest is dropped once there are N - 1), and each full column adds one n-gram,
     keyed by its level-0 token, to the pool. The pool starts with the prompt's n-grams and gets those
     the emitted tokens complete. Level 0 starts as the root plus W - 1 tokens drawn from the prompt."""
-
-    mode: Mode = "lookahead"
 
     def __init__(self, spec: LookaheadSpec, prompt: Sequence[int], first: int) -> None:
         self.w, self.n, self.g = spec.as_tuple()
@@ -425,11 +414,13 @@ def budgets(rows: Sequence[Row], step_time: Callable[[int], float] | None,
         raise GenerationError("speculation auto needs a cost model")
     from trtbuild.runtime.governor import allocate
 
-    fixed = sum(r.step_tokens - 1 for r, c in zip(rows, curves) if c is None)
     flexible = [b for b, c in enumerate(curves) if c is not None]
     if not flexible:
         return [None] * len(rows)
-    chosen, _ = allocate([curves[b] for b in flexible], lambda T: step_time(T + fixed + len(rows) - len(flexible)))
+    fixed = [r for r, c in zip(rows, curves) if c is None]  # they draft all they have: their tokens, and
+    # the tokens they emit (1 + their own mean accepted so far), are the same whatever the others do
+    chosen, _ = allocate([curves[b] for b in flexible], step_time, fixed_tokens=sum(r.step_tokens for r in fixed),
+                         fixed_emitted=sum(1 + (r.accepted / r.steps if r.steps else 0.0) for r in fixed))
     out: list[int | None] = [None] * len(rows)
     for b, k in zip(flexible, chosen):
         out[b] = curves[b][k][0]

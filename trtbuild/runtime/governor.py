@@ -42,8 +42,11 @@ def hull(curve: Curve) -> list[int]:
     return keep
 
 
-def allocate(curves: Sequence[Curve], step_time: Callable[[int], float]) -> tuple[list[int], float]:
-    """(the chosen option index per row, expected emitted tokens per second)."""
+def allocate(curves: Sequence[Curve], step_time: Callable[[int], float], fixed_tokens: int = 0,
+             fixed_emitted: float = 0.0) -> tuple[list[int], float]:
+    """(the chosen option index per row, expected emitted tokens per second of the whole step).
+    fixed_tokens / fixed_emitted: the step's rows that offer no choice (their tokens and expected
+    emitted tokens count in the objective, whatever is chosen)."""
     hulls = [hull(c) for c in curves]
     steps = []  # (gain per token, row, position on its hull)
     for r, (c, h) in enumerate(zip(curves, hulls)):
@@ -52,8 +55,8 @@ def allocate(curves: Sequence[Curve], step_time: Callable[[int], float]) -> tupl
             steps.append((dy / dx, -r, j))
     steps.sort(reverse=True)  # concave hulls: each row's steps come in order
     pos = [0] * len(curves)
-    tokens = len(curves)
-    emitted = float(len(curves))
+    tokens = len(curves) + fixed_tokens
+    emitted = len(curves) + fixed_emitted
     best_rate, best = emitted / step_time(tokens), list(pos)
     for _, neg_r, j in steps:
         r = -neg_r

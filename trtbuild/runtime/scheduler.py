@@ -50,8 +50,8 @@ from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.common.medusa.choices import Choices, MedusaSpec
 from trtbuild.common.spec import DecodingSpec
 from trtbuild.runtime.cost import CostModel
-from trtbuild.runtime.decoding import (Row, TypicalAcceptance, budgets, check_decoding, decode_step, mode_of,
-                                       prefill_row, resolve_decoding, step_tokens)
+from trtbuild.runtime.decoding import (Row, TypicalAcceptance, budgets, check_decoding, decode_step, prefill_row,
+                                       resolve_decoding, step_tokens)
 from trtbuild.runtime.generate import Request, Result, validate
 from trtbuild.runtime.model import KVCache, Model
 
@@ -425,13 +425,19 @@ def serve_engine(engine_dir: Path, decoding: Decoding | Callable[[Model, int], D
     return box["s"], thread
 
 
+def _per_request(decoding: Decoding | Sequence[Decoding], n: int) -> list[Decoding]:
+    """One decoding for all n requests, or one each (checked)."""
+    per = list(decoding) if isinstance(decoding, (list, tuple)) else [decoding] * n
+    if len(per) != n:
+        raise GenerationError(f"{len(per)} decodings for {n} requests")
+    return per
+
+
 def schedule_all(scheduler: Scheduler, requests: Sequence[Request], decoding: Decoding | Sequence[Decoding] = "engine",
                  typical: TypicalAcceptance | None = None) -> list[Result]:
     """Submit `requests` (one decoding for all, or one each), run the loop until they are done;
     results in request order."""
-    per = list(decoding) if isinstance(decoding, (list, tuple)) else [decoding] * len(requests)
-    if len(per) != len(requests):
-        raise GenerationError(f"{len(per)} decodings for {len(requests)} requests")
+    per = _per_request(decoding, len(requests))
     results: dict[int, Result] = {}
     for k, (r, d) in enumerate(zip(requests, per)):
         def done(_: list[int], res: Result | None, k: int = k) -> None:
@@ -448,10 +454,7 @@ def decode(model: Model, requests: Sequence[Request], decoding: Decoding | Seque
     path, `decode_step`); results in request order. decoding: one for all or one per request ("engine":
     what the checkpoint stores); limit: an engine's (W, N, G) that every lookahead request must fit."""
     validate(model, list(requests))  # before the cache is sized from them
-    per = list(decoding) if isinstance(decoding, (list, tuple)) else [decoding] * len(requests)
-    if len(per) != len(requests):
-        raise GenerationError(f"{len(per)} decodings for {len(requests)} requests")
-    per = [resolve_decoding(model) if d == "engine" else d for d in per]
+    per = [resolve_decoding(model) if d == "engine" else d for d in _per_request(decoding, len(requests))]
     for d in per:  # before anything is allocated
         check_decoding(model, d)
         if limit is not None and isinstance(d, LookaheadSpec):
@@ -475,5 +478,5 @@ def lookahead_generate(model: Model, requests: Sequence[Request], spec: Lookahea
     return decode(model, requests, spec if isinstance(spec, LookaheadSpec) else list(spec), typical, limit)
 
 
-__all__ = ["JobInfo", "Scheduler", "Stats", "decode", "lookahead_generate", "medusa_generate", "mode_of",
-           "schedule_all", "serve_engine"]
+__all__ = ["JobInfo", "Scheduler", "Stats", "decode", "lookahead_generate", "medusa_generate", "schedule_all",
+           "serve_engine"]
