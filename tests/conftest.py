@@ -98,7 +98,8 @@ def engine_dir(hf: Path, tmp: Path, backend: str = "tensorrt-llm", *, max_batch_
     engine.mkdir()
     pre = json.loads((ckpt / "config.json").read_text())
     (engine / "config.json").write_text(json.dumps(engine_config(rs, pre, trtllm_version), indent=2))
-    (engine / MARKER).write_text(json.dumps({"backend": backend, "checkpoint": "../checkpoint"}))
+    (engine / MARKER).write_text(json.dumps({"backend": backend, "checkpoint": "../checkpoint",
+                                             "speculation": rs.speculation}))
     for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         if (ckpt / f).is_file():
             (engine / f).write_bytes((ckpt / f).read_bytes())

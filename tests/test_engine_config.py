@@ -134,6 +134,10 @@ def test_spec_yaml_reads_back_as_written(engines):
      "max_batch_size must be an integer, got 'four'"),
     (lambda t: t.replace("lookahead: 4,3,4\n", "lookahead: 4,3\n"), "lookahead spec must be 'W,N,G'"),
     (lambda t: t + ":\n  - [", "is not valid YAML"),
+    (lambda t: t.replace("speculation: auto\n", "speculation: sometimes\n"),
+     "speculation must be one of auto, always, off, got 'sometimes'"),
+    (lambda t: t.replace("speculation: auto\n", "speculation: null\n"),
+     "speculation must be one of auto, always, off, got null"),
     (lambda t: "- 1\n", "is not a resolved build spec"),
 ])
 def test_a_bad_spec_yaml_is_one_line(engines, tmp_path, edit, message):
@@ -146,3 +150,47 @@ def test_a_bad_spec_yaml_is_one_line(engines, tmp_path, edit, message):
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match=r"^cannot read .*nothing.yaml"):
         ResolvedSpec.from_yaml(tmp_path / "nothing.yaml")
+
+
+# --- speculation (issue 16): spec.yaml and the engine's manifest, old and new ----------------------
+
+
+def test_a_spec_yaml_older_than_speculation_reads_as_always(engines, tmp_path):
+    text = (engines["lookahead"].parent / "spec.yaml").read_text()
+    assert "\nspeculation: auto\n" in text  # what a build writes now: the default
+    old = tmp_path / "spec.yaml"
+    old.write_text(text.replace("speculation: auto\n", ""))  # a build from before the setting
+    assert ResolvedSpec.from_yaml(old).speculation == "always"  # what those builds did
+    old.write_text(text.replace("speculation: auto\n", "speculation: off\n"))  # hand-written, unquoted
+    assert ResolvedSpec.from_yaml(old).speculation == "off"
+    for other in ("max_batch_size", "architecture"):  # no other setting may be missing
+        key = next(line for line in text.splitlines(keepends=True) if line.startswith(f"{other}:"))
+        old.write_text(text.replace(key, ""))
+        with pytest.raises(ConfigError, match=f"missing setting\\(s\\) {other}"):
+            ResolvedSpec.from_yaml(old)
+
+
+def test_engine_speculation_reads_the_manifest(engines, tmp_path):
+    from trtbuild.common.engine_config import MANIFEST, engine_speculation
+
+    assert engine_speculation(engines["medusa"]) == "auto"  # conftest's manifest: the build's default
+    before = tmp_path / "before"
+    before.mkdir()
+    old = json.loads((engines["medusa"] / MANIFEST).read_text())
+    del old["speculation"]
+    (before / MANIFEST).write_text(json.dumps(old))
+    assert engine_speculation(before) == "always"  # a manifest from before issue 16: no key
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    assert engine_speculation(engine) == "always"  # no manifest at all
+    for mode in ("auto", "always", "off"):
+        (engine / MANIFEST).write_text(json.dumps({"backend": "torch", "speculation": mode}))
+        assert engine_speculation(engine) == mode
+    for bad, shown in (({"speculation": "sometimes"}, "'sometimes'"), ({"speculation": None}, "None"), ([1], "None")):
+        (engine / MANIFEST).write_text(json.dumps(bad))
+        with pytest.raises(ConfigError) as e:
+            engine_speculation(engine)
+        assert str(e.value) == f"{engine / MANIFEST}: speculation must be one of auto, always, off, got {shown}"
+    (engine / MANIFEST).write_text("{not json")
+    with pytest.raises(ConfigError, match=rf"^cannot read {engine / MANIFEST}: "):
+        engine_speculation(engine)

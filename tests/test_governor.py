@@ -12,61 +12,70 @@ import pytest
 from conftest import speculative_checkpoints
 from trtbuild.common.errors import ConfigError
 from trtbuild.runtime.cost import CACHE, CostModel, calibrate, knots, load, machine_id, save
-from trtbuild.runtime.governor import allocate, hull
-
-
-def test_hull_by_hand():
-    # (2, 0.9) lies under the chord from (1, 0.8) to (3, 1.3)? chord at 2: 1.05 > 0.9 -> dropped
-    assert hull([(0, 0.0), (1, 0.8), (2, 0.9), (3, 1.3)]) == [0, 1, 3]
-    assert hull([(0, 0.0), (2, 0.1), (1, 0.5)]) == [0, 2]  # costs more, gives less: never
-    assert hull([(0, 0.0)]) == [0]
-    with pytest.raises(ValueError, match="starts at"):
-        hull([(1, 0.5)])
+from trtbuild.runtime.governor import allocate
 
 
 def test_allocation_by_hand():
     a = [(0, 0.0), (1, 0.8), (2, 1.2)]
     b = [(0, 0.0), (1, 0.3)]
-    # t(T) = 1 + 0.5 T. (a, b) -> emitted / time: (0,0) 2/2 = 1.0; (1,0) 2.8/2.5 = 1.12; (2,0) 3.2/3 = 1.067;
-    # (1,1) 3.1/3 = 1.033; (2,1) 3.5/3.5 = 1.0; (0,1) 2.3/2.5 = 0.92 -> (1, 0)
+    # two rows padded to width w cost t(2 w), t(T) = 1 + 0.5 T: w = 1: 2 / 2 = 1.0; w = 2: a (1, .8) and b
+    # (1, .3) ride together, 3.1 / 3 = 1.033; w = 3: 3.5 / 4 = 0.875 -> both draft one token (a packed
+    # runtime would have left b out: its token would cost, here the padding is paid anyway)
     choice, rate = allocate([a, b], lambda T: 1 + 0.5 * T)
-    assert choice == [1, 0] and rate == pytest.approx(1.12)
-    # a CPU-like cost, every token paid in full: no draft pays (each extra token brings < 1 token)
+    assert choice == [1, 1] and rate == pytest.approx(3.1 / 3)
+    # a CPU-like cost, every token paid in full: no draft pays
     assert allocate([a, b], lambda T: 0.01 * T)[0] == [0, 0]
-    # a GPU-like cost, nearly flat: every draft pays
+    # a GPU-like cost, nearly flat: every draft pays (w = 3: 3.5 / 1.006 > w = 2: 3.1 / 1.004)
     assert allocate([a, b], lambda T: 1 + 0.001 * T)[0] == [2, 1]
-    # rows that offer no choice still count: beside 10 fixed tokens emitting 3, t(T) = 1 + 0.5 T, row a alone:
-    # k = 0: 4 / 6.5 = 0.615; k = 1: 4.8 / 7 = 0.686; k = 2: 5.2 / 7.5 = 0.693 -> 2 (without them: 1.8 / 2 = 0.9
-    # at k = 1 beats 2.2 / 2.5 = 0.88 at k = 2)
-    assert allocate([a], lambda T: 1 + 0.5 * T)[0] == [1]
-    choice, rate = allocate([a], lambda T: 1 + 0.5 * T, fixed_tokens=10, fixed_emitted=3.0)
-    assert choice == [2] and rate == pytest.approx(5.2 / 7.5)
+    # a row that drafts all it has (3 tokens wide, emitting 1 + 1.0) sets the width: a rides free
+    choice, rate = allocate([a], lambda T: 1 + 0.5 * T, fixed_rows=1, fixed_width=3, fixed_emitted=1.0)
+    assert choice == [2] and rate == pytest.approx((2 + 1.0 + 1.2) / 4)
+    with pytest.raises(ValueError, match="starts at"):
+        allocate([[(1, 0.5)]], lambda T: T)
 
 
-def _brute(curves, t):
-    best = max(itertools.product(*[range(len(c)) for c in curves]),
-               key=lambda ch: (len(curves) + sum(c[i][1] for c, i in zip(curves, ch)))
-               / t(len(curves) + sum(c[i][0] for c, i in zip(curves, ch))))
-    return (len(curves) + sum(c[i][1] for c, i in zip(curves, best))) / t(len(curves) + sum(c[i][0] for c, i in zip(curves, best)))
+def test_allocation_pays_the_heads_pass_once():
+    """A Medusa row (its drafts need the heads pass) beside a lookahead-like row; t(T) = 1 + 0.1 T.
+    heads 0.5 s: w = 1: 2 / 1.2 = 1.667; w = 2: heads, a 1 node: 2.8 / 1.9 = 1.474 (no heads: 2 / 1.4);
+    w = 3: no heads, c alone: 2.9 / 1.6 = 1.8125; heads, both: 4.1 / 2.1 = 1.952 -> both draft.
+    heads 1.0 s: both: 4.1 / 2.6 = 1.577 < c alone 1.8125 -> the Medusa row waits."""
+    a = [(0, 0.0), (1, 0.8), (2, 1.2)]
+    c = [(0, 0.0), (2, 0.9)]
+    t = lambda T: 1 + 0.1 * T  # noqa: E731
+    choice, rate = allocate([a, c], t, heads=[True, False], heads_seconds=0.5)
+    assert choice == [2, 1] and rate == pytest.approx(4.1 / 2.1)
+    choice, rate = allocate([a, c], t, heads=[True, False], heads_seconds=1.0)
+    assert choice == [0, 1] and rate == pytest.approx(2.9 / 1.6)
 
 
-def test_allocation_is_exact_for_concave_unit_curves():
-    """Medusa's node-by-node trees: concave, one token per step; random cases against brute force,
-    with fixed-plus-linear and convex step costs."""
+def _brute(curves, t, heads, heads_seconds):
+    def rate(ch):
+        width = 1 + max(c[i][0] for c, i in zip(curves, ch))
+        paid = any(h and c[i][0] for c, h, i in zip(curves, heads, ch))
+        return (len(curves) + sum(c[i][1] for c, i in zip(curves, ch))) / (
+            t(len(curves) * width) + (heads_seconds if paid else 0.0))
+    return max(rate(ch) for ch in itertools.product(*[range(len(c)) for c in curves]))
+
+
+def test_allocation_is_exact_against_brute_force():
+    """Random curves (Medusa-like unit steps and lookahead-like jumps, not necessarily concave), random
+    heads flags, fixed-plus-linear and convex step costs: the governor's rate is the best there is."""
     rng = random.Random(0)
-    for case in range(200):
-        curves = []
+    for case in range(300):
+        curves, heads = [], []
         for _ in range(rng.randint(1, 4)):
-            gains = sorted((rng.random() for _ in range(rng.randint(0, 4))), reverse=True)
-            curve, e = [(0, 0.0)], 0.0
-            for k, g in enumerate(gains, 1):
-                e += g
-                curve.append((k, e))
+            curve, x, e = [(0, 0.0)], 0, 0.0
+            for _ in range(rng.randint(0, 4)):
+                x += rng.choice([1, 1, 2, 4])
+                e += rng.random()
+                curve.append((x, e))
             curves.append(curve)
+            heads.append(rng.random() < 0.5)
         fixed, slope, bend = rng.uniform(0.1, 2), rng.uniform(0.01, 1), rng.choice([0.0, 0.02])
         t = lambda T, f=fixed, s=slope, q=bend: f + s * T + q * T * T  # noqa: E731
-        _, rate = allocate(curves, t)
-        assert rate == pytest.approx(_brute(curves, t)), case
+        hs = rng.choice([0.0, 0.3])
+        _, rate = allocate(curves, t, heads=heads, heads_seconds=hs)
+        assert rate == pytest.approx(_brute(curves, t, heads, hs)), case
 
 
 def test_cost_model_interpolates_and_follows_live_steps():
@@ -147,22 +156,135 @@ def test_governed_medusa_rows_switch_drafts_mid_request_and_stay_lossless(tmp_pa
         _run(model, "sometimes")
 
 
+def test_governed_lookahead_rows_switch_and_stay_lossless(tmp_path):
+    from trtbuild.runtime import Model, Request, generate
+
+    model = Model.load(speculative_checkpoints(tmp_path)["lookahead"])  # (4, 3, 4)
+    want = [generate(model, [Request(p, k)])[0].output_ids for p, k in zip(PROMPTS, (24, 12, 30, 18))]
+    # a step costs 0.02 s per token beyond the first: the prior (half a token per candidate set) pays at
+    # first; the rows learn from what they verify that this random model rarely takes a draft
+    cost = CostModel((1, 64), (1.0, 1.0 + 0.02 * 63), "m", "e")
+    auto, sched = _run(model, "auto", cost)
+    off, _ = _run(model, "off", cost)
+    always, _ = _run(model, "always")
+    for res in (always, off, auto):
+        assert [r.output_ids for r in res] == want
+    assert all(r.accepted_draft_tokens == 0 for r in off)
+    history = list(sched.stats.history)  # (time, rows, tokens verified)
+    assert any(v > rows for _, rows, v in history) and any(v == rows for _, rows, v in history), history
+    st = sched.stats
+    assert st.row_steps == sum(r.num_steps for r in auto) and 0 < st.speculating_row_steps < st.row_steps
+    assert st.drafted == sum(v - rows for _, rows, v in st.history)
+    assert st.accepted == sum(r.accepted_draft_tokens for r in auto) and st.expected > 0
+
+
+def test_lookahead_options_by_hand(tmp_path):
+    """(W, N, G) = (2, 3, 2) with a prompt whose root 5 has two continuations in the pool: no draft;
+    one candidate (2 tokens); two (4); the whole step (the window, 2 x 1 - 1 = 1 token, + 4). Prior
+    (no engine evidence yet): half a token for each candidate set plus the bonus sqrt(0.5 / 2) = 0.5,
+    and as much again for the window on top."""
+    from trtbuild.common.lookahead.spec import LookaheadSpec
+    from trtbuild.runtime.decoding import LookaheadDecoder
+
+    dec = LookaheadDecoder(LookaheadSpec(2, 3, 2), (5, 1, 2, 5, 3, 4), 5)
+    assert dec.options() == [(0, 0.0), (2, 1.0), (4, 1.0), (5, 2.0)]
+    d = dec.propose(5, None, 2)  # one candidate, no window: the newest continuation of 5
+    assert d.tokens == (5, 3, 4) and d.depths == (0, 1, 2) and not dec.windowed
+    # the model's argmax after 5 is 3, after 3 is 9: the candidate matches one token
+    dec.advance(d, [0, 1], [3, 9, 7], [3, 9])
+    assert dec.pool_gain == [[1.0, 1.0], [0.0, 0.0]]  # g' = 2 was not verified
+    ev = dec.evidence  # the engine's, prior 1/2 at weight 2: (1 + 1) / 3; a row blends it at weight 4
+    assert ev.sum[0] / ev.weight[0] == pytest.approx(2 / 3)
+    m = (1 + 4 * 2 / 3) / 5
+    assert ev.estimate(0, *dec.pool_gain[0]) == pytest.approx(m + (m / 3) ** 0.5)
+    assert dec.levels == [[5, dec.levels[0][1]]]  # the window waited
+    assert dec.propose(9, None, 0).tokens == (9,)
+    full = dec.propose(9, None, None)
+    assert dec.windowed and full.size == 2  # root 9 has no candidates: the window's level 0 alone
+
+
 def test_budgets_by_hand(tmp_path):
-    """One Medusa row (prior path probabilities 1/2 at depth 1, 1/4 at depth 2, 1/8 at 3) beside a
-    plain row; t(T) = 1 + 0.3 T. Options for the Medusa row, k nodes -> E: 0 -> 0, 1 -> .5, 2 -> 1,
-    3 -> 1.25, 4 -> 1.5, 5 -> 1.625; rate (2 + E) / (1 + 0.3 (2 + k)): 1.250, 1.316, 1.364, 1.300,
-    1.250, 1.169 -> 2 nodes."""
+    """One Medusa row beside a plain row, both auto; t(T) = 1 + 0.05 T, no heads cost. The engine has
+    seen each node accepted half the time over 50 tries: a row's estimate is 0.5 plus the confidence
+    bonus sqrt(0.5 / 50) = 0.1, so path probabilities are 0.6 at depth 1, 0.36 at 2, 0.216 at 3.
+    k nodes -> E: 0, .6, 1.2, 1.56, 1.92, 2.136; two rows of width k + 1: (2 + E) / (1 + 0.1 (k + 1)) =
+    1.818, 2.167, 2.462, 2.543, 2.613, 2.585 -> 4 nodes."""
     from trtbuild.runtime import Model
-    from trtbuild.runtime.decoding import PlainDecoder, Row, budgets, make_decoder, resolve_decoding
+    from trtbuild.runtime.decoding import Evidence, PlainDecoder, Row, budgets, make_decoder, resolve_decoding
     from trtbuild.runtime.generate import Request
 
     model = Model.load(speculative_checkpoints(tmp_path)["medusa"])  # {0}, {1}, {0, 0}, {0, 1}, {0, 0, 0}
     spec = resolve_decoding(model)
     req = Request((1, 2, 3), 4)
     pick = req.picker(model.cfg.dims.vocab_size, "cpu")
-    rows = [Row(request=req, decoding=spec, picker=pick, decoder=make_decoder(spec, req.prompt, 1)),
-            Row(request=req, decoding=None, picker=pick, decoder=PlainDecoder())]
-    assert rows[0].decoder.options() == [(0, 0.0), (1, 0.5), (2, 1.0), (3, 1.25), (4, 1.5), (5, 1.625)]
-    assert budgets(rows, lambda T: 1 + 0.3 * T, "auto") == [2, 0]
-    assert budgets(rows, lambda T: 1 + 0.3 * T, "off") == [0, 0]
-    assert budgets(rows, None, "always") == [None, None]
+    cost = CostModel((1, 64), (1.05, 1.0 + 0.05 * 64), "m", "e")
+    seen = Evidence(6)
+    seen.sum, seen.weight = [25.0] * 6, [50.0] * 6
+
+    def rows(a, b):
+        return [Row(request=req, decoding=spec, picker=pick, decoder=make_decoder(spec, req.prompt, 1, {spec: seen}),
+                    speculation=a),
+                Row(request=req, decoding=None, picker=pick, decoder=PlainDecoder(), speculation=b)]
+
+    r = rows("auto", "auto")
+    curve = r[0].decoder.options()
+    assert [k for k, _ in curve] == list(range(6))
+    assert [e for _, e in curve] == pytest.approx([0.0, 0.6, 1.2, 1.56, 1.92, 2.136])
+    assert budgets(r, cost) == ([4, 0], pytest.approx(1.92))
+    # a fresh engine: no evidence, prior 1/2 at weight 2 and a bonus of 1/2: every node is tried
+    assert make_decoder(spec, req.prompt, 1).options() == [(k, float(k)) for k in range(6)]
+    assert budgets(rows("off", "always"), None) == ([0, None], 0.0)  # no auto row: no cost model needed
+    assert budgets(rows("always", "off"), None)[0] == [None, 0]
+    with pytest.raises(Exception, match="needs a cost model"):
+        budgets(rows("auto", "off"), None)
+    # heads cost 1 s: the draft no longer pays for itself (3.92 / 2.5 = 1.568 < 1.818)
+    from dataclasses import replace
+    assert budgets(rows("auto", "auto"), replace(cost, heads=1.0))[0] == [0, 0]
+
+
+def test_requests_choose_their_own_speculation(tmp_path):
+    """An always-scheduler takes off and always requests side by side (and auto ones once it has a cost
+    model); a bad mode is refused at submit."""
+    from trtbuild.runtime import Model, Request, Scheduler, generate
+
+    model = Model.load(speculative_checkpoints(tmp_path)["medusa"])
+    want = [generate(model, [Request(p, 16)])[0].output_ids for p in PROMPTS[:3]]
+    sched = Scheduler(model, max_batch_size=4, max_seq_len=64)
+    got = {}
+    with pytest.raises(Exception, match="needs a step cost model"):
+        sched.submit(Request(PROMPTS[0], 4), lambda t, r: None, speculation="auto")
+    with pytest.raises(Exception, match="must be auto, always or off"):
+        sched.submit(Request(PROMPTS[0], 4), lambda t, r: None, speculation="never")
+    sched.cost = CostModel((1, 64), (1.0, 1.0 + 0.3 * 63), "m", "e")
+    for i, mode in enumerate(("off", "always", "auto")):
+        sched.submit(Request(PROMPTS[i], 16), lambda t, r, i=i: got.__setitem__(i, r) if r is not None else None,
+                     speculation=mode)
+    sched.run_until_idle()
+    assert [got[i].output_ids for i in range(3)] == want
+    assert got[0].accepted_draft_tokens == 0 and sched.progress  # off drafts nothing
+    info = {i: got[i] for i in range(3)}
+    assert info[0].num_steps == 16 - 1  # plain: one token per step after the first
+
+
+def test_cost_for_engine_is_cached_and_remeasured_for_another_engine(tmp_path):
+    import shutil
+
+    from trtbuild.runtime import Model
+    from trtbuild.runtime.cost import engine_digest, for_engine
+
+    ckpt = speculative_checkpoints(tmp_path)["medusa"]
+    model = Model.load(ckpt)
+    said = []
+    cost = for_engine(model, ckpt, 16, said.append)
+    assert cost.heads > 0 and cost.engine == engine_digest(ckpt) and (ckpt / CACHE).is_file()
+    assert any("calibrating" in s for s in said)
+    said.clear()
+    assert for_engine(model, ckpt, 16, said.append) == cost and said == []  # the cache, as stored
+    other = tmp_path / "other"
+    shutil.copytree(ckpt, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["max_position_embeddings"] = cfg.get("max_position_embeddings", 256) + 1
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert engine_digest(other) != engine_digest(ckpt)
+    again = for_engine(model, other, 16, said.append)  # the copied cache belongs to the first engine
+    assert any("measured for another engine" in s for s in said) and again.engine == engine_digest(other)

@@ -247,7 +247,9 @@ def _llm_stream(url: str, ids: list[int], n: int, seed: int, parameters: dict | 
 def test_seeded_sampling_through_triton_equals_generate(builds, tmp_path, kind):
     """Issue 15: the same seeded sampled request gives the same tokens from `generate` (offline decoding)
     and from the server, with the default (lossless) rule and with typical acceptance, asked per request
-    through Triton's request parameters; bad parameters are refused with one line."""
+    through Triton's request parameters; bad parameters are refused with one line. Typical acceptance
+    is not lossless: what it emits depends on what was drafted, so its requests ask for speculation
+    "always", the offline decoding's (an auto build would draft by load)."""
     from trtbuild.runtime import Model, Request, SamplingParams, decode
     from trtbuild.runtime.decoding import TypicalAcceptance
     from trtbuild.runtime.tokenizer import default_end_ids
@@ -257,7 +259,8 @@ def test_seeded_sampling_through_triton_equals_generate(builds, tmp_path, kind):
     tok = load_tokenizer(engine)
     prompts = [tok(p)["input_ids"] for p in PROMPTS[:2]]
     rules = {"lossless": (None, None), "typical": (TypicalAcceptance(0.2, 0.3),
-                                                   {"typical_acceptance": True, "posterior_threshold": 0.2})}
+                                                   {"typical_acceptance": True, "posterior_threshold": 0.2,
+                                                    "speculation": "always"})}
     want = {(name, i): decode(model, [Request(tuple(ids), 16, SamplingParams(temperature=0.8, seed=11 + i),
                                               default_end_ids(engine))], "engine", rule)[0].output_ids
             for name, (rule, _) in rules.items() for i, ids in enumerate(prompts)}
@@ -280,3 +283,44 @@ def test_seeded_sampling_through_triton_equals_generate(builds, tmp_path, kind):
         with pytest.raises(InferenceServerException, match="send typical_acceptance=true with it"):
             _llm_stream(s.grpc_url, prompts[0], 4, 1, {"posterior_alpha": 0.5})
         assert _llm_stream(s.grpc_url, prompts[0], 4, 1) != []  # and the server is still serving
+
+
+@pytest.mark.parametrize("kind", ["medusa", "lookahead"])
+def test_speculation_modes_per_request_through_triton(builds, tmp_path, kind):
+    """Issue 16: an auto build (the default) calibrates its step cost at load and caches it next to the
+    engine; concurrent greedy requests asking auto, always and off (Triton request parameter
+    "speculation") all equal plain `generate`; the gauges show the auto rows drafting on some steps
+    and not on others; a bad mode is refused with one line."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tritonclient.utils import InferenceServerException
+
+    from trtbuild.common.engine_config import engine_speculation
+
+    engine = builds[kind] / "engine"
+    assert engine_speculation(engine) == "auto"
+    (engine / "trtbuild.cost.json").unlink(missing_ok=True)
+    want = {p: _expected(builds[kind], p, 24) for p in PROMPTS}
+    with _server(builds[kind], tmp_path) as s:
+        cached = json.loads((engine / "trtbuild.cost.json").read_text())
+        assert len(cached["tokens"]) >= 2 and (cached["heads"] > 0) == (kind == "medusa")
+
+        def ask(job):
+            prompt, mode = job
+            chunks = stream_grpc(s.grpc_url, prompt, 24, "tensorrt_llm_bls", parameters={"speculation": mode})
+            return "".join(c["text_output"] for c in chunks)
+
+        before = _metrics(s)
+        jobs = [(p, "auto") for p in PROMPTS] * 2
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            assert list(pool.map(ask, jobs)) == [want[p] for p, _ in jobs]
+        auto = _metrics(s)
+        rows, spec = auto["row_steps"] - before["row_steps"], auto["speculating_row_steps"] - before["speculating_row_steps"]
+        assert 0 < spec < rows, (spec, rows)  # drafted while it looked worth it, then not
+        assert auto["drafted"] > before["drafted"] and auto["cost_error"] > 0
+        jobs = [(p, m) for p in PROMPTS for m in ("auto", "always", "off")]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            assert list(pool.map(ask, jobs)) == [want[p] for p, _ in jobs]
+        with pytest.raises((InferenceServerException, ServerError), match="speculation must be one of"):
+            ask((PROMPTS[0], "sometimes"))
+        assert ask((PROMPTS[0], "off")) == want[PROMPTS[0]]  # still serving

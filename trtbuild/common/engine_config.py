@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trtbuild.common.errors import ConfigError
-from trtbuild.common.spec import DecodingSpec
+from trtbuild.common.spec import DecodingSpec, Speculation
 
 CONFIG = "config.json"
+MANIFEST = "trtbuild.json"  # trtbuild's own record next to the engine (backend, checkpoint, speculation)
 # build_config.speculative_decoding_mode: SpeculativeDecodingMode is an IntFlag of auto() values NONE,
 # DRAFT_TOKENS_EXTERNAL, MEDUSA, LOOKAHEAD_DECODING, ... (tensorrt_llm/models/modeling_utils.py);
 # config.json holds the int. The names are trtllm-build's --speculative_decoding_mode values.
@@ -155,3 +156,21 @@ def _decoding(pre: dict) -> DecodingSpec:
 
         return LookaheadSpec.from_dict(pre["lookahead_config"])
     return None
+
+
+def engine_speculation(engine_dir: Path) -> Speculation:
+    """The speculation mode the engine was built with (`MANIFEST`'s "speculation"); an engine built
+    before the setting existed (no key) keeps what it did then: "always"."""
+    from trtbuild.common.spec import SPECULATION_MODES
+
+    path = Path(engine_dir) / MANIFEST
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        return "always"
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+    mode = d.get("speculation", "always") if isinstance(d, dict) else None
+    if mode not in SPECULATION_MODES:
+        raise ConfigError(f"{path}: speculation must be one of {', '.join(SPECULATION_MODES)}, got {mode!r}")
+    return mode

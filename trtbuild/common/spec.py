@@ -5,7 +5,8 @@ checked on construction (a wrong type is one ConfigError naming the key, the val
 from YAML and flags alike). `resolve_spec` fills every default from the model itself and checks
 every rule that needs no GPU, so the resolved spec (written as `spec.yaml` next to the engine) is
 complete: nothing downstream asks again; `ResolvedSpec.from_yaml` reads it back typed, its
-decoding (`decoding`: a DecodingSpec) parsed once. Field names follow
+decoding (`decoding`: a DecodingSpec) parsed once; `speculation` (auto | always | off) is how the
+server spends draft tokens, recorded in spec.yaml and next to the engine. Field names follow
 TensorRT-LLM's (`max_draft_len`, `LookaheadDecodingConfig`'s W/N/G, trtllm-build's limits).
 """
 
@@ -27,6 +28,11 @@ from trtbuild.common.medusa.choices import MedusaSpec
 DecodingSpec = MedusaSpec | LookaheadSpec | None
 
 BACKENDS = ("torch", "tensorrt-llm")
+# How a speculative build spends draft tokens (issue 16): auto = the governor decides every step, per
+# row, from the measured step cost and the row's measured acceptance; always = every row drafts all
+# its decoding allows; off = plain decoding (the heads / lookahead stay in the engine, unused)
+Speculation = typing.Literal["auto", "always", "off"]
+SPECULATION_MODES: tuple[str, ...] = typing.get_args(Speculation)
 QUANTIZATIONS = ("none", "fp8")
 
 
@@ -40,6 +46,8 @@ def _show(value: object) -> str:
 def _describe(hint: object) -> str:
     """'an integer', 'a list of integers', ... for an annotation of BuildSpec."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args) + " (or null)"
     if typing.get_origin(hint) is tuple:
@@ -59,6 +67,8 @@ def _typed(value: object, hint: object) -> tuple[bool, object]:
                 if ok:
                     return True, v
         return False, value
+    if origin is typing.Literal:  # one of the listed values (Speculation)
+        return any(type(value) is type(a) and value == a for a in args), value
     if origin is tuple:  # tuple[X, ...]; YAML gives a list
         if not isinstance(value, (list, tuple)):
             return False, value
@@ -74,6 +84,11 @@ def _typed(value: object, hint: object) -> tuple[bool, object]:
     if hint is str:  # a library caller's Path is a path string
         return (True, os.fspath(value)) if isinstance(value, os.PathLike) else (isinstance(value, str), value)
     raise TypeError(f"BuildSpec annotation {hint!r} has no check")  # a new field type needs one here
+
+
+def _unyaml(data: dict) -> dict:
+    """YAML 1.1 (PyYAML) reads a bare `speculation: off` as false: that is "off" (to_yaml quotes it)."""
+    return {**data, "speculation": "off"} if data.get("speculation") is False else data
 
 
 # Settings YAML may also give as a list; what the list must hold, and its string form
@@ -107,6 +122,9 @@ class BuildSpec:
     gather_context_logits: bool = False
     kv_cache_free_gpu_mem_fraction: float = 0.9
     end_ids: tuple[int, ...] | None = None
+    # how the server spends draft tokens (SPECULATION_MODES; default auto). A plain build (no Medusa, no
+    # lookahead) keeps the value given too: with nothing to draft, every mode decodes plainly
+    speculation: Speculation | None = None
 
     def __post_init__(self) -> None:
         """Every value has its field's annotated type (the annotations are the schema); one
@@ -143,7 +161,7 @@ class BuildSpec:
         unknown = sorted(str(k) for k in data if k not in known)
         if unknown:
             raise ConfigError(f"spec {path}: unknown setting(s) {', '.join(unknown)}")
-        data = {k: v for k, v in data.items() if k not in ResolvedSpec.DERIVED}
+        data = _unyaml({k: v for k, v in data.items() if k not in ResolvedSpec.DERIVED})
         for key, (expected, to_str) in LIST_FORMS.items():
             if isinstance(data.get(key), list):
                 text = to_str(data[key])
@@ -165,6 +183,8 @@ class ResolvedSpec:
 
     DERIVED = ("architecture", "speculative_decoding_mode", "world_size", "medusa_heads", "medusa_layers",
                "medusa_nodes", "vocab_size")
+    # settings added after spec.yaml files were written, and what such a file (without the key) meant
+    SINCE = {"speculation": "always"}
 
     model: str
     backend: str
@@ -185,6 +205,9 @@ class ResolvedSpec:
     gather_context_logits: bool
     kv_cache_free_gpu_mem_fraction: float
     end_ids: tuple[int, ...]
+    # auto | always | off, as BuildSpec.speculation (default auto; a plain build keeps it, drafting nothing).
+    # A spec.yaml written before the setting existed has no key: it reads as "always", what those builds did
+    speculation: Speculation
     # derived, for the reader
     architecture: str
     speculative_decoding_mode: str | None  # medusa | lookahead_decoding | None
@@ -232,7 +255,8 @@ class ResolvedSpec:
     @classmethod
     def from_yaml(cls, path: Path) -> ResolvedSpec:
         """A build's spec.yaml (as `to_yaml` writes it): every field present with its annotated
-        type, nothing else; one ConfigError line naming the file and the field otherwise."""
+        type (a field of `SINCE` may be absent: a file older than it), nothing else; one ConfigError
+        line naming the file and the field otherwise."""
         import yaml
 
         path = Path(path)
@@ -245,6 +269,7 @@ class ResolvedSpec:
         if not isinstance(data, dict):
             raise ConfigError(f"{path} is not a resolved build spec (a YAML mapping of every setting)")
         names = [f.name for f in fields(cls)]
+        data = _unyaml({**cls.SINCE, **data})
         missing = [n for n in names if n not in data]
         if missing:
             raise ConfigError(f"{path}: missing setting(s) {', '.join(missing)} (written by another trtbuild? "

@@ -1,11 +1,13 @@
 """The measured cost of a forward pass: step time as a function of the batch's total tokens.
 
 `calibrate(model, max_tokens)` times a few decode-shaped forwards (rows of one token, then rows of
-several, up to `max_tokens` in all) and keeps the medians as knots of a piecewise-linear curve;
-`CostModel.step_time(tokens)` interpolates between knots and extrapolates the last segment.
-`observe(tokens, seconds)` keeps it current from live steps (an exponential average at the nearest
-knot). The curve is cached next to the engine with the machine and the engine it was measured on
-(`save` / `load`): a cache from another machine or engine is refused, never silently used.
+several, up to `max_tokens` in all) and keeps the medians as knots of a piecewise-linear curve, plus
+one pass of the Medusa heads when the model has them; `CostModel.step_time(tokens)` interpolates
+between knots and extrapolates the last segment. `observe(tokens, seconds)` and
+`observe_heads(seconds)` keep it current from live steps (exponential averages; a step's tokens are
+its rows times its padded width, what the reference runtime computes). The curve is cached next to
+the engine with the machine and the engine it was measured on (`save` / `load`; `engine_digest`): a
+cache from another machine or engine is refused, never silently used (`for_engine` then measures anew).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class CostModel:
     seconds: tuple[float, ...]  # [K] measured step time at each
     machine: str  # machine_id() it was measured on
     engine: str  # what it was measured for (an engine digest)
+    heads: float = 0.0  # seconds of one Medusa heads pass (0: no heads)
 
     def __post_init__(self) -> None:
         if len(self.tokens) < 2 or len(self.tokens) != len(self.seconds):
@@ -56,9 +59,12 @@ class CostModel:
         ys[i] = (1 - weight) * ys[i] + weight * seen
         return replace(self, seconds=tuple(ys))
 
+    def observe_heads(self, seconds: float, weight: float = 0.1) -> CostModel:
+        return replace(self, heads=(1 - weight) * self.heads + weight * seconds)
+
     def to_dict(self) -> dict:
-        return {"tokens": list(self.tokens), "seconds": list(self.seconds), "machine": self.machine,
-                "engine": self.engine}
+        return {"tokens": list(self.tokens), "seconds": list(self.seconds), "heads": self.heads,
+                "machine": self.machine, "engine": self.engine}
 
 
 def machine_id(device: str = "cpu") -> str:
@@ -91,7 +97,7 @@ def load(engine_dir: Path, machine: str, engine: str) -> CostModel:
     try:
         d = json.loads(path.read_text())
         cost = CostModel(tuple(int(t) for t in d["tokens"]), tuple(float(s) for s in d["seconds"]),
-                         str(d["machine"]), str(d["engine"]))
+                         str(d["machine"]), str(d["engine"]), float(d["heads"]))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no cost calibration") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -146,4 +152,54 @@ def calibrate(model, max_tokens: int, engine: str, repeats: int = 3, context: in
     mono = [seconds[0]]
     for s in seconds[1:]:
         mono.append(max(s, mono[-1]))
-    return CostModel(totals, tuple(mono), machine_id(str(dev)), engine)
+    heads = 0.0
+    if model.medusa:
+        h = torch.zeros(rows, model.cfg.dims.hidden_size, dtype=model.dtype, device=dev)
+
+        def heads_pass() -> float:
+            t0 = time.perf_counter()
+            model.medusa_logits(h).topk(8, dim=-1)
+            if str(dev).startswith("cuda"):
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+        heads_pass()
+        heads = statistics.median(heads_pass() for _ in range(repeats))
+    return CostModel(totals, tuple(mono), machine_id(str(dev)), engine, heads)
+
+
+def engine_digest(engine_dir: Path) -> str:
+    """What identifies an engine's step cost: its config.json and its weight files' names and sizes
+    (sha256, 16 hex digits; the weights are not read)."""
+    import hashlib
+
+    root = Path(engine_dir)
+    h = hashlib.sha256((root / "config.json").read_bytes())
+    manifest = root / "trtbuild.json"
+    weights = root
+    if manifest.is_file():  # the torch backend's engine points at its checkpoint
+        ckpt = json.loads(manifest.read_text()).get("checkpoint")
+        if isinstance(ckpt, str):
+            weights = (root / ckpt).resolve()
+    for f in sorted(weights.glob("*.safetensors")) + sorted(root.glob("*.engine")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def for_engine(model, engine_dir: Path, max_tokens: int, log=print) -> CostModel:
+    """The engine's cached calibration when it was measured on this machine for this engine, else a
+    new one, measured now and cached (a read-only engine directory keeps it in memory only)."""
+    machine, digest = machine_id(str(model.device)), engine_digest(engine_dir)
+    try:
+        return load(engine_dir, machine, digest)
+    except ConfigError as e:
+        log(f"trtbuild: calibrating the step cost ({e})")
+    t0 = time.perf_counter()
+    cost = calibrate(model, max_tokens, digest)
+    try:
+        save(cost, engine_dir)
+    except OSError as e:
+        log(f"trtbuild: cost calibration not cached ({e.strerror or e})")
+    log(f"trtbuild: step cost calibrated in {time.perf_counter() - t0:.1f} s: "
+        + ", ".join(f"{t} tok {s * 1e3:.0f} ms" for t, s in zip(cost.tokens, cost.seconds)))
+    return cost

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
@@ -47,7 +47,7 @@ from trtbuild.common.lookahead.pool import NgramPool
 from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.common.medusa.choices import MedusaSpec, parse_choices, presets
 from trtbuild.common.medusa.tree import TreeBuffers, tree_buffers
-from trtbuild.common.spec import DecodingSpec
+from trtbuild.common.spec import DecodingSpec, Speculation
 from trtbuild.runtime.generate import FinishReason, Request, Result, attention_mask, stop_reason
 from trtbuild.runtime.model import KVCache, Model
 from trtbuild.runtime.sampling import TokenPicker
@@ -118,6 +118,30 @@ def typical_path(chains: Sequence[Sequence[int]], tokens: Sequence[int], logits:
     return best
 
 
+class Evidence:
+    """Acceptance seen by every row of one decoding on one engine, per quantity i (a Medusa node's
+    acceptance given its parent's; what lookahead's candidate sets and window add): the prior a row
+    starts from, so a new request begins with what the engine has measured, not a guess. Starts at
+    `mean` with weight 2. `estimate` blends a row's own evidence with it at weight `ROW_PRIOR` and adds
+    an upper-confidence bonus, sqrt(mean / weight) (capped at `cap`): an option that stopped being
+    drafted after a few unlucky steps is tried again while the evidence against it is thin, and the
+    bonus fades as the engine's evidence grows (a governor that trusted a noisy low estimate would
+    never draft again, so never learn it was wrong)."""
+
+    ROW_PRIOR = 4.0
+
+    def __init__(self, n: int, mean: float = 0.5, cap: float = 1.0) -> None:
+        self.sum, self.weight, self.cap = [2.0 * mean] * n, [2.0] * n, cap
+
+    def add(self, i: int, x: float) -> None:
+        self.sum[i] += x
+        self.weight[i] += 1.0
+
+    def estimate(self, i: int, own_sum: float, own_weight: float) -> float:
+        m = (own_sum + self.ROW_PRIOR * self.sum[i] / self.weight[i]) / (own_weight + self.ROW_PRIOR)
+        return min(m + math.sqrt(m / self.weight[i]), self.cap)
+
+
 class Decoder:
     """One request's proposer. `propose` gives the step's nodes; `advance` updates the proposer's state
     with the verified step (the model's argmax at every node, the tokens emitted)."""
@@ -154,25 +178,26 @@ class PlainDecoder(Decoder):
 class MedusaDecoder(Decoder):
     """A Medusa tree: node i holds head (depth - 1)'s rank-th token at the root's hidden state.
 
-    Per request it estimates each node's acceptance given its parent's (counts of its own steps on a
-    uniform prior), so a node's path probability is the product along its path and the expected
-    accepted length of a prefix-closed set of nodes is the sum of their path probabilities. With a
-    budget of k nodes it drafts the k nodes of highest path probability (prefix-closed: a child's is
-    never above its parent's; ties in node order)."""
+    Per request it estimates each node's acceptance given its parent's (its own steps' counts on the
+    engine's `Evidence` as the prior), so a node's path probability is the product along its path and
+    the expected accepted length of a prefix-closed set of nodes is the sum of their path
+    probabilities. With a budget of k nodes it drafts the k nodes of highest path probability
+    (prefix-closed: a child's is never above its parent's; ties in node order)."""
 
     uses_heads = True
 
-    def __init__(self, tree: TreeBuffers) -> None:
+    def __init__(self, tree: TreeBuffers, evidence: Evidence | None = None) -> None:
         self.tree = tree
         n = tree.num_nodes
-        self.hits, self.tries = [1.0] * n, [2.0] * n  # Beta(1, 1): 0.5 before any evidence
+        self.evidence = evidence if evidence is not None else Evidence(n)
+        self.hits, self.tries = [0.0] * n, [0.0] * n  # this request's own
         self.nodes: tuple[int, ...] = tuple(range(n))  # full-tree ids of the last draft's nodes
 
     def _ranked(self) -> list[tuple[float, int]]:
         """(path probability, node id) of every draft node, best first."""
-        t, prob = self.tree, [1.0] * self.tree.num_nodes
+        t, prob, ev = self.tree, [1.0] * self.tree.num_nodes, self.evidence
         for i in range(1, t.num_nodes):  # parents come first in node order
-            prob[i] = prob[t.parents[i]] * self.hits[i] / self.tries[i]
+            prob[i] = prob[t.parents[i]] * ev.estimate(i, self.hits[i], self.tries[i])
         return sorted(((prob[i], i) for i in range(1, t.num_nodes)), key=lambda x: (-x[0], x[1]))
 
     def options(self) -> list[tuple[int, float]] | None:
@@ -204,17 +229,38 @@ class MedusaDecoder(Decoder):
             if parents[i] in on_path:
                 self.tries[i] += 1
                 self.hits[i] += i in on_path
+                self.evidence.add(i, float(i in on_path))
+
+
+def chain_match(chain: Sequence[int], tokens: Sequence[int], pred: Sequence[int]) -> int:
+    """Tokens of `chain` that greedy verification would accept on their own: the leading nodes whose
+    token is the model's argmax at the node before them (the root first)."""
+    parent, k = 0, 0
+    for node in chain:
+        if tokens[node] != pred[parent]:
+            break
+        parent, k = node, k + 1
+    return k
 
 
 class LookaheadDecoder(Decoder):
     """Lookahead: a Jacobi window and an n-gram pool (trtbuild.common.lookahead.layout).
 
-    After each step the window advances one Jacobi iteration: each column's last-level output becomes
-    a new level (the oldest is dropped once there are N - 1), and each full column adds one n-gram,
-    keyed by its level-0 token, to the pool. The pool starts with the prompt's n-grams and gets those
-    the emitted tokens complete. Level 0 starts as the root plus W - 1 tokens drawn from the prompt."""
+    After each step that runs the window it advances one Jacobi iteration: each column's last-level
+    output becomes a new level (the oldest is dropped once there are N - 1), and each full column adds
+    one n-gram, keyed by its level-0 token, to the pool. The pool starts with the prompt's n-grams and
+    gets those the emitted tokens complete. Level 0 starts as the root plus W - 1 tokens drawn from the
+    prompt.
 
-    def __init__(self, spec: LookaheadSpec, prompt: Sequence[int], first: int) -> None:
+    Options (the governor's, `options`): no draft; the first g' <= G pool candidates alone (the window
+    waits); the whole step. Per request it estimates, from its own steps on the engine's `Evidence`
+    as the prior (quantity g' - 1: the first g' candidates; quantity G: the window), the tokens the
+    first g' candidates would have accepted (every verified candidate's greedy match is known after
+    the step, so every g' <= the verified ones learns) and what the window's column adds on top of the
+    best candidate."""
+
+    def __init__(self, spec: LookaheadSpec, prompt: Sequence[int], first: int,
+                 evidence: Evidence | None = None) -> None:
         self.w, self.n, self.g = spec.as_tuple()
         self.seq = list(prompt) + [first]
         self.pool = NgramPool(self.n, self.g) if self.n >= 2 else None
@@ -223,10 +269,32 @@ class LookaheadDecoder(Decoder):
         rng = random.Random(0)
         self.levels = [[first] + [rng.choice(prompt) for _ in range(self.w - 1)]]
         self.layout: StepLayout | None = None  # of the step proposed last
+        self.windowed = True  # the last step ran the window
+        self.evidence = evidence if evidence is not None else Evidence(self.g + 1, cap=self.n - 1)
+        self.pool_gain = [[0.0, 0.0] for _ in range(self.g)]  # [g' - 1] (sum, steps) of this request's own
+        self.window_gain = [0.0, 0.0]  # what the window's column accepted beyond the best candidate
+
+    def _candidates(self) -> list[tuple[int, ...]]:
+        return self.pool.candidates(self.seq[-1], self.g) if self.pool is not None else []
+
+    def _window_tokens(self) -> int:
+        return self.w * len(self.levels) - 1
+
+    def options(self) -> list[tuple[int, float]] | None:
+        c, ev = len(self._candidates()), self.evidence
+        curve = [(0, 0.0)] + [((k + 1) * (self.n - 1), ev.estimate(k, *self.pool_gain[k])) for k in range(c)]
+        curve.append((self._window_tokens() + c * (self.n - 1), curve[-1][1] + ev.estimate(self.g, *self.window_gain)))
+        return curve
 
     def propose(self, root: int, heads: torch.Tensor | None, budget: int | None = None) -> Draft:
         self.levels[0][0] = root
         cands = self.pool.candidates(root, self.g) if self.pool is not None else []
+        full = self._window_tokens() + len(cands) * (self.n - 1)
+        self.windowed = budget is None or budget >= full
+        if not self.windowed:  # the candidates that fit, without the window
+            cands = cands[:budget // (self.n - 1)]
+            lay = self.layout = step_layout(1, 1, len(cands), self.n - 1)
+            return Draft((root, *(t for c in cands for t in c)), lay.depths, lay.mask, lay.chains)
         lay = self.layout = step_layout(self.w, len(self.levels), len(cands), self.n - 1)
         tokens = [root] + [t for lev, row in enumerate(self.levels) for t in (row[1:] if lev == 0 else row)]
         tokens += [t for c in cands for t in c]
@@ -234,25 +302,46 @@ class LookaheadDecoder(Decoder):
 
     def advance(self, draft: Draft, path: list[int], pred: list[int], emitted: list[int]) -> None:
         lay = self.layout
-        new = [pred[node] for node in lay.window[-1]]  # each column's next guess
-        if len(self.levels) == self.n - 1:
-            for i in range(self.w):
-                col = [draft.tokens[lay.window[m][i]] for m in range(len(self.levels))]
-                self.pool.add(col[0], col[1:] + [new[i]])
-            self.levels = self.levels[1:] + [new]
-        else:
-            self.levels.append(new)
+        has_column = self.windowed and len(self.levels) > 1
+        matches = [chain_match(c, draft.tokens, pred) for c in lay.chains[1 if has_column else 0:]]
+        best = 0
+        for k, m in enumerate(matches):  # what the first k + 1 candidates would have accepted
+            best = max(best, m)
+            self.pool_gain[k][0] += best
+            self.pool_gain[k][1] += 1
+            self.evidence.add(k, best)
+        if has_column:  # (a window still filling its levels has no column to verify yet)
+            extra = max(chain_match(lay.chains[0], draft.tokens, pred) - best, 0)
+            self.window_gain[0] += extra
+            self.window_gain[1] += 1
+            self.evidence.add(self.g, extra)
+        if self.windowed:
+            new = [pred[node] for node in lay.window[-1]]  # each column's next guess
+            if len(self.levels) == self.n - 1:
+                for i in range(self.w):
+                    col = [draft.tokens[lay.window[m][i]] for m in range(len(self.levels))]
+                    self.pool.add(col[0], col[1:] + [new[i]])
+                self.levels = self.levels[1:] + [new]
+            else:
+                self.levels.append(new)
         start = len(self.seq)
         self.seq.extend(emitted)
         if self.pool is not None:
             self.pool.add_sequence(self.seq, start - self.n + 1)
 
 
-def make_decoder(decoding: DecodingSpec, prompt: Sequence[int], first: int) -> Decoder:
+def make_decoder(decoding: DecodingSpec, prompt: Sequence[int], first: int,
+                 evidence: dict[DecodingSpec, Evidence] | None = None) -> Decoder:
+    """The decoder of one request; `evidence`: the engine's acceptance so far per decoding (shared by
+    its rows, filled as they go; None: a prior of this request alone)."""
     if isinstance(decoding, MedusaSpec):
-        return MedusaDecoder(tree_buffers(decoding.choices))
+        tree = tree_buffers(decoding.choices)
+        ev = evidence.setdefault(decoding, Evidence(tree.num_nodes)) if evidence is not None else None
+        return MedusaDecoder(tree, ev)
     if isinstance(decoding, LookaheadSpec) and decoding.max_ngram_size > 1:
-        return LookaheadDecoder(decoding, prompt, first)
+        n = decoding.max_verification_set_size + 1  # accepted tokens: at most N - 1 per step
+        ev = evidence.setdefault(decoding, Evidence(n, cap=decoding.max_ngram_size - 1)) if evidence is not None else None
+        return LookaheadDecoder(decoding, prompt, first, ev)
     return PlainDecoder()
 
 
@@ -306,6 +395,7 @@ class Row:
     request: Request
     decoding: DecodingSpec
     picker: TokenPicker
+    speculation: Speculation = "always"  # how this row drafts (the engine's, or the request's own)
     typical: TypicalAcceptance | None = None
     decoder: Decoder | None = None  # made at prefill (lookahead starts from the first token)
     length: int = 0  # tokens in the row's cache (accepted ones: slot == position)
@@ -341,9 +431,10 @@ class Row:
         return Result(tuple(self.outs[:self.kept()]), self.done or "length", self.steps, self.accepted, cum, lps)
 
 
-def prefill_row(model: Model, cache: KVCache, slot: int, row: Row) -> int:
+def prefill_row(model: Model, cache: KVCache, slot: int, row: Row,
+                evidence: dict[DecodingSpec, Evidence] | None = None) -> int:
     """The row's prompt alone into cache row `slot` (slots 0..P-1); returns its first token (chosen by
-    the row's picker) and makes its decoder."""
+    the row's picker) and makes its decoder (`make_decoder`'s evidence)."""
     dev, prompt = model.device, row.request.prompt
     P = len(prompt)
     view = KVCache(cache.k[:, slot:slot + 1], cache.v[:, slot:slot + 1])
@@ -352,7 +443,7 @@ def prefill_row(model: Model, cache: KVCache, slot: int, row: Row) -> int:
     h = model.hidden(torch.tensor([prompt], device=dev), pos, view, 0, mask)[0, -1]  # [H]
     first = row.picker.pick(model.logits(h[None])[0])
     row.length, row.h_last = P, h
-    row.decoder = make_decoder(row.decoding, prompt, first)
+    row.decoder = make_decoder(row.decoding, prompt, first, evidence)
     return first
 
 
@@ -401,50 +492,69 @@ def _verify(row: Row, draft: Draft, logits: torch.Tensor, pred: list[int]) -> tu
     return longest_chain(draft.chains, draft.tokens, lambda node: picker.pick(logits[node]))
 
 
-def budgets(rows: Sequence[Row], step_time: Callable[[int], float] | None,
-            speculation: Literal["always", "off", "auto"] = "always") -> list[int | None]:
-    """Draft nodes per row this step: None = all (always); 0 = none (off); auto: the governor's choice
-    (`governor.allocate` over the rows that offer a curve, with the others' tokens as a fixed cost)."""
-    if speculation == "always":
-        return [None] * len(rows)
-    curves = [r.decoder.options() for r in rows]
-    if speculation == "off":
-        return [0 if c is not None else None for c in curves]
-    if step_time is None:
+def budgets(rows: Sequence[Row], cost=None) -> tuple[list[int | None], float]:
+    """(draft tokens per row this step, the draft tokens expected to be accepted): each row as its
+    `speculation` says: always = None (all it has), off = 0, auto = the governor's choice
+    (`governor.allocate`) from `cost` (a `cost.CostModel`) and the rows' own acceptance estimates, with
+    the always rows as a fixed width and a fixed number of tokens."""
+    out: list[int | None] = [0 if r.speculation == "off" else None for r in rows]
+    auto = [b for b, r in enumerate(rows) if r.speculation == "auto"]
+    fixed = [r for r in rows if r.speculation == "always"]  # their tokens, and the tokens they emit (1 +
+    # their own mean accepted so far), are the same whatever the others do
+    fixed_emitted = sum(r.accepted / r.steps if r.steps else 0.0 for r in fixed)
+    if not auto:
+        return out, fixed_emitted
+    if cost is None:
         raise GenerationError("speculation auto needs a cost model")
     from trtbuild.runtime.governor import allocate
 
-    flexible = [b for b, c in enumerate(curves) if c is not None]
-    if not flexible:
-        return [None] * len(rows)
-    fixed = [r for r, c in zip(rows, curves) if c is None]  # they draft all they have: their tokens, and
-    # the tokens they emit (1 + their own mean accepted so far), are the same whatever the others do
-    chosen, _ = allocate([curves[b] for b in flexible], step_time, fixed_tokens=sum(r.step_tokens for r in fixed),
-                         fixed_emitted=sum(1 + (r.accepted / r.steps if r.steps else 0.0) for r in fixed))
-    out: list[int | None] = [None] * len(rows)
-    for b, k in zip(flexible, chosen):
-        out[b] = curves[b][k][0]
-    return out
+    curves = [rows[b].decoder.options() or [(0, 0.0)] for b in auto]
+    chosen, _ = allocate(curves, cost.step_time, fixed_rows=len(fixed),
+                         fixed_width=max((r.step_tokens for r in fixed), default=1),
+                         fixed_emitted=fixed_emitted, heads=[rows[b].decoder.uses_heads for b in auto],
+                         heads_seconds=cost.heads)
+    expected = fixed_emitted
+    for b, c, k in zip(auto, curves, chosen):
+        out[b] = c[k][0]
+        expected += c[k][1]
+    return out, expected
+
+
+@dataclass
+class StepInfo:
+    """What one `decode_step` did: its padded shape and the seconds of its Medusa heads pass."""
+
+    rows: int = 0
+    width: int = 0  # tokens per row after padding (root included)
+    drafted: int = 0  # draft tokens (padding excluded)
+    speculating: int = 0  # rows with a draft
+    heads_seconds: float = 0.0  # 0: no heads pass this step
 
 
 @torch.inference_mode()
-def decode_step(model: Model, cache: KVCache, rows: Sequence[Row], budget: Sequence[int | None] | None = None
-                ) -> list[list[int]]:
+def decode_step(model: Model, cache: KVCache, rows: Sequence[Row], budget: Sequence[int | None] | None = None,
+                info: StepInfo | None = None) -> list[list[int]]:
     """One step for rows[b] in cache row b (b < len(rows)): pad the drafts, one forward pass, verify,
-    keep the accepted KV, advance. budget: draft nodes per row (`budgets`; None: all). Returns each
-    row's emitted tokens (accepted drafts, then the bonus token; the caller applies the stop rules
-    with `Row.emit`)."""
+    keep the accepted KV, advance. budget: draft tokens per row (`budgets`; None: all); info: filled
+    with the step's shape. Returns each row's emitted tokens (accepted drafts, then the bonus token;
+    the caller applies the stop rules with `Row.emit`)."""
     dev, B = model.device, len(rows)
     budget = list(budget) if budget is not None else [None] * B
     view = KVCache(cache.k[:, :B], cache.v[:, :B])
     heads = None
     need = [b for b, r in enumerate(rows) if r.decoder.uses_heads and budget[b] != 0]
+    t0 = time.perf_counter()
     if need:  # one pass of the Medusa heads for every Medusa row
         k = max(r.decoder.tree.top_k for r in (rows[b] for b in need))
         top = model.medusa_logits(torch.stack([rows[b].h_last for b in need])).topk(k, dim=-1).indices  # [n, K, k]
         heads = dict(zip(need, top))
+    heads_seconds = time.perf_counter() - t0 if need else 0.0
     drafts = [r.decoder.propose(r.outs[-1], heads.get(b) if heads else None, budget[b]) for b, r in enumerate(rows)]
     T = max(d.size for d in drafts)
+    if info is not None:
+        info.rows, info.width, info.heads_seconds = B, T, heads_seconds
+        info.drafted = sum(d.size - 1 for d in drafts)
+        info.speculating = sum(d.size > 1 for d in drafts)
     tokens = torch.zeros(B, T, dtype=torch.long)
     depths = torch.zeros(B, T, dtype=torch.long)
     local = torch.eye(T, dtype=torch.bool)[None].repeat(B, 1, 1)  # padding sees only itself

@@ -1,70 +1,53 @@
-"""Choose each row's draft size for one step: maximise the batch's expected emitted tokens per second.
+"""Choose each row's draft for one step: maximise the batch's expected emitted tokens per second.
 
-Each running row offers a curve of options, `[(extra_tokens, expected_extra_emitted), ...]`, from
-(0, 0.0) (no draft: the root alone, which always emits one token) upwards: Medusa's top-k tree nodes by
-estimated path probability, lookahead's (w, n, g) below the engine's. With a step over T tokens costing
-t(T) seconds, the governor picks one option per row to maximise
+Each running row offers a curve of options, `[(draft_tokens, expected_accepted), ...]` starting at
+(0, 0.0) (no draft: the root alone, which always emits one token): Medusa's top-k tree nodes by
+estimated path probability, lookahead's verification set with or without its window. The reference
+runtime pads every row to the step's widest, so a step of B rows of at most T tokens each costs
+t(B * T) seconds, plus one pass of the Medusa heads when a Medusa row drafts. The governor picks one
+option per row to maximise
 
-    sum_i (1 + E_i) / t(sum_i (1 + k_i))
+    (B + sum_i E_i) / (t(B * T) + heads)
 
-Curves are first reduced to their upper concave hull (an option under the hull is never worth taking
-alone); the increments of all rows are then taken in order of expected tokens per extra token, and
-the best prefix of that order by the objective is the choice. For concave curves with unit steps
-(Medusa's node-by-node tree) this is exact: every prefix is the best allocation of its token total,
-and the objective is evaluated at every total.
+exactly: for every width T (and with or without the heads pass) each row's best option is the most
+valuable one that fits, because within a width extra draft tokens are free; the best (T, heads) wins,
+ties to the narrower step. Rows that offer no choice (they draft all they have) set a floor on T and
+count in the objective.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-Curve = Sequence[tuple[int, float]]  # (extra tokens, expected extra emitted), starting at (0, 0.0)
+Curve = Sequence[tuple[int, float]]  # (draft tokens, expected accepted tokens), starting at (0, 0.0)
 
 
-def hull(curve: Curve) -> list[int]:
-    """Indices of `curve` on its upper concave hull, from option 0 (which must be (0, 0.0))."""
-    if not curve or curve[0] != (0, 0.0):
-        raise ValueError(f"a curve starts at (0, 0.0), got {list(curve)[:1]}")
-    pts = sorted(range(len(curve)), key=lambda i: (curve[i][0], -curve[i][1]))
-    keep: list[int] = []
-    for i in pts:
-        if keep and curve[i][0] == curve[keep[-1]][0]:
-            continue  # same cost, lower or equal value (sorted)
-        if keep and curve[i][1] <= curve[keep[-1]][1]:
-            continue  # costs more, gives no more
-        while len(keep) >= 2:
-            (x1, y1), (x2, y2), (x3, y3) = curve[keep[-2]], curve[keep[-1]], curve[i]
-            if (y2 - y1) * (x3 - x2) <= (y3 - y2) * (x2 - x1):  # the middle point is not above the chord
-                keep.pop()
-            else:
-                break
-        keep.append(i)
-    return keep
+def allocate(curves: Sequence[Curve], step_time: Callable[[int], float], *, fixed_rows: int = 0,
+             fixed_width: int = 1, fixed_emitted: float = 0.0, heads: Sequence[bool] = (),
+             heads_seconds: float = 0.0) -> tuple[list[int], float]:
+    """(the chosen option index per curve, expected emitted tokens per second of the whole step).
 
-
-def allocate(curves: Sequence[Curve], step_time: Callable[[int], float], fixed_tokens: int = 0,
-             fixed_emitted: float = 0.0) -> tuple[list[int], float]:
-    """(the chosen option index per row, expected emitted tokens per second of the whole step).
-    fixed_tokens / fixed_emitted: the step's rows that offer no choice (their tokens and expected
-    emitted tokens count in the objective, whatever is chosen)."""
-    hulls = [hull(c) for c in curves]
-    steps = []  # (gain per token, row, position on its hull)
-    for r, (c, h) in enumerate(zip(curves, hulls)):
-        for j in range(1, len(h)):
-            dx, dy = c[h[j]][0] - c[h[j - 1]][0], c[h[j]][1] - c[h[j - 1]][1]
-            steps.append((dy / dx, -r, j))
-    steps.sort(reverse=True)  # concave hulls: each row's steps come in order
-    pos = [0] * len(curves)
-    tokens = len(curves) + fixed_tokens
-    emitted = len(curves) + fixed_emitted
-    best_rate, best = emitted / step_time(tokens), list(pos)
-    for _, neg_r, j in steps:
-        r = -neg_r
-        c, h = curves[r], hulls[r]
-        tokens += c[h[j]][0] - c[h[j - 1]][0]
-        emitted += c[h[j]][1] - c[h[j - 1]][1]
-        pos[r] = j
-        rate = emitted / step_time(tokens)
-        if rate > best_rate:
-            best_rate, best = rate, list(pos)
-    return [h[p] for h, p in zip(hulls, best)], best_rate
+    fixed_rows / fixed_width / fixed_emitted: the step's rows that offer no choice, the widest of them
+    (tokens, root included) and their expected emitted tokens; heads[i]: curve i's drafts need the
+    Medusa heads pass, which costs heads_seconds once per step."""
+    for c in curves:
+        if not c or c[0] != (0, 0.0):
+            raise ValueError(f"a curve starts at (0, 0.0), got {list(c)[:1]}")
+    needs = list(heads) or [False] * len(curves)
+    if len(needs) != len(curves):
+        raise ValueError(f"{len(needs)} heads flags for {len(curves)} curves")
+    rows = len(curves) + fixed_rows
+    widths = sorted({fixed_width} | {1 + x for c in curves for x, _ in c if 1 + x > fixed_width})
+    best_rate, best = -1.0, [0] * len(curves)
+    for width in widths:
+        for with_heads in ((False, True) if any(needs) else (False,)):
+            choice = []
+            for c, h in zip(curves, needs):
+                fits = [i for i, (x, _) in enumerate(c) if 1 + x <= width and (with_heads or not h or x == 0)]
+                choice.append(max(fits, key=lambda i: (c[i][1], -c[i][0])))
+            emitted = rows + fixed_emitted + sum(c[i][1] for c, i in zip(curves, choice))
+            paid = with_heads and any(h and c[i][0] > 0 for c, h, i in zip(curves, needs, choice))
+            rate = emitted / (step_time(rows * width) + (heads_seconds if paid else 0.0))
+            if rate > best_rate * (1 + 1e-12):
+                best_rate, best = rate, choice
+    return best, best_rate

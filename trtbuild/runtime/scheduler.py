@@ -50,8 +50,9 @@ from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.common.medusa.choices import Choices, MedusaSpec
 from trtbuild.common.spec import DecodingSpec
 from trtbuild.runtime.cost import CostModel
-from trtbuild.runtime.decoding import (Row, TypicalAcceptance, budgets, check_decoding, decode_step, prefill_row,
-                                       resolve_decoding, step_tokens)
+from trtbuild.common.spec import SPECULATION_MODES, Speculation
+from trtbuild.runtime.decoding import (Row, StepInfo, TypicalAcceptance, budgets, check_decoding, decode_step,
+                                       prefill_row, resolve_decoding, step_tokens)
 from trtbuild.runtime.generate import Request, Result, validate
 from trtbuild.runtime.model import KVCache, Model
 
@@ -125,6 +126,15 @@ class Stats:
     tokens_generated: int = 0
     active: int = 0
     waiting: int = 0
+    # speculation (issue 16): totals since start (a reader diffs them between two moments) and the last step
+    drafted: int = 0  # draft tokens verified
+    accepted: int = 0  # draft tokens accepted
+    expected: float = 0.0  # draft tokens the governor expected to be accepted (its acceptance estimates)
+    row_steps: int = 0  # rows x steps
+    speculating_row_steps: int = 0  # row-steps that verified a draft
+    draft_tokens_last: int = 0  # the last step's draft tokens
+    rows_speculating_last: int = 0  # the last step's rows with a draft
+    cost_error: float = 0.0  # the cost model's fit: running mean of |predicted - measured| / measured step time
     history: deque = field(default_factory=lambda: deque(maxlen=1000))  # (time, active, step tokens)
 
     def to_dict(self) -> dict:
@@ -136,20 +146,20 @@ class Scheduler:
                  max_num_tokens: int = 8192, decoding: Decoding = "engine", *, max_draft_len: int | None = None,
                  lookahead_limit: LookaheadSpec | None | Literal["engine"] = "engine",
                  normalize_log_probs: bool = False, tokens_per_block: int = TOKENS_PER_BLOCK,
-                 speculation: Literal["always", "off", "auto"] = "always", cost: CostModel | None = None) -> None:
+                 speculation: Speculation = "always", cost: CostModel | None = None) -> None:
         """decoding: the engine's (default: `resolve_decoding(model)`, what the checkpoint stores), used by
         requests that ask for none; max_draft_len: draft tokens a step may verify per row (default: the
         decoding's); lookahead_limit: the (W, N, G) a request's lookahead must fit (default: the engine's
         decoding's, else the checkpoint's, so a lookahead engine served with another decoding mode still
-        takes lookahead requests; None: no limit); speculation: always (every row drafts all its engine
-        allows), off (no row drafts: plain decoding), auto (Medusa rows draft what `governor.allocate`
-        finds pays, from `cost`, which live steps keep current); normalize_log_probs: TensorRT-LLM's engine-wide option (`sampling.TokenPicker`);
+        takes lookahead requests; None: no limit); speculation: the default of requests that ask for
+        none: always (every row drafts all its decoding allows), off (no row drafts: plain decoding),
+        auto (each row drafts what `governor.allocate` finds pays, from `cost`, which live steps keep
+        current, and the row's own acceptance); a request may ask for auto only with a `cost`;
+        normalize_log_probs: TensorRT-LLM's engine-wide option (`sampling.TokenPicker`);
         tokens_per_block: the block size of the KV cache figures in `JobInfo`."""
         self.model = model
-        if speculation not in ("always", "off", "auto"):
+        if speculation not in SPECULATION_MODES:
             raise GenerationError(f"speculation must be always, off or auto, got {speculation!r}")
-        if speculation == "auto" and cost is None:
-            raise GenerationError("speculation auto needs a cost model (runtime.cost.calibrate)")
         self.speculation, self.cost = speculation, cost
         self.normalize_log_probs = normalize_log_probs
         if tokens_per_block < 1:
@@ -163,11 +173,14 @@ class Scheduler:
             if lookahead_limit == "engine" else lookahead_limit)
         self.draft_tokens = (max_draft_len + 1) if max_draft_len is not None else step_tokens(self.decoding)
         self.decoding = self.resolve(self.decoding)  # the engine's own must fit its draft tokens too
+        if speculation == "auto" and cost is None and self.draft_tokens > 1:
+            raise GenerationError("speculation auto needs a cost model (runtime.cost.calibrate)")
         self.max_seq_len = max_seq_len or model.cfg.max_position_embeddings
         self.cache: KVCache = model.new_cache(max_batch_size, self.max_seq_len + self.draft_tokens + 1)
         self.waiting: deque[_Job] = deque()
         self.running: dict[int, _Job] = {}
         self.stats = Stats()
+        self.evidence: dict = {}  # decoding -> decoding.Evidence: the acceptance its rows have seen here
         self.error: BaseException | None = None  # what stopped run_forever, if anything did
         self._ids = itertools.count()
         self._jobs: dict[int, _Job] = {}  # every job until its final callback has run
@@ -176,21 +189,33 @@ class Scheduler:
 
     @classmethod
     def from_engine(cls, engine_dir: Path, decoding: Decoding | Callable[[Model, int], Decoding] = "engine", *,
-                    attention_window: int | None = None, normalize_log_probs: bool = False) -> Scheduler:
+                    attention_window: int | None = None, normalize_log_probs: bool = False,
+                    speculation: Speculation | Literal["engine"] = "engine", log: Callable[[str], None] = print
+                    ) -> Scheduler:
         """The scheduler an engine directory was built for: its limits (build_config, the usable
         sequence length), its decoding (or `decoding(model, max_draft_len)`), an optional sliding
-        window (max_attention_window_size) below its max_seq_len."""
-        from trtbuild.common.engine_config import EngineConfig
+        window (max_attention_window_size) below its max_seq_len, its speculation mode (the build's,
+        `engine_speculation`). A speculative engine gets its step cost (`cost.for_engine`: the cached
+        calibration, else measured now and cached), so any request may ask for auto."""
+        from trtbuild.common.engine_config import EngineConfig, engine_speculation
+        from trtbuild.runtime.cost import for_engine
 
         engine = EngineConfig.read(engine_dir)
+        mode = engine_speculation(engine_dir) if speculation == "engine" else speculation
         model = Model.load(engine_dir)
         if callable(decoding):
             decoding = decoding(model, engine.max_draft_len)
         if attention_window and attention_window < engine.max_seq_len:
             # attend over that many tokens (sliding window), as the C++ executor's cyclic KV cache does
             model.cfg = replace(model.cfg, sliding_window=attention_window)
+        cost = None
+        if engine.max_draft_len:  # timed up to the widest step a full batch of this decoding takes
+            own = resolve_decoding(model) if decoding == "engine" else decoding
+            width = max(step_tokens(own), step_tokens(model.cfg.lookahead) if model.cfg.lookahead else 1)
+            cost = for_engine(model, engine_dir, min(engine.max_num_tokens, engine.max_batch_size * width), log)
         return cls(model, engine.max_batch_size, engine.usable_seq_len, engine.max_num_tokens, decoding,
-                   max_draft_len=engine.max_draft_len or None, normalize_log_probs=normalize_log_probs)
+                   max_draft_len=engine.max_draft_len or None, normalize_log_probs=normalize_log_probs,
+                   speculation=mode, cost=cost)
 
     # --- the public side (any thread) ---------------------------------------------------------
 
@@ -221,9 +246,18 @@ class Scheduler:
         return decoding
 
     def submit(self, request: Request, on_tokens: Callback, decoding: Decoding = "engine",
-               typical: TypicalAcceptance | None = None, job_id: int | None = None) -> int:
+               typical: TypicalAcceptance | None = None, job_id: int | None = None,
+               speculation: Speculation | None = None) -> int:
         """Queue a request; returns its id. decoding: the engine's by default; typical: Medusa's typical
-        acceptance instead of the lossless rule (sampled requests only; not with per-token rules)."""
+        acceptance instead of the lossless rule (sampled requests only; not with per-token rules);
+        speculation: the request's own (None: the scheduler's)."""
+        mode = self.speculation if speculation is None else speculation
+        if mode not in SPECULATION_MODES:
+            raise GenerationError(f"speculation must be auto, always or off, got {speculation!r}")
+        if mode == "auto" and self.cost is None:
+            if self.draft_tokens > 1:
+                raise GenerationError("speculation auto needs a step cost model; this scheduler has none")
+            mode = "off"  # an engine without draft tokens: nothing to govern
         if self.error is not None:
             raise GenerationError(f"the scheduler stopped: {self.error}")
         validate(self.model, [request])
@@ -237,7 +271,8 @@ class Scheduler:
         picker = request.picker(self.model.cfg.dims.vocab_size, self.model.device, self.normalize_log_probs)
         with self._cv:
             job = _Job(id=next(self._ids) if job_id is None else job_id, request=request, decoding=spec,
-                       picker=picker, typical=typical, on_tokens=on_tokens, arrival_ns=time.monotonic_ns())
+                       picker=picker, typical=typical, speculation=mode, on_tokens=on_tokens,
+                       arrival_ns=time.monotonic_ns())
             self.waiting.append(job)
             self._jobs[job.id] = job
             self._cv.notify_all()
@@ -324,7 +359,7 @@ class Scheduler:
                 admit.append(job)
             already = len(self.running)
         for job in admit:
-            first = prefill_row(self.model, self.cache, job.slot, job)
+            first = prefill_row(self.model, self.cache, job.slot, job, self.evidence)
             with self._cv:
                 self.running[job.id] = job
             self._emit(job, [first])
@@ -335,15 +370,13 @@ class Scheduler:
             jobs = sorted(self.running.values(), key=lambda j: j.slot)
         if jobs:
             assert [j.slot for j in jobs] == list(range(len(jobs))), "running rows must be compact"
-            drafted = sum(j.drafted for j in jobs)
-            budget = budgets(jobs, self.cost.step_time if self.cost else None, self.speculation)
+            accepted = sum(j.accepted for j in jobs)
+            budget, expected = budgets(jobs, self.cost)
+            info = StepInfo()
             t0 = time.perf_counter()
-            emitted = decode_step(self.model, self.cache, jobs, budget)
+            emitted = decode_step(self.model, self.cache, jobs, budget, info)
             seconds = time.perf_counter() - t0
-            verified = sum(j.drafted for j in jobs) - drafted + len(jobs)  # the step's tokens, roots included
-            if self.speculation == "auto":
-                self.cost = self.cost.observe(verified, seconds)
-            self.stats.history.append((time.monotonic(), len(jobs), verified))
+            self._account(info, seconds, expected, sum(j.accepted for j in jobs) - accepted)
             for job, tokens in zip(jobs, emitted):
                 self._emit(job, tokens)
         with self._cv:
@@ -351,6 +384,25 @@ class Scheduler:
             self.stats.steps += 1
             self.stats.active, self.stats.waiting = len(self.running), len(self.waiting)
             self.stats.max_active = max(self.stats.max_active, len(self.running))
+
+    def _account(self, info: StepInfo, seconds: float, expected: float, accepted: int) -> None:
+        """A step's figures into `stats`, and its time into the cost model (what the step computed:
+        rows x padded width, and the heads pass apart)."""
+        st = self.stats
+        st.history.append((time.monotonic(), info.rows, info.rows + info.drafted))
+        st.drafted += info.drafted
+        st.accepted += accepted
+        st.expected += expected
+        st.row_steps += info.rows
+        st.speculating_row_steps += info.speculating
+        st.draft_tokens_last, st.rows_speculating_last = info.drafted, info.speculating
+        if self.cost is not None:
+            tokens = info.rows * info.width
+            predicted = self.cost.step_time(tokens) + (self.cost.heads if info.heads_seconds else 0.0)
+            st.cost_error += 0.05 * (abs(predicted - seconds) / seconds - st.cost_error)
+            self.cost = self.cost.observe(tokens, seconds - info.heads_seconds)
+            if info.heads_seconds:
+                self.cost = self.cost.observe_heads(info.heads_seconds)
 
     def _compact(self) -> None:
         """Move the highest running rows into the holes finished requests left (caller holds the lock)."""

@@ -93,6 +93,7 @@ class LlmRequest:
     return_num_input_tokens: bool = False
     return_num_output_tokens: bool = False
     typical: TypicalAcceptance | None = None
+    speculation: str | None = None  # the request's own speculation mode (None: the engine's)
 
 
 # Typical acceptance (trtbuild's extension; TensorRT-LLM has no such rule): asked per request through
@@ -122,6 +123,17 @@ def typical_from(parameters: dict) -> TypicalAcceptance | None:
             raise RequestError(f"{key} tunes typical acceptance: send typical_acceptance=true with it")
         rule[key] = float(v)
     return TypicalAcceptance(**rule) if on else None
+
+
+def speculation_from(parameters: dict) -> str | None:
+    """The request's speculation mode from its Triton request parameters ("speculation": auto | always |
+    off; trtbuild's extension, like typical acceptance); None = the engine's."""
+    from trtbuild.common.spec import SPECULATION_MODES
+
+    mode = parameters.get("speculation")
+    if mode is not None and mode not in SPECULATION_MODES:
+        raise RequestError(f"speculation must be one of {', '.join(SPECULATION_MODES)}, got {mode!r}")
+    return mode
 
 
 def _scalar(inputs: dict, name: str, default=None):
@@ -164,6 +176,7 @@ def parse_request(inputs: dict, *, default_exclude_input: bool, end_ids: tuple[i
     """inputs: tensor name -> numpy array of one request (batch dimension of 1 or none); parameters:
     its Triton request parameters (`typical_from`)."""
     typical = typical_from(parameters or {})
+    speculation = speculation_from(parameters or {})
     for name, reason in REFUSED_IF_PRESENT.items():
         if inputs.get(name) is not None:
             raise RequestError(f"{name}: {reason}")
@@ -220,4 +233,4 @@ def parse_request(inputs: dict, *, default_exclude_input: bool, end_ids: tuple[i
                       bool(_scalar(inputs, "exclude_input_in_output", default_exclude_input)), return_log_probs,
                       bool(_scalar(inputs, "return_perf_metrics", False)), lookahead,
                       bool(_scalar(inputs, "return_num_input_tokens", False)),
-                      bool(_scalar(inputs, "return_num_output_tokens", False)), typical)
+                      bool(_scalar(inputs, "return_num_output_tokens", False)), typical, speculation)

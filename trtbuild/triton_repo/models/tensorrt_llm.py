@@ -119,7 +119,14 @@ class TritonPythonModel:
                  "steps": "scheduler steps", "admitted": "requests admitted",
                  "joined_running_batch": "requests admitted while others were mid-decode",
                  "finished": "requests finished", "cancelled": "requests cancelled (client gone)",
-                 "max_active": "most rows decoding at once", "tokens_generated": "output tokens"}
+                 "max_active": "most rows decoding at once", "tokens_generated": "output tokens",
+                 # speculation (issue 16): totals since load, then the last step
+                 "drafted": "draft tokens verified", "accepted": "draft tokens accepted",
+                 "expected": "draft tokens the governor expected to be accepted",
+                 "row_steps": "rows x decode steps", "speculating_row_steps": "row-steps that verified a draft",
+                 "draft_tokens_last": "draft tokens in the last step",
+                 "rows_speculating_last": "rows with a draft in the last step",
+                 "cost_error": "the step-cost model's fit: running mean of |predicted - measured| / measured"}
         gauges = {}
         self._families = []  # a family must outlive its metrics
         for key, text in names.items():
@@ -236,7 +243,8 @@ class TritonPythonModel:
                 done.set()
 
         try:
-            sched.submit(llm.request, on_tokens, llm.lookahead or "engine", llm.typical, job_id=state["id"])
+            sched.submit(llm.request, on_tokens, llm.lookahead or "engine", llm.typical, job_id=state["id"],
+                         speculation=llm.speculation)
         except TrtbuildError as e:
             err = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e)))
             if sender is not None:
