@@ -46,7 +46,7 @@ demo: $(DEMO)/hf/config.json $(DEMO)/heads/config.json
 	$(BIN)/trtbuild serve $(DEMO)/lookahead --http-port 18000 --grpc-port 18001 --metrics-port 18002 \
 		--once "$(PROMPT)" --max-tokens 48
 	$(BIN)/trtbuild k8s $(DEMO)/lookahead -o $(DEMO)/k8s --force
-	$(BIN)/trtbuild bench sweep $(DEMO)/plain $(DEMO)/medusa $(DEMO)/lookahead --concurrency 1,4,16 \
+	$(BIN)/trtbuild bench sweep $(DEMO)/plain $(DEMO)/medusa $(DEMO)/lookahead --concurrency 1,4,8,16 \
 		--num-requests 16 --isl 128 --osl 64 -o $(DEMO)/bench
 
 # The ModelOpt oracle of tests/test_modelopt_oracle.py: its own venv, never $(VENV) (its pins are not

@@ -182,6 +182,69 @@ def test_self_check_failure_fails_the_build(tmp_path, hf, monkeypatch):
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
 
 
+# --- speculation: auto | always | off (issue 16) --------------------------------------------------
+
+
+@pytest.mark.parametrize("flag,want", [(None, "auto"), ("off", "off"), ("always", "always")])
+def test_speculation_lands_in_the_spec_and_next_to_the_engine(tmp_path, hf, flag, want):
+    """Default auto; the mode is in spec.yaml (read back typed), the engine's trtbuild.json (what the
+    server reads: engine_speculation) and the dry run's marker, for a speculative and a plain build."""
+    from trtbuild.common.engine_config import MANIFEST, engine_speculation
+    from trtbuild.common.spec import ResolvedSpec
+
+    for name, extra in (("lookahead", ["--lookahead", "2,2,1"]), ("plain", [])):
+        out = tmp_path / name
+        args = ["build", str(hf), "-o", str(out), "--max-seq-len", "128", *extra]
+        r = CliRunner().invoke(cli, args + (["--speculation", flag] if flag else []))
+        assert r.exit_code == 0, r.output
+        assert yaml.safe_load((out / "spec.yaml").read_text())["speculation"] == want, name
+        assert ResolvedSpec.from_yaml(out / "spec.yaml").speculation == want
+        manifest = json.loads((out / "engine" / MANIFEST).read_text())
+        assert manifest == {"backend": "torch", "checkpoint": "../checkpoint",
+                            "engine_version": manifest["engine_version"], "speculation": want}
+        assert engine_speculation(out / "engine") == want and verify_build(out) == []
+    dry = tmp_path / "dry"
+    r = CliRunner().invoke(cli, ["build", str(hf), "-o", str(dry), "--backend", "tensorrt-llm", "--gpu", "h100-80gb",
+                                 "--lookahead", "2,2,1", "--max-seq-len", "128", "--dry-run",
+                                 *(["--speculation", flag] if flag else [])])
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((dry / "spec.yaml").read_text())["speculation"] == want
+    assert json.loads((dry / "trtbuild.json").read_text())["speculation"] == want
+
+
+def test_another_speculation_mode_rebuilds(tmp_path, hf):
+    """The mode is part of the build key: a changed mode rebuilds (the engine's manifest changes), the
+    same mode is reused, and spec.yaml fed back in keeps it."""
+    from trtbuild.common.engine_config import engine_speculation
+
+    out = tmp_path / "o"
+    spec = BuildSpec(model=str(hf), lookahead="2,2,1", max_seq_len=128)
+    first = build(spec, out, verify=False, echo=_quiet)
+    assert build(BuildSpec(model=str(hf), lookahead="2,2,1", max_seq_len=128, speculation="auto"), out,
+                 verify=False, echo=_quiet).reused  # auto is the default
+    off = build(spec.merged({"speculation": "off"}), out, verify=False, echo=_quiet)
+    assert not off.reused and off.lock["build_key"] != first.lock["build_key"]
+    assert engine_speculation(out / "engine") == "off"
+    assert build(BuildSpec.from_yaml(out / "spec.yaml"), out, verify=False, echo=_quiet).reused
+    assert "speculation: 'off'\n" in (out / "spec.yaml").read_text()  # quoted: a bare off is YAML's false
+
+
+def test_a_bad_speculation_mode_is_one_line(tmp_path, hf):
+    from trtbuild.cli.build import build as build_command
+    from trtbuild.common.spec import SPECULATION_MODES
+
+    out = tmp_path / "o"
+    r = CliRunner().invoke(cli, ["build", str(hf), "-o", str(out), "--speculation", "sometimes"])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1] == \
+        "Error: Invalid value for '--speculation': 'sometimes' is not one of 'auto', 'always', 'off'."
+    assert not out.exists()
+    option = next(p for p in build_command.params if p.name == "speculation")
+    assert tuple(option.type.choices) == SPECULATION_MODES  # the flag offers exactly the spec's modes
+    with pytest.raises(ConfigError, match=r"^speculation must be one of auto, always, off \(or null\), got 'fast'$"):
+        BuildSpec(model=str(hf), speculation="fast")
+
+
 # --- tensorrt-llm backend -------------------------------------------------------------------------
 
 # trtllm-build flags of TensorRT-LLM 1.2 (tensorrt_llm/commands/build.py) that trtbuild may emit
@@ -391,7 +454,7 @@ def test_a_build_reports_what_tensorrt_llm_recorded_otherwise():
     rs = ResolvedSpec(model="m", backend="tensorrt-llm", gpu="h100-80gb", gpus=1, tp=1, pp=1, dtype="float16",
                       quantization="none", max_batch_size=4, max_input_len=63, max_seq_len=64, max_num_tokens=8192,
                       max_draft_len=0, medusa=None, medusa_choices=None, lookahead=None, gather_context_logits=False,
-                      kv_cache_free_gpu_mem_fraction=0.9, end_ids=(2,), architecture="LlamaForCausalLM",
+                      kv_cache_free_gpu_mem_fraction=0.9, end_ids=(2,), speculation="auto", architecture="LlamaForCausalLM",
                       speculative_decoding_mode=None, world_size=1, medusa_heads=0, medusa_layers=0, medusa_nodes=0,
                       vocab_size=101)
     predicted = build_config(rs)

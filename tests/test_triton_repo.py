@@ -84,8 +84,15 @@ def test_streaming_switch_and_backends_share_the_text_models(hf, tmp_path):
     for name in ("tensorrt_llm", "tensorrt_llm_bls"):
         assert not parse_config((off / name / "config.pbtxt").read_text()).model_transaction_policy.decoupled
     a, b = write_repo(trt, tmp_path / "a"), write_repo(torch_engine, tmp_path / "b")
-    for name in ("ensemble", "preprocessing", "postprocessing", "tensorrt_llm_bls"):
+    for name in ("ensemble", "preprocessing", "postprocessing"):
         assert (a / name / "config.pbtxt").read_text() == (b / name / "config.pbtxt").read_text()
+    # the BLS differs in one parameter only: it picks lookahead sizes per request for the C++ backend
+    # (tests/test_speculation_trtllm.py); the torch tensorrt_llm model governs itself
+    bls_a, bls_b = (parse_config((r / "tensorrt_llm_bls" / "config.pbtxt").read_text()) for r in (a, b))
+    assert bls_a.parameters["speculation_lookahead"].string_value == "4,3,4"
+    assert bls_b.parameters["speculation_lookahead"].string_value == ""
+    bls_a.parameters["speculation_lookahead"].string_value = ""
+    assert bls_a == bls_b
     llm = parse_config((b / "tensorrt_llm" / "config.pbtxt").read_text())
     assert llm.backend == "python" and (b / "tensorrt_llm" / "1" / "model.py").is_file()
     engine_param = llm.parameters["gpt_model_path"].string_value

@@ -65,6 +65,8 @@ BAD_SPECS = [
     ('gather_context_logits: "yes"', "gather_context_logits must be true or false, got 'yes'"),
     ('lookahead: ""', "lookahead is empty"),
     ("gpus: 0", "gpus must be >= 1, got 0"),
+    ("speculation: sometimes", "speculation must be one of auto, always, off (or null), got 'sometimes'"),
+    ("speculation: true", "speculation must be one of auto, always, off (or null), got true"),
 ]
 
 
@@ -89,7 +91,7 @@ def test_every_spec_field_is_type_checked():
 def test_spec_accepts_what_the_annotations_allow(tmp_path, inputs):
     f = tmp_path / "ok.yaml"
     f.write_text(f"model: {inputs['hf']}\nkv_cache_free_gpu_mem_fraction: 1\nmax_input_len: null\n"
-                 "end_ids: [2]\nlookahead: [4, 3, 4]\nmax_seq_len: 128\n")
+                 "end_ids: [2]\nlookahead: [4, 3, 4]\nmax_seq_len: 128\nspeculation: off\n")
     out = tmp_path / "out"
     r = CliRunner().invoke(cli, ["build", "--spec", str(f), "-o", str(out), "--dry-run"])
     assert r.exit_code == 0, r.output
@@ -97,6 +99,7 @@ def test_spec_accepts_what_the_annotations_allow(tmp_path, inputs):
 
     spec = yaml.safe_load((out / "spec.yaml").read_text())
     assert spec["kv_cache_free_gpu_mem_fraction"] == 1.0 and spec["end_ids"] == [2] and spec["lookahead"] == "4,3,4"
+    assert spec["speculation"] == "off"  # YAML's bare off (false) is the mode off
     assert "--tp 1 " in (out / "commands.sh").read_text()
 
 

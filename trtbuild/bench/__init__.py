@@ -3,6 +3,8 @@ metrics per load point, and results written as JSON, CSV and per-request JSON li
 
     DIR/results.json     metrics per load point, the served engine's spec when known, versions, machine
     DIR/results.csv      one row per load point
+    (both with the server's draft budget and acceptance per load point when a counter source gives them:
+    bench.speculation's FIELDS, None / empty where the server exports no counters)
     DIR/requests.jsonl   one line per request: timestamps, lengths, text, errors
     DIR/*.png            TTFT and ITL distributions, throughput vs concurrency, latency vs throughput
                          (each only when some request measured it)
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from trtbuild.bench.load import BenchFailed, Prompt, run_load
 from trtbuild.bench.metrics import summarize
+from trtbuild.bench.speculation import FIELDS as SPECULATION_FIELDS, Counters, speculation_fields
 from trtbuild.common.fsutil import check_output_dir, staging_dir
 
 KIND = "bench"  # the marker kind of a results directory: bench -o replaces only an empty one or its own
@@ -33,8 +36,10 @@ CSV_FIELDS = (("time_to_first_token_ms", "p50"), ("time_to_first_token_ms", "p99
 
 def bench(send, prompts: list[Prompt], tok, points: list[dict], *, warmup: int = 0, slo: dict | None = None,
           out_dir: Path | None = None, meta: dict | None = None, echo=print, duration: float | None = None,
-          max_error_rate: float = 0.0, inputs: tuple = ()) -> dict:
-    """Run every load point ({"concurrency": C} or {"request_rate": R, "burstiness": B}) on `prompts`.
+          max_error_rate: float = 0.0, inputs: tuple = (), counters: Counters | None = None) -> dict:
+    """Run every load point ({"concurrency": C} or {"request_rate": R, "burstiness": B}) on `prompts`;
+    `counters` (bench.speculation) is read before the first point and after each, for the draft
+    budget and acceptance of each point (None fields without it).
 
     Raises BenchFailed, after the results measured so far are written, when every request of a
     point failed (the later points are not run) or a point's error rate is above `max_error_rate`."""
@@ -47,12 +52,15 @@ def bench(send, prompts: list[Prompt], tok, points: list[dict], *, warmup: int =
     if warmup:
         run_load(send, prompts[:warmup], tok, concurrency=1)
     results, all_records, failure = [], [], None
+    before = counters() if counters else None
     for k, point in enumerate(points):
         with tqdm(total=None if duration else len(prompts), desc=_label(point), unit="req", leave=False) as bar:
             records = run_load(send, prompts, tok, concurrency=point.get("concurrency"),
                                rate=point.get("request_rate"), burstiness=point.get("burstiness", 1.0),
                                seed=point.get("seed", 0), progress=lambda: bar.update(1), duration=duration)
-        summary = summarize(records, slo)
+        after = counters() if counters else None
+        summary = {**summarize(records, slo), **speculation_fields(before, after)}
+        before = after
         results.append({"load": point, **summary})
         all_records += [{"load": point, **r.to_dict()} for r in records]
         if summary["requests"] and summary["errors"] == summary["requests"]:
@@ -78,11 +86,13 @@ def bench(send, prompts: list[Prompt], tok, points: list[dict], *, warmup: int =
             with open(tmp / "results.csv", "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["load", "requests", "errors", "output_token_throughput_per_s", "request_throughput_per_s",
-                            "goodput_per_s", "acceptance_length", *[f"{m}_{q}" for m, q in CSV_FIELDS]])
+                            "goodput_per_s", "acceptance_length", *[f"{m}_{q}" for m, q in CSV_FIELDS],
+                            *SPECULATION_FIELDS])
                 for r in results:
                     w.writerow([_label(r["load"]), r["requests"], r["errors"], r.get("output_token_throughput_per_s"),
                                 r.get("request_throughput_per_s"), r.get("goodput_per_s"), r.get("acceptance_length"),
-                                *[(r.get(m) or {}).get(q) for m, q in CSV_FIELDS]])
+                                *[(r.get(m) or {}).get(q) for m, q in CSV_FIELDS],
+                                *[r.get(f) for f in SPECULATION_FIELDS]])
             plots = write_plots(report, all_records, tmp)
         echo(f"wrote {out_dir}/results.json, results.csv, requests.jsonl and "
              + (f"plots: {', '.join(p.name for p in plots)}" if plots else "no plots (no successful request)"))
@@ -105,7 +115,8 @@ def _label(point: dict) -> str:
 
 def table(results: list[dict]) -> str:
     head = f"{'load':<16} {'req':>4} {'err':>3} {'out tok/s':>9} {'req/s':>6} {'TTFT p50':>9} {'TTFT p99':>9} " \
-           f"{'ITL p50':>8} {'ITL p99':>8} {'lat p50':>8} {'accept':>6}"
+           f"{'ITL p50':>8} {'ITL p99':>8} {'lat p50':>8} {'accept':>6} " \
+           f"{'draft/step':>10} {'acc rate':>8} {'acc est':>7} {'spec rows':>9}"
     lines = [head, "-" * len(head)]
     for r in results:
         def q(m, k):
@@ -116,5 +127,13 @@ def table(results: list[dict]) -> str:
                      f"{r.get('output_token_throughput_per_s', 0):>9.1f} {r.get('request_throughput_per_s', 0):>6.2f} "
                      f"{q('time_to_first_token_ms', 'p50'):>9} {q('time_to_first_token_ms', 'p99'):>9} "
                      f"{q('inter_token_latency_ms', 'p50'):>8} {q('inter_token_latency_ms', 'p99'):>8} "
-                     f"{q('request_latency_ms', 'p50'):>8} {(f'{acc:.2f}' if acc else '-'):>6}")
+                     f"{q('request_latency_ms', 'p50'):>8} {(f'{acc:.2f}' if acc else '-'):>6} "
+                     f"{_num(r.get('draft_tokens_per_step'), '.2f'):>10} "
+                     f"{_num(r.get('draft_acceptance_rate'), '.2f'):>8} "
+                     f"{_num(r.get('estimated_acceptance_rate'), '.2f'):>7} "
+                     f"{_num(r.get('speculating_row_share'), '.0%'):>9}")
     return "\n".join(lines)
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trtbuild.bench.metrics import RequestRecord
+from trtbuild.bench.speculation import stats_counters
 from trtbuild.common.errors import ConfigError, GenerationError, TrtbuildError
 
 
@@ -212,7 +213,16 @@ def run_load(send: Callable[[Prompt, RequestRecord], None], prompts: list[Prompt
 
 
 def inprocess_sender(engine_dir: Path) -> tuple[Callable[[Prompt, RequestRecord], None], Callable[[], None]]:
-    """Requests straight into the reference runtime's scheduler (no server): (send, stop).
+    """Requests straight into the reference runtime's scheduler (no server): (send, stop); see
+    `inprocess_target`."""
+    send, stop, _ = inprocess_target(engine_dir)
+    return send, stop
+
+
+def inprocess_target(engine_dir: Path) -> tuple[Callable[[Prompt, RequestRecord], None], Callable[[], None],
+                                                 Callable[[], dict | None]]:
+    """Requests straight into the reference runtime's scheduler (no server): (send, stop, counters),
+    counters reading the scheduler's Stats as a server's gauges would give them (bench.speculation).
 
     The engine loads in the scheduler's own thread; a load error is raised here, and a request
     whose scheduler thread has died fails instead of waiting forever. Requests are refused as the
@@ -254,4 +264,4 @@ def inprocess_sender(engine_dir: Path) -> tuple[Callable[[Prompt, RequestRecord]
             if not thread.is_alive():
                 raise GenerationError(f"the scheduler stopped: {sched.error or 'shut down'}")
 
-    return send, stop
+    return send, stop, stats_counters(lambda: sched.stats)

@@ -1,6 +1,7 @@
 """`trtbuild bench`'s options -> one run: the target (a server, or the in-process scheduler), the
 prompts (a dataset or synthetic ones), the load points, and what results.json records about them
-(the target; a build directory's resolved spec.yaml when the engine or tokenizer is in one)."""
+(the target; a build directory's resolved spec.yaml when the engine or tokenizer is in one), and where
+the speculation counters come from (a server's metrics endpoint, the in-process scheduler's Stats)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trtbuild.bench import bench
-from trtbuild.bench.load import (bench_tokenizer, check_server, dataset_prompts, inprocess_sender, parse_length,
+from trtbuild.bench.load import (bench_tokenizer, check_server, dataset_prompts, inprocess_target, parse_length,
                                  sender, synthetic_prompts)
 from trtbuild.bench.metrics import parse_slo
+from trtbuild.bench.speculation import metrics_counters
+
+# Triton's default ports (--http-port 8000, --grpc-port 8001, --metrics-port 8002; `serve`'s too): "By default,
+# these metrics are available at http://localhost:8002/metrics" (triton-inference-server/server@067c1e9:
+# docs/user_guide/metrics.md:31-33)
+TRITON_DEFAULT_PORTS, TRITON_METRICS_PORT = (8000, 8001), 8002
 
 
 @dataclass(frozen=True)
 class Target:
-    """A server (`url`, `protocol`, `model`, `tokenizer` its tokenizer's directory) or the
-    in-process scheduler of `engine_dir`."""
+    """A server (`url`, `protocol`, `model`, `tokenizer` its tokenizer's directory, `metrics_url` its
+    metrics endpoint HOST:PORT) or the in-process scheduler of `engine_dir`."""
 
     url: str | None = None
     engine_dir: Path | None = None
     protocol: str = "grpc"
     model: str = "ensemble"
     tokenizer: Path | None = None
+    metrics_url: str | None = None  # default: HOST:8002 when `url` is on a Triton default port, else none
+
+    def metrics(self) -> str | None:
+        """The metrics endpoint to read the speculation counters from, if any."""
+        if self.metrics_url or not self.url:
+            return self.metrics_url
+        host, _, port = self.url.rpartition(":")
+        return f"{host}:{TRITON_METRICS_PORT}" if port.isdigit() and int(port) in TRITON_DEFAULT_PORTS else None
 
 
 @dataclass(frozen=True)
@@ -59,19 +74,26 @@ def run_bench(target: Target, load: Load, out_dir: Path | None = None, echo: Cal
                                     parse_length(load.osl, "--osl"), load.seed)
     stop = None
     if target.engine_dir is not None:
-        send, stop = inprocess_sender(target.engine_dir)
+        send, stop, counters = inprocess_target(target.engine_dir)
         meta: dict = {"target": {"in_process": str(target.engine_dir)}}
     else:
         check_server(target.url, target.model, target.protocol)  # one line now rather than every request failing
         send = sender(target.url, target.model, target.protocol)
-        meta = {"target": {"url": target.url, "protocol": target.protocol, "model": target.model}}
+        meta = {"target": {"url": target.url, "protocol": target.protocol, "model": target.model,
+                           "metrics_url": target.metrics()}}
+        if target.metrics() is None:
+            counters = None
+            echo(f"no metrics endpoint for {target.url} (not on Triton's default ports): give --metrics-url "
+                 "HOST:PORT for the draft budget and acceptance per load point")
+        else:
+            counters = metrics_counters(target.metrics(), echo)
     spec = build_spec(target.engine_dir or target.tokenizer)
     if spec is not None:
         meta["spec"] = spec
     try:
         return bench(send, prompts, tok, load.points(), warmup=load.warmup, slo=slo_ms, out_dir=out_dir, meta=meta,
                      echo=echo, duration=load.duration, max_error_rate=load.max_error_rate,
-                     inputs=(target.tokenizer, target.engine_dir, load.dataset))
+                     inputs=(target.tokenizer, target.engine_dir, load.dataset), counters=counters)
     finally:
         if stop:
             stop()

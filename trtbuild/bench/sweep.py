@@ -2,14 +2,18 @@
 
 Each build's `triton_repo` is served by a real tritonserver on free ports; the same prompts (same
 seed, the first build's tokenizer) and load points go to each; results land in DIR/<build name>/,
-the side-by-side comparison in DIR/comparison.txt (ratios to the first build). A build whose load
-point fails (see `bench`) does not stop the others: the comparison is still written, then the
-sweep raises BenchFailed naming each failed build."""
+the side-by-side comparison in DIR/comparison.txt (ratios to the first build), with each server's
+draft budget and acceptance per load point (its metrics endpoint, bench.speculation) and the
+crossover: for each speculative build (its engine has a speculative decoding mode), the load points at
+which it is slower than the plain build (none: EngineConfig's speculative_decoding_mode is None). A
+build whose load point fails (see `bench`) does not stop the others: the comparison is still written,
+then the sweep raises BenchFailed naming each failed build."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from trtbuild.common.engine_config import EngineConfig
 from trtbuild.common.errors import ConfigError
 from trtbuild.common.fsutil import open_output_dir
 from trtbuild.common.spec import ResolvedSpec
@@ -18,8 +22,9 @@ from trtbuild.common.spec import ResolvedSpec
 def sweep(builds: list[Path], points: list[dict], num_requests: int, isl: str, osl: str, seed: int, warmup: int,
           out_dir: Path, echo=print, max_error_rate: float = 0.0) -> str:
     from trtbuild.bench import BenchFailed, bench
-    from trtbuild.bench.compare import compare
+    from trtbuild.bench.compare import compare, crossover
     from trtbuild.bench.load import parse_length, sender, synthetic_prompts
+    from trtbuild.bench.speculation import metrics_counters
     from trtbuild.runtime.tokenizer import load_tokenizer
     from trtbuild.serve import TritonServer, free_port
 
@@ -29,6 +34,7 @@ def sweep(builds: list[Path], points: list[dict], num_requests: int, isl: str, o
     names = [Path(b).resolve().name for b in builds]
     if len(set(names)) != len(names):
         raise ConfigError(f"build directories need distinct names, got {names}")
+    plain = [is_plain(Path(b) / "engine") for b in builds]
     tok = load_tokenizer(Path(builds[0]) / "engine")
     prompts = synthetic_prompts(tok, num_requests, parse_length(isl, "--isl"), parse_length(osl, "--osl"), seed)
     # refused before any server starts; each build's results are then staged and published on their own
@@ -43,15 +49,24 @@ def sweep(builds: list[Path], points: list[dict], num_requests: int, isl: str, o
             try:
                 bench(sender(server.grpc_url, "ensemble"), prompts, tok, points, warmup=warmup,
                       out_dir=out_dir / name, meta={"target": {"build": str(b)}, "spec": spec}, echo=echo,
-                      max_error_rate=max_error_rate)
+                      max_error_rate=max_error_rate,
+                      counters=metrics_counters(f"{server.host}:{server.metrics_port}", echo))
             except BenchFailed as e:
                 echo(f"{name}: {e}")
                 failed.append(f"{name}: {e}")
         runs.append(out_dir / name)
-    text = compare(runs)
+    text = "\n".join([compare(runs), "", *crossover(names, runs, plain)]).rstrip("\n")
     (out_dir / "comparison.txt").write_text(text + "\n")
     echo(text)
     echo(f"wrote {out_dir}/comparison.txt; per-build results and plots in {', '.join(str(r) for r in runs)}")
     if failed:
         raise BenchFailed(f"{len(failed)} of {len(builds)} builds failed: " + " | ".join(failed))
     return text
+
+
+def is_plain(engine_dir: Path) -> bool | None:
+    """Whether the engine has no speculative decoding mode (None: its config cannot be read)."""
+    try:
+        return EngineConfig.read(engine_dir).speculative_decoding_mode is None
+    except ConfigError:
+        return None

@@ -8,7 +8,8 @@
         config.json             {"version", "pretrained_config", "build_config"}
         trtbuild.lock.json      versions, GPU, spec hash, input/checkpoint/engine file hashes
         rank{r}.engine          tensorrt-llm backend
-        trtbuild.json           torch backend: where the weights are (../checkpoint)
+        trtbuild.json           {"backend", "checkpoint" (../checkpoint: the torch backend's weights),
+                                "engine_version", "speculation" (auto | always | off)}
         tokenizer files, generation_config.json
 
 Incremental: the build key hashes the resolved spec, the input files and the versions; a build
@@ -22,7 +23,7 @@ A dry run (`--dry-run`) converts and builds nothing and writes what a build woul
       build_config.json         the build_config TensorRT-LLM would record (engine.build_config)
       engine_config.json        the engine's predicted config.json: {version, pretrained_config, build_config}
       triton_repo/              the repository, rendered from engine_config.json, naming OUT/engine
-      trtbuild.json             {"kind": "dry-run", ...}
+      trtbuild.json             {"kind": "dry-run", "backend", "speculation", ...}
 
 It has no engine/ and no lock file, so nothing takes it for a build: a later build into OUT
 rebuilds (and replaces it), `trtbuild k8s` refuses it.
@@ -52,7 +53,7 @@ from trtbuild.common.engine_config import EngineConfig
 from trtbuild.common.errors import BuildError, ConfigError
 from trtbuild.common.fsutil import MARKER, check_inputs, check_output_dir, marker_kind, staging_dir, sweep_stale
 from trtbuild.convert.safetensors_io import sha256_file
-from trtbuild.common.spec import BuildSpec
+from trtbuild.common.spec import BuildSpec, ResolvedSpec
 from trtbuild.common.tokenizer_files import tokenizer_files
 
 LOCK = "trtbuild.lock.json"
@@ -194,10 +195,16 @@ def _build_into(tmp: Path, resolved: Resolved, echo: Callable[[str], None]) -> N
         version = _engine_version(rs)
         cfg = engine_config(rs, pretrained, version)
     (engine / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    (engine / MARKER).write_text(json.dumps({"backend": rs.backend, "checkpoint": "../checkpoint",
-                                             "engine_version": version}, indent=2) + "\n")
+    (engine / MARKER).write_text(json.dumps(engine_manifest(rs, version), indent=2) + "\n")
     for f in tokenizer_files(ckpt):
         shutil.copy2(f, engine / f.name)
+
+
+def engine_manifest(rs: ResolvedSpec, version: str) -> dict:
+    """The engine directory's `trtbuild.json` (engine_config.MANIFEST): the backend, where the weights
+    are, the engine's version and the speculation mode the server starts in (`engine_speculation`)."""
+    return {"backend": rs.backend, "checkpoint": "../checkpoint", "engine_version": version,
+            "speculation": rs.speculation}
 
 
 def _write_lock(tmp: Path, resolved: Resolved, key: str, inputs: dict[str, str], vers: dict) -> dict:
@@ -256,13 +263,12 @@ def _dry_run(resolved: Resolved, out: Path, force: bool, echo: Callable[[str], N
         preview = tmp / ".engine-preview"
         preview.mkdir()
         (preview / "config.json").write_text(json.dumps(predicted, indent=2) + "\n")
-        (preview / MARKER).write_text(json.dumps({"backend": rs.backend, "checkpoint": "../checkpoint",
-                                                  "engine_version": version, "dry_run": True}, indent=2) + "\n")
+        (preview / MARKER).write_text(json.dumps({**engine_manifest(rs, version), "dry_run": True}, indent=2) + "\n")
         for f in tokenizer_files(Path(rs.model)):
             shutil.copy2(f, preview / f.name)
         write_repo(preview, tmp / "triton_repo", engine_dir_in_repo=_engine_dir_in_repo(rs, out))
         shutil.rmtree(preview)
-        (tmp / MARKER).write_text(json.dumps({"kind": "dry-run", "backend": rs.backend,
+        (tmp / MARKER).write_text(json.dumps({"kind": "dry-run", "backend": rs.backend, "speculation": rs.speculation,
                                               "engine_dir": str(Path(out).resolve() / "engine"),
                                               "files": list(DRY_RUN_FILES)}, indent=2) + "\n")
     p = resolved.plan

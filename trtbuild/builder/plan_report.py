@@ -1,4 +1,5 @@
-"""`trtbuild plan MODEL`: the memory plan of a HF directory or config.json, and its report."""
+"""`trtbuild plan MODEL`: the memory plan of a HF directory or config.json, and its report (with
+notes on what the plan cannot show, such as where a speculative engine stops paying)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ class ModelPlan:
     max_seq_len: int
     positions: int  # the model's positions, RoPE scaling included
     max_position_embeddings: int | None
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {**self.plan.to_dict(), "model_positions": self.positions}
+        return {**self.plan.to_dict(), "model_positions": self.positions, "notes": list(self.notes)}
 
     def lines(self) -> list[str]:
         p, gib = self.plan, 1 << 30
@@ -39,7 +41,16 @@ class ModelPlan:
             f"activations + logits:       {(p.activation_bytes + p.logits_bytes) / gib:8.2f} GiB",
             f"KV tokens that fit:         {p.max_kv_tokens:8d}  ({p.kv_cache_free_gpu_mem_fraction:.0%} of what is left)",
             f"fits: {'yes' if fits else 'no'}; max_batch_size x max_seq_len: "
-            f"{'fits' if p.full_batch_fits else 'does not fit'}; recommended: {json.dumps(p.recommended)}"]
+            f"{'fits' if p.full_batch_fits else 'does not fit'}; recommended: {json.dumps(p.recommended)}",
+            *self.notes]
+
+
+# TensorRT-LLM takes Medusa's choices once per server (DecodingConfig::setMedusaChoices, from the model's
+# medusa_choices: tensorrtllm_backend@c2e65b8:inflight_batcher_llm/src/model_instance_state.cc:596-609) and
+# has nothing per request for Medusa, so its engine verifies the whole tree every step, at any load
+MEDUSA_FIXED = ("note: on the tensorrt-llm backend TensorRT-LLM runs Medusa at a fixed draft size at every load; "
+                "run `trtbuild bench sweep` on this build and a plain one to find the concurrency above which it "
+                "is slower than plain")
 
 
 def plan_model(model: Path, *, gpu: str, tp: int, pp: int, dtype: str, max_batch_size: int, max_seq_len: int,
@@ -53,4 +64,5 @@ def plan_model(model: Path, *, gpu: str, tp: int, pp: int, dtype: str, max_batch
     dims = with_medusa(dims_from_config(cfg), medusa_heads, medusa_layers)
     p = plan(dims, gpu_for(gpu), tp=tp, pp=pp, dtype=dtype, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
              max_num_tokens=max_num_tokens, max_draft_len=max_draft_len)
-    return ModelPlan(p, tp, pp, dtype, max_seq_len, model_positions(cfg), cfg.get("max_position_embeddings"))
+    notes = (MEDUSA_FIXED,) if medusa_heads > 0 and gpu != "cpu" else ()  # a GPU plan: a tensorrt-llm engine
+    return ModelPlan(p, tp, pp, dtype, max_seq_len, model_positions(cfg), cfg.get("max_position_embeddings"), notes)

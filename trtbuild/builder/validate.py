@@ -21,6 +21,7 @@ from trtbuild.common.spec import BACKENDS, QUANTIZATIONS, BuildSpec, ResolvedSpe
 
 DEFAULT_MAX_SEQ_LEN = 4096  # never a model's full context (Llama-3.1: 131072) by accident
 DEFAULT_MAX_NUM_TOKENS = 8192  # trtllm-build's default
+DEFAULT_SPECULATION = "auto"  # the governor decides (issue 16); a plain build, with nothing to draft, keeps it too
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def resolve_spec(spec: BuildSpec) -> Resolved:
         medusa=str(Path(spec.medusa).resolve()) if spec.medusa else None, medusa_choices=choices, lookahead=lookahead,
         gather_context_logits=spec.gather_context_logits,
         kv_cache_free_gpu_mem_fraction=spec.kv_cache_free_gpu_mem_fraction, end_ids=tuple(int(i) for i in end_ids),
+        speculation=spec.speculation or DEFAULT_SPECULATION,
         architecture=family.name if not heads_k else "MedusaForCausalLM", speculative_decoding_mode=mode,
         world_size=world, medusa_heads=heads_k, medusa_layers=layers_k, medusa_nodes=nodes,
         vocab_size=dims.vocab_size)

@@ -33,11 +33,15 @@ ERROR_RATE_HELP = "Fail (after writing the results) if a load point's fraction o
 @click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
               help="Tokenizer dir for --url: the served engine dir (OUT/engine) or the model's HF dir.")
 @click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True, help=ERROR_RATE_HELP)
+@click.option("--metrics-url", default=None,
+              help="HOST:PORT of the server's metrics endpoint, read before and after each load point for the draft "
+                   "budget and acceptance (default: HOST:8002 when --url is on Triton's default port 8000 or 8001).")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.pass_context
 def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol: str, model: str,
-          tokenizer: Path | None, out_dir: Path | None, **load) -> None:
-    """Load a server (or the in-process runtime) and report TTFT, ITL, latency, throughput, acceptance."""
+          tokenizer: Path | None, metrics_url: str | None, out_dir: Path | None, **load) -> None:
+    """Load a server (or the in-process runtime) and report TTFT, ITL, latency, throughput, acceptance,
+    and the server's draft tokens per step and rows speculating per load point."""
     if ctx.invoked_subcommand is not None:
         return
     if (url is None) == (engine_dir is None):
@@ -47,7 +51,9 @@ def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol
                                "token counts come from the tokenizer")
     from trtbuild.bench.run import Load, Target, run_bench
 
-    run_bench(Target(url, engine_dir, protocol, model, tokenizer), Load(**load), out_dir, echo=click.echo)
+    if metrics_url is not None and url is None:
+        raise click.UsageError("--metrics-url goes with --url (--in-process reads the scheduler's counters itself)")
+    run_bench(Target(url, engine_dir, protocol, model, tokenizer, metrics_url), Load(**load), out_dir, echo=click.echo)
 
 
 @bench.command("sweep")

@@ -41,6 +41,11 @@ def convert(hf_dir: Path, out_dir: Path, dtype: str, tp: int, pp: int, force: bo
 @click.option("--spec", "spec_file", type=click.Path(path_type=Path), default=None,
               help="YAML build spec; flags given on the command line override it.")
 @speculative_options(for_build=True)
+@click.option("--speculation", type=click.Choice(["auto", "always", "off"]), default=None,
+              help="How the server spends draft tokens (default auto): auto = it decides every step from the "
+                   "measured step cost and acceptance (the goal: never slower than plain); always = every row "
+                   "drafts all it can; off = plain decoding. A request overrides it with the Triton request "
+                   "parameter \"speculation\".")
 @click.option("--backend", type=click.Choice(["torch", "tensorrt-llm"]), default=None,
               help="torch (reference runtime, default) or tensorrt-llm (GPU engines).")
 @click.option("--gpu", default=None, help="Target: a100-40gb, a100-80gb, h100-80gb, h200-141gb, l40s-48gb, t4-16gb, "
@@ -81,15 +86,14 @@ def build(hf_dir: Path | None, out_dir: Path, spec_file: Path | None, force: boo
 @click.option("--json", "as_json", is_flag=True)
 def inspect(path: Path, verify: bool, as_json: bool) -> None:
     """Summarise a checkpoint, engine or build directory."""
-    from trtbuild.builder.inspect import inspect_dir
+    from trtbuild.builder.inspect import inspect_dir, render
 
     info = inspect_dir(path, verify)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        for k, v in info.items():
-            if k != "verified":
-                click.echo(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+        for line in render(info):
+            click.echo(line)
     if verify:
         if info["verified"]:
             raise click.ClickException(f"{path}: {len(info['verified'])} file(s) differ from their recorded hashes: "

@@ -17,6 +17,11 @@ there. The tensorrt_llm model's parameters are the C++ backend's keys (`contract
 before anything is written. The engine is read once (`EngineConfig.read`), the spec as
 `ResolvedSpec.from_yaml`; their typed decoding becomes the backend's strings only here.
 
+The BLS's speculation parameters (`bls_speculation`): the build's mode (`speculation`, the spec's,
+else the engine's trtbuild.json) and, for a tensorrt-llm lookahead engine only, the engine's "W,N,G"
+(`speculation_lookahead`) and the in-flight threshold (`speculation_max_in_flight`) by which the BLS
+picks each request's lookahead sizes; empty `speculation_lookahead`: the BLS steers nothing.
+
 May import: trtbuild.common, trtbuild.convert, trtbuild.runtime (the Python models run the runtime).
 """
 
@@ -28,7 +33,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from trtbuild.common.engine_config import EngineConfig
+from trtbuild.common.engine_config import EngineConfig, engine_speculation
 from trtbuild.common.errors import ConfigError
 from trtbuild.common.fsutil import MARKER, staging_dir
 from trtbuild.common.lookahead.spec import LookaheadSpec
@@ -36,6 +41,7 @@ from trtbuild.common.medusa.choices import MedusaSpec
 from trtbuild.common.spec import ResolvedSpec
 from trtbuild.common.tokenizer_files import tokenizer_files
 from trtbuild.triton_repo import contract
+from trtbuild.triton_repo.python_models import DEFAULT_MAX_IN_FLIGHT
 from trtbuild.triton_repo.templates import TEMPLATES
 
 MODELS = ("ensemble", "preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls")
@@ -54,9 +60,10 @@ def _read_engine(engine_dir: Path) -> tuple[EngineConfig, dict, ResolvedSpec | N
 
 
 def parameters(cfg: EngineConfig, marker: dict, spec: ResolvedSpec | None, engine_param: str,
-               streaming: bool) -> dict[str, dict[str, str]]:
+               streaming: bool, speculation: str = "always") -> dict[str, dict[str, str]]:
     """Template values per model, all strings; `tensorrt_llm` also gets `parameters`, its key/value
-    list rendered from `tensorrt_llm_parameters` (checked against the C++ backend's contract)."""
+    list rendered from `tensorrt_llm_parameters` (checked against the C++ backend's contract).
+    `speculation`: the build's mode (`write_repo`: the spec's, else the engine's trtbuild.json)."""
     max_batch = str(cfg.max_batch_size)
     common = {"triton_max_batch_size": max_batch, "decoupled_mode": "true" if streaming else "false",
               "logits_datatype": "TYPE_FP32", "encoder_input_features_data_type": "TYPE_FP16",
@@ -82,8 +89,24 @@ def parameters(cfg: EngineConfig, marker: dict, spec: ResolvedSpec | None, engin
         # so as many instances as the engine has rows (docs/model_config.md@c2e65b8)
         "tensorrt_llm_bls": {**common, "accumulate_tokens": "false", "tensorrt_llm_model_name": "tensorrt_llm",
                              "tensorrt_llm_draft_model_name": "", "multimodal_encoders_name": "",
-                             "tokenizer_dir": tok, "bls_instance_count": max_batch},
+                             "tokenizer_dir": tok, "bls_instance_count": max_batch,
+                             **bls_speculation(cfg, torch_backend, speculation)},
     }
+
+
+def bls_speculation(cfg: EngineConfig, torch_backend: bool, mode: str,
+                    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> dict[str, str]:
+    """The BLS's speculation parameters. It steers lookahead per request only for a tensorrt-llm
+    lookahead engine (the C++ executor takes a (w, n, g) per request, python_models.LookaheadSteering);
+    a torch engine's tensorrt_llm model governs itself, and TensorRT-LLM has nothing per request for
+    Medusa (DecodingConfig::setMedusaChoices is executor-wide, read once from the model's medusa_choices:
+    tensorrtllm_backend@c2e65b8:inflight_batcher_llm/src/model_instance_state.cc:596-609)."""
+    d = cfg.decoding
+    steer = isinstance(d, LookaheadSpec) and not torch_backend
+    return {"speculation": mode,
+            "speculation_lookahead": (f"{d.max_window_size},{d.max_ngram_size},{d.max_verification_set_size}"
+                                      if steer else ""),
+            "speculation_max_in_flight": str(max_in_flight)}
 
 
 def tensorrt_llm_parameters(cfg: EngineConfig, spec: ResolvedSpec | None, engine_param: str) -> dict[str, str]:
@@ -153,7 +176,8 @@ def write_repo(engine_dir: Path, out: Path, *, streaming: bool = True, force: bo
     if engine_dir_in_repo is None:
         engine_dir_in_repo = (os.path.relpath(engine_dir.resolve(), out.resolve() / "tensorrt_llm") if torch_backend
                               else str(engine_dir.resolve()))
-    values = parameters(cfg, marker, spec, engine_dir_in_repo, streaming)
+    values = parameters(cfg, marker, spec, engine_dir_in_repo, streaming,
+                        speculation=spec.speculation if spec is not None else engine_speculation(engine_dir))
     texts = {name: render(name, values[name]) for name in MODELS}
     for name, text in texts.items():
         parse_config(text)

@@ -5,6 +5,7 @@ into the repository are thin Triton adapters over these classes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +226,154 @@ class Holdback:
                 return []
         out, self.pending = self.pending, []
         return out
+
+
+# Load-aware lookahead through the BLS, tensorrt-llm backend (issue 16). TensorRT-LLM's C++ executor takes
+# a lookahead (w, n, g) per request: the backend reads the tensorrt_llm inputs lookahead_window_size /
+# _ngram_size / _verification_set_size, all three once the first is present, and needs the model's own
+# lookahead parameters (tensorrtllm_backend@c2e65b8:inflight_batcher_llm/src/utils.cc:863-893). The
+# decoder takes the request's config, else the executor's
+# (NVIDIA/TensorRT-LLM@eb0d81bb:cpp/tensorrt_llm/batch_manager/generateRequestOptions.cpp, operator(),
+# the isLookaheadDecoding branch), and sets the row up with it when the request starts:
+# LookaheadDecodingLayer<T>::setup (NVIDIA/TensorRT-LLM@05cc2c11:cpp/tensorrt_llm/layers/
+# lookaheadDecodingLayer.cpp: tokens per step from calculateSpeculativeResource, at most the engine's) and
+# LookaheadAlgorithm::setup (NVIDIA/TensorRT-LLM@2a9abd95:cpp/tensorrt_llm/layers/lookaheadAlgorithm.cpp:
+# w <= max_w, n <= max_n, g <= max_g, else the request fails). Legal configs are LookaheadSpec's rules,
+# which are LookaheadDecodingConfig::isLegal (NVIDIA/TensorRT-LLM@0371ba0f:cpp/tensorrt_llm/executor/
+# decodingConfig.cpp:68-78); "(1, 1, 0) forces non speculative, autoregressive mode"
+# (NVIDIA/TensorRT-LLM@7ed07f06:examples/lookahead/README.md:38). The choice holds for the request's
+# whole life: the decoder reads it once, at setup. Function names stand where a line was not counted;
+# the versions are those the source index stores (the pin, TensorRT-LLM 1.2.1 in tritonserver 26.07,
+# is tensorrtllm_backend r26.07's submodule commit ca88df0a, which the index does not hold).
+NO_LOOKAHEAD = (1, 1, 0)
+LOOKAHEAD_INPUTS = ("lookahead_window_size", "lookahead_ngram_size", "lookahead_verification_set_size")
+# The default threshold is TensorRT-LLM's own for its "seamless" lookahead switch: DecodingConfig::
+# mLookaheadDecodingMaxNumRequest = 8 (NVIDIA/TensorRT-LLM:cpp/include/tensorrt_llm/executor/executor.h),
+# read by TrtGptModelInflightBatching::changeSpecDecMode (lookahead off above 8 scheduled requests), which
+# the same file's constructor leaves off for a lookahead engine ("mUseSeamlessLookahead = false", a TODO;
+# NVIDIA/TensorRT-LLM:cpp/tensorrt_llm/batch_manager/trtGptModelInflightBatching.cpp, stored copies).
+# A documented number, not a measurement: nothing here measures a GPU; `trtbuild bench sweep` gives the
+# concurrency above which a speculative build is slower than plain, for a real engine.
+DEFAULT_MAX_IN_FLIGHT = 8
+
+
+def _lookahead(values, what: str) -> tuple[int, int, int]:
+    from trtbuild.common.errors import ConfigError
+    from trtbuild.common.lookahead.spec import LookaheadSpec
+
+    try:
+        s = LookaheadSpec(*values)
+    except (ConfigError, TypeError) as e:
+        raise RequestError(f"{what}: {e}") from None
+    return s.max_window_size, s.max_ngram_size, s.max_verification_set_size
+
+
+def own_lookahead(params: dict) -> tuple[int, int, int] | None:
+    """The request's own lookahead sizes, from its Triton parameters named as tensorrt_llm's inputs
+    (the BLS declares upstream's inputs, which have no lookahead tensors): all three or none; ints or
+    their text (the BLS's parameters travel as text)."""
+    given = [params.get(k) for k in LOOKAHEAD_INPUTS]
+    if all(v is None for v in given):
+        return None
+    if any(v is None for v in given):
+        raise RequestError(f"request parameters {', '.join(LOOKAHEAD_INPUTS)}: give all three or none")
+    try:
+        values = [int(v) if not isinstance(v, bool) else None for v in given]
+    except (TypeError, ValueError):
+        raise RequestError(f"request parameters {', '.join(LOOKAHEAD_INPUTS)} must be integers, got {given}") from None
+    return _lookahead(values, "request lookahead")
+
+
+@dataclass(frozen=True)
+class LookaheadSteering:
+    """How the BLS picks each request's lookahead sizes for a tensorrt-llm lookahead engine: the
+    engine's (W, N, G) while at most `max_in_flight` BLS requests are in flight (this one included),
+    NO_LOOKAHEAD above; `mode` is the build's speculation (auto | always | off)."""
+
+    engine: tuple[int, int, int]
+    mode: str
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+
+    def __post_init__(self) -> None:
+        from trtbuild.common.spec import SPECULATION_MODES
+
+        _lookahead(self.engine, "engine lookahead")
+        if self.mode not in SPECULATION_MODES:
+            raise ValueError(f"speculation must be one of {', '.join(SPECULATION_MODES)}, got {self.mode!r}")
+        if self.max_in_flight < 0:
+            raise ValueError(f"speculation_max_in_flight must be >= 0, got {self.max_in_flight}")
+
+    @classmethod
+    def from_parameters(cls, p: dict[str, str]) -> LookaheadSteering | None:
+        """From the BLS's config parameters (`speculation_lookahead` "W,N,G", empty: the BLS
+        steers nothing, `speculation`, `speculation_max_in_flight`)."""
+        la = p.get("speculation_lookahead", "")
+        if not la:
+            return None
+        return cls(tuple(int(x) for x in la.split(",")), p.get("speculation", "auto"),
+                   int(p.get("speculation_max_in_flight", DEFAULT_MAX_IN_FLIGHT)))
+
+    def choose(self, in_flight: int, own: tuple[int, int, int] | None = None,
+               override: object = None) -> tuple[int, int, int]:
+        """The lookahead inputs the BLS sends: the request's own sizes when it gave them (each <= the
+        engine's, as LookaheadAlgorithm::setup requires), else by the request's "speculation"
+        parameter or the build's mode: always = the engine's, off = NO_LOOKAHEAD, auto = by load."""
+        from trtbuild.common.spec import SPECULATION_MODES
+
+        if own is not None:
+            if any(o > e for o, e in zip(own, self.engine)):
+                raise RequestError(f"request lookahead {own} exceeds the engine's (W, N, G) {self.engine}")
+            return own
+        if override is not None and override not in SPECULATION_MODES:
+            raise RequestError(f"request parameter speculation must be one of {', '.join(SPECULATION_MODES)}, "
+                               f"got {override!r}")
+        mode = override or self.mode
+        if mode == "always" or (mode == "auto" and in_flight <= self.max_in_flight):
+            return self.engine
+        return NO_LOOKAHEAD
+
+
+class InFlight:
+    """The requests in flight across the sibling BLS instances of one tritonserver (each instance is its
+    own process, serving one request at a time): one file per request in a shared directory, named
+    after its process, so an instance that died leaves no count behind."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def enter(self) -> Path:
+        import os
+        import secrets
+
+        token = self.dir / f"{os.getpid()}-{secrets.token_hex(8)}"
+        token.touch()
+        return token
+
+    @staticmethod
+    def leave(token: Path) -> None:
+        token.unlink(missing_ok=True)
+
+    def count(self) -> int:
+        import os
+
+        alive: dict[int, bool] = {}
+        n = 0
+        for f in self.dir.iterdir():
+            try:
+                pid = int(f.name.split("-")[0])
+            except ValueError:
+                continue
+            if pid not in alive:
+                try:
+                    os.kill(pid, 0)
+                    alive[pid] = True
+                except ProcessLookupError:
+                    alive[pid] = False
+                except PermissionError:
+                    alive[pid] = True
+            if alive[pid]:
+                n += 1
+            else:
+                f.unlink(missing_ok=True)
+        return n

@@ -81,7 +81,8 @@ BLS = Template(
     + _block("input", up.TENSORRT_LLM_BLS_INPUTS)
     + _block("output", up.TENSORRT_LLM_BLS_OUTPUTS)
     + _params(["accumulate_tokens", "tensorrt_llm_model_name", "tensorrt_llm_draft_model_name",
-               "multimodal_encoders_name", "tokenizer_dir"])
+               "multimodal_encoders_name", "tokenizer_dir",
+               "speculation", "speculation_lookahead", "speculation_max_in_flight"])
     + "instance_group [\n  {\n    count: ${bls_instance_count}\n    kind: KIND_CPU\n  }\n]\n")
 
 

@@ -5,7 +5,13 @@ upstream's `lib/triton_decoder.py` maps them), so the composing models honour or
 tensorrt_llm output is passed back. Streaming text: `accumulate_tokens` true sends the whole text
 so far in each response, as upstream; false sends the new text only, computed from all tokens so
 far, so a multi-byte character or a leading space is never broken (upstream decodes each response's
-tokens alone)."""
+tokens alone).
+
+Load-aware lookahead (tensorrt-llm backend, a lookahead engine; `speculation_lookahead` "W,N,G" set):
+each request gets the lookahead inputs `LookaheadSteering.choose` picks from the number of BLS requests
+in flight (`InFlight`, shared by the sibling instances), the request's own sizes (Triton parameters
+lookahead_window_size / _ngram_size / _verification_set_size) and its "speculation" parameter. Other
+builds: nothing new (the torch tensorrt_llm model governs itself and reads "speculation" itself)."""
 
 import json
 from pathlib import Path
@@ -13,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from trtbuild.triton_repo.python_models import Detokenizer, cancel_dir, load_decoder, read_tag
+from trtbuild.triton_repo.python_models import (LOOKAHEAD_INPUTS, Detokenizer, InFlight, LookaheadSteering,
+                                                cancel_dir, load_decoder, own_lookahead, read_tag)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 PRE_INPUTS = {"text_input": "QUERY", "decoder_text_input": "DECODER_QUERY", "max_tokens": "REQUEST_OUTPUT_LEN",
@@ -62,15 +69,21 @@ class TritonPythonModel:
         self.accumulate = p.get("accumulate_tokens", "false").lower() in ("true", "1")
         self.tok = load_decoder(Path(args["model_repository"]) / p["tokenizer_dir"])
         self.cancelled = cancel_dir()
+        self.steering = LookaheadSteering.from_parameters(p)
+        self.in_flight = InFlight(self.cancelled / "bls-in-flight") if self.steering is not None else None
 
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
+            token = self.in_flight.enter() if self.in_flight is not None else None
             try:
                 self._one(request, sender)
             except Exception as e:  # an error of a composing model or a bad request
                 sender.send(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e))),
                             flags=FINAL)
+            finally:
+                if token is not None:
+                    InFlight.leave(token)
         return None
 
     def _one(self, request, sender):
@@ -99,6 +112,12 @@ class TritonPythonModel:
         llm_in = [pb_utils.Tensor(dst, t.as_numpy()) for src, dst in LLM_FROM_PRE.items()
                   if (t := pb_utils.get_output_tensor_by_name(pre, src)) is not None]
         llm_in += [pb_utils.Tensor(dst, get(src)) for src, dst in LLM_FROM_REQUEST.items() if get(src) is not None]
+        if self.steering is not None:
+            # INT32 [1] per request, as upstream's client sends them (inflight_batcher_llm_client.py@c2e65b8:205-216)
+            params = json.loads(request.parameters() or "{}")
+            sizes = self.steering.choose(self.in_flight.count(), own_lookahead(params), params.get("speculation"))
+            llm_in += [pb_utils.Tensor(name, np.array([[v]], dtype=np.int32))
+                       for name, v in zip(LOOKAHEAD_INPUTS, sizes)]
         stream = get("stream")
         streaming = bool(stream is not None and stream.reshape(-1)[0])
         detok = Detokenizer(self.tok)
