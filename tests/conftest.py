@@ -47,6 +47,20 @@ def make_hf_model(path: Path, arch: str = "LlamaForCausalLM", seed: int = 0, **o
     return model
 
 
+def word_level_model(path: Path) -> Path:
+    """A tiny Llama (`make_hf_model`) with a 101-token word-level tokenizer: w0..w96 and four specials."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    make_hf_model(path)
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": 4 + i for i in range(97)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                            pad_token="<pad>").save_pretrained(path)
+    return path
+
+
 def random_heads(path: Path, heads: int, hidden: int = 64, seed: int = 0) -> Path:
     """Medusa heads with one ResBlock each, random, as a safetensors file (the base lm_head is shared)."""
     from safetensors.torch import save_file

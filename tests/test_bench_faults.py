@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import make_hf_model
+from conftest import word_level_model
 from trtbuild.cli import cli
 
 MAX_INPUT_LEN = 32
@@ -27,16 +27,8 @@ def _words(n: int) -> str:
 @pytest.fixture(scope="module")
 def build(tmp_path_factory) -> Path:
     """A tiny Llama with a 101-word tokenizer, built for the torch backend (max_input_len 32)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     d = tmp_path_factory.mktemp("bench-faults")
-    make_hf_model(d / "hf")
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": 4 + i for i in range(97)}}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            pad_token="<pad>").save_pretrained(d / "hf")
+    word_level_model(d / "hf")
     r = CliRunner().invoke(cli, ["build", str(d / "hf"), "-o", str(d / "out"), "--backend", "torch", "--gpu", "cpu",
                                  "--max-input-len", str(MAX_INPUT_LEN), "--max-seq-len", "64",
                                  "--max-batch-size", "4", "--no-verify"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import make_hf_model
+from conftest import word_level_model
 from trtbuild.bench import bench
 from trtbuild.bench.compare import compare, crossover
 from trtbuild.bench.load import Prompt
@@ -208,16 +208,8 @@ def test_speculation_fields_edge_cases():
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory) -> dict[str, Path]:
     """A tiny plain torch-backend build with a word-level tokenizer, and the same with lookahead."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     d = tmp_path_factory.mktemp("bench-spec")
-    make_hf_model(d / "hf")
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": 4 + i for i in range(97)}}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            pad_token="<pad>").save_pretrained(d / "hf")
+    word_level_model(d / "hf")
     out = {}
     # explicit modes: plain decoding, and lookahead drafting every step (not the governor's choice)
     for name, extra in (("plain", ["--speculation", "off"]),

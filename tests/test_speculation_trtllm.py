@@ -229,7 +229,7 @@ def test_the_bls_sends_its_lookahead_choice_to_tensorrt_llm(demo_hf, tmp_path):
 
     from trtbuild.cli import cli
     from trtbuild.serve import TritonServer, free_port
-    from trtbuild.serve.client import ServerError, stream_grpc
+    from trtbuild.serve.client import ServerError
 
     make_hf_model(tmp_path / "hf", vocab_size=49152, pad_token_id=2)
     for f in ("tokenizer.json", "tokenizer_config.json"):
@@ -249,9 +249,7 @@ def test_the_bls_sends_its_lookahead_choice_to_tensorrt_llm(demo_hf, tmp_path):
     with TritonServer(tmp_path / "b" / "triton_repo", host, free_port(host), free_port(host), free_port(host),
                       log_file=tmp_path / "triton.log") as s:
         def run(parameters: dict | None = None) -> tuple[str, int]:
-            out = list(stream_grpc(s.grpc_url, "The capital of France is", 24, model="tensorrt_llm_bls",
-                                   parameters=parameters))
-            return "".join(o["text_output"] for o in out), int(out[-1]["total_draft_tokens"])
+            return _bls_text_and_drafts(s.grpc_url, parameters)
 
         plain, drafted_plain = run()
         spec, drafted_spec = run({"speculation": "always"})
@@ -259,6 +257,14 @@ def test_the_bls_sends_its_lookahead_choice_to_tensorrt_llm(demo_hf, tmp_path):
         assert spec == plain
         with pytest.raises(ServerError, match=r"request lookahead \(5, 3, 4\) exceeds the engine's"):
             run({"lookahead_window_size": 5, "lookahead_ngram_size": 3, "lookahead_verification_set_size": 4})
+
+
+def _bls_text_and_drafts(url: str, parameters: dict | None) -> tuple[str, int]:
+    """One streamed greedy BLS request: (its text, the draft tokens it verified)."""
+    from trtbuild.serve.client import stream_grpc
+
+    out = list(stream_grpc(url, "The capital of France is", 24, model="tensorrt_llm_bls", parameters=parameters))
+    return "".join(o["text_output"] for o in out), int(out[-1]["total_draft_tokens"])
 
 
 # --- through a real tritonserver (GPU, TensorRT-LLM, the Triton TRT-LLM container) ---------------------
@@ -276,7 +282,6 @@ def test_bls_lookahead_sizes_through_the_cpp_backend(demo_hf, tmp_path):
 
     from trtbuild.cli import cli
     from trtbuild.serve import TRTLLM_SERVER, TritonServer, free_port
-    from trtbuild.serve.client import stream_grpc
 
     if not TRTLLM_SERVER.is_file():
         pytest.skip("needs the Triton TRT-LLM container's tritonserver")
@@ -291,9 +296,7 @@ def test_bls_lookahead_sizes_through_the_cpp_backend(demo_hf, tmp_path):
     with TritonServer(tmp_path / "b" / "triton_repo", host, free_port(host), free_port(host), free_port(host),
                       log_file=tmp_path / "triton.log") as s:
         def run(parameters: dict | None = None) -> tuple[str, int]:
-            out = list(stream_grpc(s.grpc_url, "The capital of France is", 24, model="tensorrt_llm_bls",
-                                   parameters=parameters))
-            return "".join(o["text_output"] for o in out), int(out[-1]["total_draft_tokens"])
+            return _bls_text_and_drafts(s.grpc_url, parameters)
 
         spec, drafted_spec = run()
         plain, drafted_plain = run({"speculation": "off"})

@@ -11,7 +11,11 @@ the last row's KV into it), so a step computes exactly the n running rows. Every
 3. tokens delivered through each request's callback; finished and cancelled requests leave at once
    and free their rows.
 Plain, Medusa and lookahead requests of one engine share the batch, each with its own decoder and
-acceptance rule (`decoding`'s docstring: lossless by default, typical acceptance on request).
+acceptance rule (`decoding`'s docstring: lossless by default, typical acceptance on request) and its
+own speculation mode (issue 16): always, off, or auto, where before each step `decoding.budgets` asks
+`governor.allocate` for every auto row's draft from the step-cost model (`cost`, measured at engine
+load, kept current from each step's time) and the row's acceptance estimates (its own steps on the
+engine's `Evidence`, shared by the rows of one decoding). Greedy output is the same in every mode.
 `serve_forever` runs the loop in a thread for servers, `run_until_idle` serves scripts and tests,
 `serve_engine` loads an engine in the loop's own thread and raises its load errors to the caller.
 Offline decoding (`decode`, `generate`-like) is the same scheduler with every request admitted at
