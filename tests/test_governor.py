@@ -85,8 +85,12 @@ def test_cost_model_interpolates_and_follows_live_steps():
     assert cost.step_time(10) == pytest.approx(0.0265)
     assert cost.step_time(32) == pytest.approx(0.076)  # the last segment extrapolates
     assert cost.step_time(0) == pytest.approx(0.010)  # never below the first knot
-    moved = cost.observe(4, 0.023, weight=0.5)
+    moved = cost.observe(4, 0.023, weight=0.5, overall=0.0)
     assert moved.seconds == pytest.approx((0.010, 0.018, 0.040))
+    # twice as slow as predicted at 4 tokens, overall 0.5: every knot x 1.5 (0.015, 0.0195, 0.060), then
+    # the nearest moves half way to 0.026 (seen at 4 tokens, on the scaled curve): 0.02275
+    moved = cost.observe(4, 0.026, weight=0.5, overall=0.5)
+    assert moved.seconds == pytest.approx((0.015, 0.02275, 0.060))
     for bad in (((1,), (0.1,)), ((4, 1), (0.1, 0.2)), ((1, 2), (0.1, 0.0))):
         with pytest.raises(ConfigError):
             CostModel(*bad, "m", "e")

@@ -50,12 +50,17 @@ class CostModel:
         x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
         return max(y0 + (y1 - y0) * (tokens - x0) / (x1 - x0), ys[0] if tokens <= xs[0] else 0.0, 1e-9)
 
-    def observe(self, tokens: int, seconds: float, weight: float = 0.1) -> CostModel:
-        """The model after a live step: the nearest knot moves `weight` of the way to what was seen
-        (scaled to the knot by the curve's own slope there)."""
+    def observe(self, tokens: int, seconds: float, weight: float = 0.1, overall: float = 0.02) -> CostModel:
+        """The model after a live step: every knot moves `overall` of the way to the ratio seen /
+        predicted (what slows every step alike: another process on the cores, a clock change; without
+        it the knots a loaded server visits drift up while the ones it does not visit stay idle-fast,
+        and wide steps look cheap), then the nearest knot `weight` of the way to what was seen (scaled
+        to the knot by the curve's own slope there)."""
+        ratio = seconds / self.step_time(tokens)
+        ys = [y * (1 + overall * (ratio - 1)) for y in self.seconds]
+        moved = replace(self, seconds=tuple(ys))
         i = min(range(len(self.tokens)), key=lambda k: abs(self.tokens[k] - tokens))
-        seen = seconds * self.step_time(self.tokens[i]) / self.step_time(tokens)
-        ys = list(self.seconds)
+        seen = seconds * moved.step_time(self.tokens[i]) / moved.step_time(tokens)
         ys[i] = (1 - weight) * ys[i] + weight * seen
         return replace(self, seconds=tuple(ys))
 
