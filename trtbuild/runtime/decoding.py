@@ -275,6 +275,7 @@ class LookaheadDecoder(Decoder):
         self.window_gain = [0.0, 0.0]  # what the window's column accepted beyond the best candidate
 
     def _candidates(self) -> list[tuple[int, ...]]:
+        """The pool's continuations of the root (the last token emitted)."""
         return self.pool.candidates(self.seq[-1], self.g) if self.pool is not None else []
 
     def _window_tokens(self) -> int:
@@ -287,8 +288,8 @@ class LookaheadDecoder(Decoder):
         return curve
 
     def propose(self, root: int, heads: torch.Tensor | None, budget: int | None = None) -> Draft:
-        self.levels[0][0] = root
-        cands = self.pool.candidates(root, self.g) if self.pool is not None else []
+        self.levels[0][0] = root  # == self.seq[-1]
+        cands = self._candidates()
         full = self._window_tokens() + len(cands) * (self.n - 1)
         self.windowed = budget is None or budget >= full
         if not self.windowed:  # the candidates that fit, without the window
@@ -334,15 +335,16 @@ def make_decoder(decoding: DecodingSpec, prompt: Sequence[int], first: int,
                  evidence: dict[DecodingSpec, Evidence] | None = None) -> Decoder:
     """The decoder of one request; `evidence`: the engine's acceptance so far per decoding (shared by
     its rows, filled as they go; None: a prior of this request alone)."""
+    shared = evidence.get(decoding) if evidence is not None else None
     if isinstance(decoding, MedusaSpec):
-        tree = tree_buffers(decoding.choices)
-        ev = evidence.setdefault(decoding, Evidence(tree.num_nodes)) if evidence is not None else None
-        return MedusaDecoder(tree, ev)
-    if isinstance(decoding, LookaheadSpec) and decoding.max_ngram_size > 1:
-        n = decoding.max_verification_set_size + 1  # accepted tokens: at most N - 1 per step
-        ev = evidence.setdefault(decoding, Evidence(n, cap=decoding.max_ngram_size - 1)) if evidence is not None else None
-        return LookaheadDecoder(decoding, prompt, first, ev)
-    return PlainDecoder()
+        dec: Decoder = MedusaDecoder(tree_buffers(decoding.choices), shared)
+    elif isinstance(decoding, LookaheadSpec) and decoding.max_ngram_size > 1:
+        dec = LookaheadDecoder(decoding, prompt, first, shared)
+    else:
+        return PlainDecoder()
+    if evidence is not None:  # the first row of this decoding starts the engine's record
+        evidence.setdefault(decoding, dec.evidence)
+    return dec
 
 
 def check_decoding(model: Model, decoding: DecodingSpec) -> None:
