@@ -185,13 +185,13 @@ def test_governed_lookahead_rows_switch_and_stay_lossless(tmp_path):
 def test_lookahead_options_by_hand(tmp_path):
     """(W, N, G) = (2, 3, 2) with a prompt whose root 5 has two continuations in the pool: no draft;
     one candidate (2 tokens); two (4); the whole step (the window, 2 x 1 - 1 = 1 token, + 4). Prior
-    (no engine evidence yet): half a token for each candidate set plus the bonus sqrt(0.5 / 2) = 0.5,
-    and as much again for the window on top."""
+    (no engine evidence yet): half a token for each candidate set plus the bonus 0.5 sqrt(0.5 / 2) =
+    0.25, and as much again for the window on top."""
     from trtbuild.common.lookahead.spec import LookaheadSpec
     from trtbuild.runtime.decoding import LookaheadDecoder
 
     dec = LookaheadDecoder(LookaheadSpec(2, 3, 2), (5, 1, 2, 5, 3, 4), 5)
-    assert dec.options() == [(0, 0.0), (2, 1.0), (4, 1.0), (5, 2.0)]
+    assert dec.options() == [(0, 0.0), (2, 0.75), (4, 0.75), (5, 1.5)]
     d = dec.propose(5, None, 2)  # one candidate, no window: the newest continuation of 5
     assert d.tokens == (5, 3, 4) and d.depths == (0, 1, 2) and not dec.windowed
     # the model's argmax after 5 is 3, after 3 is 9: the candidate matches one token
@@ -200,7 +200,7 @@ def test_lookahead_options_by_hand(tmp_path):
     ev = dec.evidence  # the engine's, prior 1/2 at weight 2: (1 + 1) / 3; a row blends it at weight 4
     assert ev.sum[0] / ev.weight[0] == pytest.approx(2 / 3)
     m = (1 + 4 * 2 / 3) / 5
-    assert ev.estimate(0, *dec.pool_gain[0]) == pytest.approx(m + (m / 3) ** 0.5)
+    assert ev.estimate(0, *dec.pool_gain[0]) == pytest.approx(m + 0.5 * (m / 3) ** 0.5)
     assert dec.levels == [[5, dec.levels[0][1]]]  # the window waited
     assert dec.propose(9, None, 0).tokens == (9,)
     full = dec.propose(9, None, None)
@@ -210,9 +210,9 @@ def test_lookahead_options_by_hand(tmp_path):
 def test_budgets_by_hand(tmp_path):
     """One Medusa row beside a plain row, both auto; t(T) = 1 + 0.05 T, no heads cost. The engine has
     seen each node accepted half the time over 50 tries: a row's estimate is 0.5 plus the confidence
-    bonus sqrt(0.5 / 50) = 0.1, so path probabilities are 0.6 at depth 1, 0.36 at 2, 0.216 at 3.
-    k nodes -> E: 0, .6, 1.2, 1.56, 1.92, 2.136; two rows of width k + 1: (2 + E) / (1 + 0.1 (k + 1)) =
-    1.818, 2.167, 2.462, 2.543, 2.613, 2.585 -> 4 nodes."""
+    bonus 0.5 sqrt(0.5 / 50) = 0.05, so path probabilities are 0.55 at depth 1, 0.3025 at 2, 0.166375
+    at 3. k nodes -> E: 0, .55, 1.1, 1.4025, 1.705, 1.871375; two rows of width k + 1:
+    (2 + E) / (1 + 0.1 (k + 1)) = 1.818, 2.125, 2.385, 2.430, 2.470, 2.420 -> 4 nodes."""
     from trtbuild.runtime import Model
     from trtbuild.runtime.decoding import Evidence, PlainDecoder, Row, budgets, make_decoder, resolve_decoding
     from trtbuild.runtime.generate import Request
@@ -233,15 +233,17 @@ def test_budgets_by_hand(tmp_path):
     r = rows("auto", "auto")
     curve = r[0].decoder.options()
     assert [k for k, _ in curve] == list(range(6))
-    assert [e for _, e in curve] == pytest.approx([0.0, 0.6, 1.2, 1.56, 1.92, 2.136])
-    assert budgets(r, cost) == ([4, 0], pytest.approx(1.92))
-    # a fresh engine: no evidence, prior 1/2 at weight 2 and a bonus of 1/2: every node is tried
-    assert make_decoder(spec, req.prompt, 1).options() == [(k, float(k)) for k in range(6)]
+    assert [e for _, e in curve] == pytest.approx([0.0, 0.55, 1.1, 1.4025, 1.705, 1.871375])
+    assert budgets(r, cost) == ([4, 0], pytest.approx(1.705))
+    # a fresh engine: no evidence, prior 1/2 at weight 2 and a bonus of 1/4: 0.75 a node, path
+    # probabilities .75, .5625, .421875
+    fresh = make_decoder(spec, req.prompt, 1).options()
+    assert [e for _, e in fresh] == pytest.approx([0.0, 0.75, 1.5, 2.0625, 2.625, 3.046875])
     assert budgets(rows("off", "always"), None) == ([0, None], 0.0)  # no auto row: no cost model needed
     assert budgets(rows("always", "off"), None)[0] == [None, 0]
     with pytest.raises(Exception, match="needs a cost model"):
         budgets(rows("auto", "off"), None)
-    # heads cost 1 s: the draft no longer pays for itself (3.92 / 2.5 = 1.568 < 1.818)
+    # heads cost 1 s: the draft no longer pays for itself (3.705 / 2.5 = 1.482 < 1.818)
     from dataclasses import replace
     assert budgets(rows("auto", "auto"), replace(cost, heads=1.0))[0] == [0, 0]
 

@@ -123,12 +123,13 @@ class Evidence:
     acceptance given its parent's; what lookahead's candidate sets and window add): the prior a row
     starts from, so a new request begins with what the engine has measured, not a guess. Starts at
     `mean` with weight 2. `estimate` blends a row's own evidence with it at weight `ROW_PRIOR` and adds
-    an upper-confidence bonus, sqrt(mean / weight) (capped at `cap`): an option that stopped being
-    drafted after a few unlucky steps is tried again while the evidence against it is thin, and the
-    bonus fades as the engine's evidence grows (a governor that trusted a noisy low estimate would
+    an upper-confidence bonus, `CONFIDENCE` * sqrt(mean / weight) (capped at `cap`): an option that
+    stopped being drafted after a few unlucky steps is tried again while the evidence against it is
+    thin, and the bonus fades as the engine's evidence grows (a governor that trusted a noisy low estimate would
     never draft again, so never learn it was wrong)."""
 
     ROW_PRIOR = 4.0
+    CONFIDENCE = 0.5  # the bonus's scale
 
     def __init__(self, n: int, mean: float = 0.5, cap: float = 1.0) -> None:
         self.sum, self.weight, self.cap = [2.0 * mean] * n, [2.0] * n, cap
@@ -139,7 +140,7 @@ class Evidence:
 
     def estimate(self, i: int, own_sum: float, own_weight: float) -> float:
         m = (own_sum + self.ROW_PRIOR * self.sum[i] / self.weight[i]) / (own_weight + self.ROW_PRIOR)
-        return min(m + math.sqrt(m / self.weight[i]), self.cap)
+        return min(m + self.CONFIDENCE * math.sqrt(m / self.weight[i]), self.cap)
 
 
 class Decoder:
