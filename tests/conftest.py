@@ -155,6 +155,33 @@ def demo_ckpt(demo_hf: Path, tmp_path_factory) -> Path:
     return convert(demo_hf, tmp_path_factory.mktemp("smollm2") / "ckpt")
 
 
+SERVE_KINDS = ("plain", "medusa", "lookahead")
+
+
+@pytest.fixture(scope="session")
+def serve_builds(demo_hf, tmp_path_factory) -> dict[str, Path]:
+    """SmolLM2 torch builds to serve (plain, Medusa with small random heads, lookahead 3,3,2;
+    max_seq_len 512, max_input_len 256, 16 rows), built once for every serving test."""
+    from click.testing import CliRunner
+
+    from trtbuild.cli import cli
+
+    d = tmp_path_factory.mktemp("serve")
+    g = torch.Generator().manual_seed(0)
+    heads = {f"{h}.0.linear.{n}": torch.randn(*s, generator=g) * 0.01
+             for h in range(2) for n, s in (("weight", (576, 576)), ("bias", (576,)))}
+    torch.save(heads, d / "heads.pt")
+    extra = {"plain": [], "medusa": ["--medusa", str(d / "heads.pt"), "--medusa-choices", "{0}, {0, 0}, {1}"],
+             "lookahead": ["--lookahead", "3,3,2"]}
+    out = {}
+    for kind in SERVE_KINDS:
+        r = CliRunner().invoke(cli, [str(demo_hf), "-o", str(d / kind), "--max-seq-len", "512", "--max-input-len",
+                                     "256", "--max-batch-size", "16", "--no-verify", *extra[kind]])
+        assert r.exit_code == 0, r.output
+        out[kind] = d / kind
+    return out
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu` tests without CUDA and `trtllm` tests without TensorRT-LLM; nothing else is skipped."""
     import importlib.util

@@ -6,7 +6,7 @@ the same package or to one on a lower layer, and no module imports another modul
     triton_repo                  the model repository and the Python models it ships (they run the runtime)
     builder, tuning              build (convert + engine + repository + self-check); train / tune speculation
     serve                        tritonserver supervision and clients
-    bench, deploy                load generation; k8s, images, preflight
+    bench, deploy, openai_api    load generation; k8s, images, preflight; the OpenAI-compatible frontend
     cli                          parsing only
 
 Packages on one layer do not import each other. `trtbuild/__init__.py` holds only the version.
@@ -25,7 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"triton_repo"}),
     frozenset({"builder", "tuning"}),
     frozenset({"serve"}),
-    frozenset({"bench", "deploy"}),
+    frozenset({"bench", "deploy", "openai_api"}),
     frozenset({"cli"}),
 )
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
+from conftest import SERVE_KINDS as KINDS
 from trtbuild.cli import cli
 from trtbuild.serve import TritonServer, free_port
 from trtbuild.serve.client import ServerError, generate_http, stream_grpc, stream_http
@@ -24,25 +24,11 @@ from trtbuild.runtime.tokenizer import load_tokenizer
 pytestmark = pytest.mark.slow
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at a temperature of"]
-KINDS = ("plain", "medusa", "lookahead")
 
 
 @pytest.fixture(scope="module")
-def builds(demo_hf, tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("serve")
-    g = torch.Generator().manual_seed(0)
-    heads = {f"{h}.0.linear.{n}": torch.randn(*s, generator=g) * 0.01
-             for h in range(2) for n, s in (("weight", (576, 576)), ("bias", (576,)))}
-    torch.save(heads, d / "heads.pt")
-    extra = {"plain": [], "medusa": ["--medusa", str(d / "heads.pt"), "--medusa-choices", "{0}, {0, 0}, {1}"],
-             "lookahead": ["--lookahead", "3,3,2"]}
-    out = {}
-    for kind in KINDS:
-        r = CliRunner().invoke(cli, [str(demo_hf), "-o", str(d / kind), "--max-seq-len", "512", "--max-input-len",
-                                     "256", "--max-batch-size", "16", "--no-verify", *extra[kind]])
-        assert r.exit_code == 0, r.output
-        out[kind] = d / kind
-    return out
+def builds(serve_builds) -> dict[str, Path]:
+    return serve_builds
 
 
 def _server(build: Path, tmp: Path) -> TritonServer:

@@ -26,16 +26,31 @@ def _prompt(ctx, param, value: str | None) -> str | None:
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="For --once.")
 @click.option("--start-timeout", type=click.IntRange(min=1), default=600, show_default=True,
               help="Seconds tritonserver may take to become ready (large engines load for minutes).")
+@click.option("--openai-port", type=click.IntRange(1, 65535), default=None,
+              help="Also serve the OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, "
+                   "/health) on this port (9000 is the convention), in front of the ensemble.")
+@click.option("--model-name", default=None, help="The model's name in the OpenAI API (default: the build's).")
 def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None,
-          once: str | None, max_tokens: int, start_timeout: int) -> None:
+          once: str | None, max_tokens: int, start_timeout: int, openai_port: int | None,
+          model_name: str | None) -> None:
     """Serve a model repository with tritonserver until Ctrl-C / SIGTERM (a build dir's triton_repo too).
 
     Exits non-zero if the server dies (tritonserver or one of its Python models' processes), and
     with 128 + the signal number if stopped before it was ready; nothing of the server is left."""
     from trtbuild.serve.supervise import Ports, serve_repo
 
+    if openai_port is not None and openai_port in (http_port, grpc_port, metrics_port):
+        raise click.BadParameter(f"{openai_port} is also a Triton port: give the OpenAI API its own port",
+                                 param_hint="'--openai-port'")
+    companion = None
+    if openai_port is not None:
+        def companion(repo: str):
+            from trtbuild.openai_api.app import Announced
+
+            return Announced(repo, f"{host}:{grpc_port}", f"{host}:{metrics_port}", host, openai_port, model_name,
+                             click.echo)
     stopped = serve_repo(repo_dir, Ports(host, http_port, grpc_port, metrics_port), log_file=log_file, once=once,
-                         max_tokens=max_tokens, start_timeout=start_timeout, echo=click.echo)
+                         max_tokens=max_tokens, start_timeout=start_timeout, echo=click.echo, companion=companion)
     if stopped.exit_code:
         click.echo(f"{signal.Signals(stopped.signal).name} while starting: tritonserver stopped before it was ready",
                    err=True)
@@ -61,4 +76,20 @@ def ask(url: str, prompt: str, protocol: str, max_tokens: int, model: str, stats
             click.echo(line)
 
 
-COMMANDS = (serve, ask)
+@click.command("openai")
+@click.argument("repo_dir", type=click.Path(path_type=Path))
+@click.option("--grpc-url", default="127.0.0.1:8001", show_default=True, help="The tritonserver serving REPO_DIR.")
+@click.option("--metrics-url", default=None, help="Its metrics endpoint HOST:PORT, passed through on /metrics.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=9000, show_default=True)
+@click.option("--model-name", default=None, help="The model's name in the API (default: the build's).")
+def openai_frontend(repo_dir: Path, grpc_url: str, metrics_url: str | None, host: str, port: int,
+                    model_name: str | None) -> None:
+    """Serve the OpenAI-compatible API for a running tritonserver (a sidecar of a multi-rank server);
+    REPO_DIR is the repository (or build directory) it serves, read for the tokenizer and limits."""
+    from trtbuild.openai_api.app import run_until_signal
+
+    run_until_signal(repo_dir, grpc_url, metrics_url, host, port, model_name, click.echo)
+
+
+COMMANDS = (serve, ask, openai_frontend)

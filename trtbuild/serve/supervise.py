@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from trtbuild.common.errors import TrtbuildError
 from trtbuild.serve import TritonServer, check_ports, moved_engine, relocated_repo
@@ -53,14 +54,25 @@ class Stopped:
         return 128 + self.signal if self.signal is not None and not self.ready else 0
 
 
+class Companion(Protocol):
+    """Something served next to tritonserver once it is ready (the OpenAI frontend): started after
+    the server, watched with it, stopped before it."""
+
+    def start(self) -> object: ...
+    def alive(self) -> bool: ...
+    def stop(self) -> None: ...
+
+
 class _Stop(BaseException):
     """A signal: unwinds whatever runs (start-up included) to the server's stop."""
 
 
 def serve_repo(repo_dir: Path, ports: Ports = Ports(), *, log_file: Path | None = None, once: str | None = None,
-               max_tokens: int = 64, start_timeout: int = 600, echo: Callable[..., None] = _print) -> Stopped:
+               max_tokens: int = 64, start_timeout: int = 600, echo: Callable[..., None] = _print,
+               companion: Callable[[str], Companion] | None = None) -> Stopped:
     """Serve `repo_dir` (a repository or a build directory) until a signal (or, with `once`, one
-    streamed request); `echo(text, nl=True)` gets the ready line and the streamed text."""
+    streamed request); `echo(text, nl=True)` gets the ready line and the streamed text.
+    `companion(repo)`: made for the repository served, started once the server is ready."""
     check_ports(ports.http, ports.grpc, ports.metrics)
     repo_dir = Path(repo_dir)
     if (repo_dir / "triton_repo").is_dir() and not (repo_dir / "ensemble").is_dir():
@@ -73,15 +85,17 @@ def serve_repo(repo_dir: Path, ports: Ports = Ports(), *, log_file: Path | None 
     try:
         server = TritonServer(repo_dir, ports.host, ports.http, ports.grpc, ports.metrics, log_file,
                               timeout=start_timeout)
-        return supervise(server, ports, once=once, max_tokens=max_tokens, echo=echo)
+        return supervise(server, ports, once=once, max_tokens=max_tokens, echo=echo,
+                         companion=companion(str(repo_dir)) if companion is not None else None)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 def supervise(server: TritonServer, ports: Ports, *, once: str | None = None, max_tokens: int = 64,
-              echo: Callable[..., None] = _print, poll: float = 0.5) -> Stopped:
-    """Start `server`, then stream `once` or watch it until it dies (ServerDied) or a signal stops it."""
+              echo: Callable[..., None] = _print, poll: float = 0.5, companion: Companion | None = None) -> Stopped:
+    """Start `server` (and then `companion`), then stream `once` or watch both until one dies
+    (ServerDied) or a signal stops them."""
     state: dict = {"signal": None, "stopping": False, "ready": False}
 
     def handler(signum, frame):  # noqa: ARG001
@@ -97,6 +111,8 @@ def supervise(server: TritonServer, ports: Ports, *, once: str | None = None, ma
         echo(f"ready: HTTP http://{ports.host}:{ports.http}  gRPC {ports.host}:{ports.grpc}  "
              f"metrics http://{ports.host}:{ports.metrics}/metrics  (model: ensemble)")
         state["ready"] = True
+        if companion is not None:
+            companion.start()
         if once is not None:
             from trtbuild.serve.client import stream_grpc
 
@@ -106,6 +122,9 @@ def supervise(server: TritonServer, ports: Ports, *, once: str | None = None, ma
             echo("")
         else:
             while (why := server.failure()) is None:
+                if companion is not None and not companion.alive():
+                    why = "the OpenAI frontend stopped"
+                    break
                 time.sleep(poll)
             state["stopping"] = True
             raise ServerDied(f"the server died: {why}")
@@ -113,6 +132,8 @@ def supervise(server: TritonServer, ports: Ports, *, once: str | None = None, ma
         pass
     finally:
         state["stopping"] = True
+        if companion is not None:
+            companion.stop()
         server.stop()
         for sig, h in previous.items():
             signal.signal(sig, h)
