@@ -36,6 +36,7 @@ from conftest import make_hf_model, random_heads
 from trtbuild.builder.engine import TRTLLM_PIN, engine_config
 from trtbuild.builder.gpus import NodeGpu, parse_nvidia_smi
 from trtbuild.cli import cli
+from trtbuild.cli.serve import openai_frontend, serve
 from trtbuild.deploy import images
 from trtbuild.deploy import k8s as kube
 from trtbuild.deploy.build import read_build
@@ -228,6 +229,16 @@ def test_validation_has_teeth(builds, tmp_path):
     mon["metadata"]["labelz"] = {}
     with pytest.raises(jsonschema.ValidationError):
         validate_doc(mon)
+    # a probe or a Service port on a port name nobody declares is valid YAML to the schemas, not to us
+    check_ports(docs)
+    bad = copy.deepcopy(docs)
+    bad["Deployment"]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = "openapi"
+    with pytest.raises(AssertionError):
+        check_ports(bad)
+    bad = copy.deepcopy(docs)
+    bad["Service"]["spec"]["ports"][-1]["targetPort"] = "open-ai"
+    with pytest.raises(AssertionError):
+        check_ports(bad)
 
 
 # ---------------------------------------------------------------- the manifests
@@ -241,6 +252,32 @@ def _container(dep: dict, name: str) -> dict:
 def _volume(dep: dict, name: str) -> dict:
     (v,) = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == name]
     return v
+
+
+def check_ports(docs: dict[str, dict]) -> None:
+    """What the schemas cannot see: a probe's named port is one its own container declares, each
+    Service port targets a port some container of the pod declares, no port is declared twice."""
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    declared = [p["name"] for c in pod["containers"] for p in c.get("ports", [])]
+    assert len(declared) == len(set(declared)), declared
+    for c in pod["containers"]:
+        own = {p["name"] for p in c.get("ports", [])}
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if kind in c:
+                assert c[kind]["httpGet"]["port"] in own, (c["name"], kind)
+    for port in docs["Service"]["spec"]["ports"]:
+        assert port["targetPort"] in declared, port
+
+
+def parses_as(command, args: list[str]) -> dict:
+    """A container's arguments as the trtbuild command they start parses them (options and ranges
+    checked, nothing run)."""
+    with command.make_context(command.name, list(args)) as ctx:
+        return ctx.params
+
+
+OPENAI_PORT = {"name": "openai", "containerPort": 9000, "protocol": "TCP"}
+OPENAI_READY = {"path": "/health", "port": "openai"}
 
 
 def test_tp1_medusa_manifests(builds, tmp_path):
@@ -270,19 +307,26 @@ def test_tp1_medusa_manifests(builds, tmp_path):
     # memory: the engine (a few KiB here) + 4 GiB + the shm emptyDir (it counts), rounded up: 6 GiB
     assert triton["resources"]["limits"]["memory"] == "6144Mi"
 
-    # probes: startup and readiness on ready, liveness on live, on the HTTP port; 300 s at least
+    # probes: startup on Triton's ready, liveness on live, on the HTTP port; 300 s at least. Readiness:
+    # the OpenAI API's /health, served by this container (200 only while Triton is ready too)
     http = {"path": "/v2/health/ready", "port": "http"}
-    assert triton["startupProbe"]["httpGet"] == http and triton["readinessProbe"]["httpGet"] == http
+    assert triton["startupProbe"]["httpGet"] == http
+    assert triton["readinessProbe"]["httpGet"] == OPENAI_READY
     assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert triton["startupProbe"]["periodSeconds"] * triton["startupProbe"]["failureThreshold"] == 300
     assert {"name": "http", "containerPort": 8000, "protocol": "TCP"} in triton["ports"]
+    assert OPENAI_PORT in triton["ports"]
+    check_ports(docs)
 
     # tp x pp = 1: trtbuild serve (behind NVIDIA's entrypoint) on the repository the init check wrote for
-    # this mount, given the whole startup window; no mpirun
+    # this mount, given the whole startup window, with the OpenAI API on 9000; no mpirun, no sidecar
     assert triton["command"] == [kube.NVIDIA_ENTRYPOINT, "trtbuild", "serve", "/srv/triton_repo", "--host",
                                  "0.0.0.0", "--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002",
-                                 "--start-timeout", "300"]
+                                 "--start-timeout", "300", "--openai-port", "9000"]
+    params = parses_as(serve, triton["command"][3:])
+    assert (params["openai_port"], params["host"], params["start_timeout"]) == (9000, "0.0.0.0", 300)
     assert "mpirun" not in triton["command"]
+    assert [c["name"] for c in pod["containers"]] == ["triton"]
     pre = _container(dep, "preflight")
     assert [c["name"] for c in pod["initContainers"]] == ["preflight"]
     assert pre["command"] == [kube.NVIDIA_ENTRYPOINT, "trtbuild", "preflight", "/models/build", "--repo-out",
@@ -318,7 +362,9 @@ def test_tp1_medusa_manifests(builds, tmp_path):
 
     # Service, PodMonitor, HPA fit together
     svc = docs["Service"]
-    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("http", 8000), ("grpc", 8001), ("metrics", 8002)]
+    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("http", 8000), ("grpc", 8001), ("metrics", 8002),
+                                                                     ("openai", 9000)]
+    assert svc["spec"]["ports"][3]["targetPort"] == "openai"
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert docs["PodMonitor"]["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     assert docs["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
@@ -376,6 +422,30 @@ def test_tp2_lookahead_manifests(builds, tmp_path):
     assert _volume(dep, "dshm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "2048Mi"}
     # memory: 2 ranks x (engine + 4 GiB) + 2 GiB shm = 10 GiB and the engines' KiB, rounded up: 11 GiB
     assert triton["resources"]["limits"]["memory"] == "11264Mi"
+
+    # the OpenAI API: a sidecar from the same image (behind NVIDIA's entrypoint too) running the frontend
+    # alone against rank 0's gRPC port on loopback; the main container keeps Triton's readiness
+    pod = dep["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["triton", "openai"]
+    side = _container(dep, "openai")
+    assert side["image"] == triton["image"]
+    assert side["command"] == [kube.NVIDIA_ENTRYPOINT, "trtbuild", "openai", "/srv/triton_repo", "--grpc-url",
+                               "127.0.0.1:8001", "--metrics-url", "127.0.0.1:8002", "--host", "0.0.0.0",
+                               "--port", "9000"]
+    params = parses_as(openai_frontend, side["command"][3:])
+    assert (params["grpc_url"], params["host"], params["port"]) == ("127.0.0.1:8001", "0.0.0.0", 9000)
+    assert side["ports"] == [OPENAI_PORT] and OPENAI_PORT not in triton["ports"]
+    assert side["readinessProbe"]["httpGet"] == OPENAI_READY
+    assert triton["readinessProbe"]["httpGet"] == triton["startupProbe"]["httpGet"] == {"path": "/v2/health/ready",
+                                                                                          "port": "http"}
+    assert "nvidia.com/gpu" not in side["resources"]["limits"] and "nvidia.com/gpu" not in side["resources"]["requests"]
+    # it reads the repository the init check wrote (and the build it points into), read-only
+    assert {"name": "srv", "mountPath": "/srv", "readOnly": True} in side["volumeMounts"]
+    assert {"name": "model-store", "mountPath": "/models/build", "readOnly": True} in side["volumeMounts"]
+    sc = side["securityContext"]
+    assert sc["runAsNonRoot"] and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert ("openai", 9000, "openai") in [(p["name"], p["port"], p["targetPort"]) for p in docs["Service"]["spec"]["ports"]]
+    check_ports(docs)
 
     # the build comes from S3 into an emptyDir before the init check reads it
     pod = dep["spec"]["template"]["spec"]
@@ -438,6 +508,10 @@ def test_torch_cpu_build_manifests(tmp_path):
     assert "nvidia.com/gpu" not in triton["resources"]["limits"]
     assert "affinity" not in pod and "tolerations" not in pod
     assert triton["image"] == images.CPU_IMAGE and triton["command"][:2] == ["trtbuild", "serve"]
+    assert parses_as(serve, triton["command"][2:])["openai_port"] == 9000
+    assert triton["readinessProbe"]["httpGet"] == OPENAI_READY and OPENAI_PORT in triton["ports"]
+    assert [c["name"] for c in pod["containers"]] == ["triton"]
+    check_ports(docs)
     # torch: pre, post, tensorrt_llm and 8 BLS instances (the default max_batch_size 8)
     assert read_build(tmp_path / "Demo_Build").python_instances == 11
     waiting = docs["PrometheusRule"]["spec"]["groups"][0]["rules"][1]
@@ -633,7 +707,11 @@ def test_dockerfile_basics(name):
     (health,) = _instructions(p, "HEALTHCHECK")
     assert "http://127.0.0.1:8000/v2/health/ready" in health and "--start-period=" in health
     assert json.loads(_instructions(p, "ENTRYPOINT")[0])[-2:] == ["trtbuild", "serve"]
-    assert _instructions(p, "EXPOSE") == ["8000 8001 8002"]
+    # Triton's three ports and the OpenAI API's, which the default command serves
+    assert _instructions(p, "EXPOSE") == ["8000 8001 8002 9000"]
+    (cmd,) = _instructions(p, "CMD")
+    params = parses_as(serve, json.loads(cmd))
+    assert (params["repo_dir"], params["host"], params["openai_port"]) == (Path("/models/build"), "0.0.0.0", 9000)
     # no secrets in layers: no credential-like ARG/ENV, no dotfiles or keys copied in
     secret = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|API_KEY|ACCESS_KEY|AUTH)(_|$)", re.I)
     assert secret.search("HF_TOKEN") and secret.search("AWS_SECRET_ACCESS_KEY")
@@ -668,6 +746,20 @@ def test_trtllm_image_matches_the_pin():
         assert value in row
     assert re.search(r"docker run .*--gpus all .*--entrypoint trtbuild .*\s+trtbuild-trtllm:\S+ build .*"
                      r"--backend tensorrt-llm", readme)
+
+
+def test_trtllm_image_installs_the_openai_frontend():
+    """The TRT-LLM image installs trtbuild without dependencies: the frontend's (the serve extra's FastAPI
+    and uvicorn, as pyproject pins them) are in its install step, and the build imports the frontend."""
+    import tomllib
+
+    serve_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+    frontend = [r for r in serve_extra if re.match(r"(fastapi|uvicorn)\b", r)]
+    assert len(frontend) == 2, serve_extra
+    (install,) = [r for r in _instructions(_dockerfile("Dockerfile.trtllm"), "RUN") if "pip install --no-deps ." in r]
+    for req in frontend:
+        assert f'"{req}"' in install, req
+    assert 'python3 -c "import trtbuild.openai_api.app"' in install
 
 
 def test_cpu_image_installs_with_the_readme_install_step(tmp_path):

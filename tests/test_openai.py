@@ -268,6 +268,18 @@ def test_openai_errors_stops_disconnect_and_concurrency(serve_builds, tmp_path):
         assert streamed == full[:full.index(stop)]
         r = c.completions.create(model=s.name, prompt=PROMPTS[0], max_tokens=8, temperature=0, echo=True)
         assert r.choices[0].text == PROMPTS[0] + _generate(build, PROMPTS[0], 8)["text"]
+        # log probs of the chosen tokens, one per generated token (lookahead: several per response)
+        r = c.completions.create(model=s.name, prompt=PROMPTS[0], max_tokens=24, temperature=0, logprobs=0)
+        lp = r.choices[0].logprobs
+        assert len(lp.token_logprobs) == len(lp.tokens) == r.usage.completion_tokens
+        assert "".join(lp.tokens) == r.choices[0].text and lp.text_offset[0] == 0
+        chunks = list(c.completions.create(model=s.name, prompt=PROMPTS[0], max_tokens=24, temperature=0, logprobs=0,
+                                           stream=True))
+        assert sum(len(ch.choices[0].logprobs.token_logprobs) for ch in chunks) == r.usage.completion_tokens
+        r = c.chat.completions.create(model=s.name, messages=[{"role": "user", "content": CHAT}], max_tokens=12,
+                                      temperature=0.7, seed=1, logprobs=True)
+        assert len(r.choices[0].logprobs.content) == r.usage.completion_tokens
+        assert all(t.logprob <= 0 for t in r.choices[0].logprobs.content)
         r = c.completions.create(model=s.name, prompt=PROMPTS, max_tokens=8, temperature=0.8, n=2, seed=5)
         assert sorted(ch.index for ch in r.choices) == [0, 1, 2, 3] and r.usage.completion_tokens <= 32
 

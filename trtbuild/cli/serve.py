@@ -47,7 +47,8 @@ def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_por
         def companion(repo: str):
             from trtbuild.openai_api.app import Announced
 
-            return Announced(repo, f"{host}:{grpc_port}", f"{host}:{metrics_port}", host, openai_port, model_name,
+            local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # dial the server on loopback
+            return Announced(repo, f"{local}:{grpc_port}", f"{local}:{metrics_port}", host, openai_port, model_name,
                              click.echo)
     stopped = serve_repo(repo_dir, Ports(host, http_port, grpc_port, metrics_port), log_file=log_file, once=once,
                          max_tokens=max_tokens, start_timeout=start_timeout, echo=click.echo, companion=companion)

@@ -3,12 +3,17 @@ Triton repository), never configured separately.
 
     DIR/deployment.yaml      Deployment: nvidia.com/gpu = tp x pp, node affinity on the engine's
                              nvidia.com/gpu.product, the GPU toleration, /dev/shm (memory emptyDir
-                             sized from the Python-backend instances and ranks), startup/readiness
-                             probes on /v2/health/ready and liveness on /v2/health/live with the
-                             startup window sized to the engine's load time, resources, a non-root
-                             securityContext, the init check (`trtbuild preflight`), the serving
-                             command (the mpirun line when tp x pp > 1)
-    DIR/service.yaml         Service: http 8000, grpc 8001, metrics 8002
+                             sized from the Python-backend instances and ranks), a startupProbe on
+                             /v2/health/ready sized to the engine's load time and liveness on
+                             /v2/health/live, resources, a non-root securityContext, the init check
+                             (`trtbuild preflight`), the serving command; the OpenAI-compatible API
+                             on the port `openai` (9000) with readiness on its /health (200 only
+                             once Triton is ready): `trtbuild serve --openai-port 9000` in the main
+                             container when tp x pp = 1; when tp x pp > 1 the main container runs
+                             the mpirun line (readiness on /v2/health/ready) and a sidecar
+                             `openai` container, same image, runs `trtbuild openai` against its
+                             gRPC port on loopback
+    DIR/service.yaml         Service: http 8000, grpc 8001, metrics 8002, openai 9000
     DIR/podmonitor.yaml      PodMonitor (Prometheus operator) scraping :8002/metrics
     DIR/prometheusrule.yaml  recording rules: the queue/compute ratio and the waiting requests
     DIR/hpa.yaml             autoscaling/v2 HorizontalPodAutoscaler on the queue/compute ratio (the
@@ -24,7 +29,9 @@ Sizing rules (estimates are stated as such):
   that and never less than 300 s.
 - memory: each rank's engine passes through host memory while it loads, plus 4 GiB per rank
   (CUDA context, MPI, Python models), plus /dev/shm (a memory emptyDir counts against the limit).
-  The torch backend: twice the checkpoint plus 2 GiB.
+  The torch backend: twice the checkpoint plus 2 GiB. The OpenAI frontend (tokenizer, FastAPI,
+  gRPC client): 512 MiB more in the main container when it runs there; its sidecar requests 1 GiB
+  and is limited to 2 GiB.
 """
 
 from __future__ import annotations
@@ -47,7 +54,9 @@ MiB, GiB = 1 << 20, 1 << 30
 MOUNT = "/models/build"  # where the build is mounted in the pod
 SRV = "/srv"  # a writable emptyDir: the repository preflight writes for this mount
 REPO = f"{SRV}/triton_repo"
-PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's, on the main container
+OPENAI = ("openai", 9000)  # the OpenAI-compatible API (Triton's own OpenAI frontend's default port)
+FRONTEND_BYTES = 512 * MiB
 STARTUP_PERIOD = 10
 LOAD_BYTES_PER_S = 200 * MiB
 RATIO_RECORD = "triton:queue_compute:ratio"
@@ -175,16 +184,22 @@ def memory_bytes(build: Build) -> int:
         n = build.world_size * (build.engine_bytes_per_rank + 4 * GiB)
     else:
         n = 2 * build.engine_bytes_per_rank + 2 * GiB
+    if build.world_size == 1:  # the main container runs the OpenAI frontend too
+        n += FRONTEND_BYTES
     return _round_up(n + shm_bytes(build), GiB)
 
 
 NVIDIA_ENTRYPOINT = "/opt/nvidia/nvidia_entrypoint.sh"  # the NGC image's own (CUDA compatibility set-up)
 
 
+def _in_image(build: Build, cmd: list[str]) -> list[str]:
+    """In the Triton TRT-LLM image, behind NVIDIA's entrypoint (a pod's `command` replaces the image's)."""
+    return [NVIDIA_ENTRYPOINT, *cmd] if build.backend == "tensorrt-llm" else cmd
+
+
 def serve_command(build: Build) -> list[str]:
     """The main container's command: the mpirun line when tp x pp > 1, else `trtbuild serve` (given
-    the whole startup window to become ready). In the Triton TRT-LLM image, behind NVIDIA's entrypoint
-    (a pod's `command` replaces the image's)."""
+    the whole startup window to become ready) with the OpenAI API on its port."""
     if build.world_size > 1:
         from trtbuild.serve import mpi_command
 
@@ -192,8 +207,16 @@ def serve_command(build: Build) -> list[str]:
     else:
         cmd = ["trtbuild", "serve", REPO, "--host", "0.0.0.0", "--http-port", str(PORTS["http"]),
                "--grpc-port", str(PORTS["grpc"]), "--metrics-port", str(PORTS["metrics"]),
-               "--start-timeout", str(startup_failure_threshold(build) * STARTUP_PERIOD)]
-    return [NVIDIA_ENTRYPOINT, *cmd] if build.backend == "tensorrt-llm" else cmd
+               "--start-timeout", str(startup_failure_threshold(build) * STARTUP_PERIOD),
+               "--openai-port", str(OPENAI[1])]
+    return _in_image(build, cmd)
+
+
+def openai_command(build: Build) -> list[str]:
+    """The sidecar's command when tp x pp > 1: the frontend alone, for the server in the same pod."""
+    return _in_image(build, ["trtbuild", "openai", REPO, "--grpc-url", f"127.0.0.1:{PORTS['grpc']}",
+                             "--metrics-url", f"127.0.0.1:{PORTS['metrics']}", "--host", "0.0.0.0",
+                             "--port", str(OPENAI[1])])
 
 
 def _label_value(text: str) -> str:
@@ -255,19 +278,27 @@ def deployment(build: Build, opts: Options) -> dict:
     mem = memory_bytes(build)
     gpu_res = {"nvidia.com/gpu": str(gpus)} if gpus else {}
     store_mount = {"name": "model-store", "mountPath": MOUNT, "readOnly": True}
-    env = [{"name": "HOME", "value": "/tmp"}, {"name": "TOKENIZERS_PARALLELISM", "value": "false"}]
+    base_env = [{"name": "HOME", "value": "/tmp"}, {"name": "TOKENIZERS_PARALLELISM", "value": "false"}]
+    env = list(base_env)
     if build.world_size > 1:  # OpenMPI's single-copy (CMA) needs ptrace rights a non-root pod does not have
         env.append({"name": "OMPI_MCA_btl_vader_single_copy_mechanism", "value": "none"})
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
+    # the frontend's /health is 200 only while Triton is ready: the readiness of the container serving it
+    openai_port = {"name": OPENAI[0], "containerPort": OPENAI[1], "protocol": "TCP"}
+    openai_ready = {"httpGet": {"path": "/health", "port": OPENAI[0]}, "periodSeconds": 5, "timeoutSeconds": 3,
+                    "failureThreshold": 3}
+    sidecar = build.world_size > 1  # the main container runs mpirun: the frontend runs beside it
     triton = {
         "name": "triton", "image": opts.image, "imagePullPolicy": "IfNotPresent",
         "command": serve_command(build), "env": env,
-        "ports": [{"name": k, "containerPort": v, "protocol": "TCP"} for k, v in PORTS.items()],
+        "ports": [{"name": k, "containerPort": v, "protocol": "TCP"} for k, v in PORTS.items()]
+        + ([] if sidecar else [openai_port]),
         "resources": {"requests": {"cpu": str(2 * max(gpus, 1) + 1), "memory": mi(mem), **gpu_res},
                       "limits": {"memory": mi(mem), **gpu_res}},
         "startupProbe": {**probe, "periodSeconds": STARTUP_PERIOD, "timeoutSeconds": 5,
                          "failureThreshold": startup_failure_threshold(build)},
-        "readinessProbe": {**probe, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
+        "readinessProbe": ({**probe, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3} if sidecar
+                           else openai_ready),
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
                           "timeoutSeconds": 5, "failureThreshold": 6},
         "volumeMounts": [dict(store_mount), {"name": "srv", "mountPath": SRV, "readOnly": True},
@@ -283,6 +314,20 @@ def deployment(build: Build, opts: Options) -> dict:
         "volumeMounts": [dict(store_mount), {"name": "srv", "mountPath": SRV}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": _security(),
     }
+    containers = [triton]
+    if sidecar:
+        containers.append({
+            "name": "openai", "image": opts.image, "imagePullPolicy": "IfNotPresent",
+            "command": openai_command(build), "env": base_env, "ports": [openai_port],
+            "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+            "readinessProbe": openai_ready,
+            # /v1/models answers from the frontend's own state: a wedged frontend is restarted
+            "livenessProbe": {"httpGet": {"path": "/v1/models", "port": OPENAI[0]}, "periodSeconds": 10,
+                              "timeoutSeconds": 5, "failureThreshold": 6},
+            "volumeMounts": [dict(store_mount), {"name": "srv", "mountPath": SRV, "readOnly": True},
+                             {"name": "tmp", "mountPath": "/tmp"}],
+            "securityContext": _security(),
+        })
     init = [preflight]
     if opts.store.kind == "s3":
         store_volume = {"name": "model-store", "emptyDir": {"sizeLimit": mi(_round_up(int(build.total_bytes * 1.1)
@@ -301,14 +346,14 @@ def deployment(build: Build, opts: Options) -> dict:
         store_volume = {"name": "model-store",
                         "persistentVolumeClaim": {"claimName": opts.store.claim, "readOnly": True}}
         if opts.store.sub_path:
-            for c in (triton, preflight):
+            for c in (*containers, preflight):
                 c["volumeMounts"][0]["subPath"] = opts.store.sub_path
     pod: dict = {
         "securityContext": {"runAsNonRoot": True, "runAsUser": images.UID, "runAsGroup": images.UID,
                             "fsGroup": images.UID, "seccompProfile": {"type": "RuntimeDefault"}},
         "terminationGracePeriodSeconds": 60,
         "initContainers": init,
-        "containers": [triton],
+        "containers": containers,
         "volumes": [store_volume, {"name": "srv", "emptyDir": {"sizeLimit": "1Gi"}},
                     {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": mi(shm)}},
                     {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}}],
@@ -334,7 +379,7 @@ def deployment(build: Build, opts: Options) -> dict:
 
 
 def service(build: Build, opts: Options) -> dict:
-    ports = [{"name": k, "port": v, "targetPort": k, "protocol": "TCP"} for k, v in PORTS.items()]
+    ports = [{"name": k, "port": v, "targetPort": k, "protocol": "TCP"} for k, v in [*PORTS.items(), OPENAI]]
     ports[1]["appProtocol"] = "grpc"
     return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(build, opts),
             "spec": {"type": "ClusterIP", "selector": selector(opts), "ports": ports}}
@@ -473,8 +518,8 @@ def summary(build: Build, opts: Options, out: Path, image_given: bool) -> list[s
     gpus = f"{build.world_size} x nvidia.com/gpu ({', '.join(gpu_products(build))})" if build.gpu else "CPU only"
     scale = f"HPA {opts.hpa.min_replicas}-{opts.hpa.max_replicas}" if opts.hpa else f"{opts.replicas} replica(s)"
     lines = [f"wrote {out}: Deployment {opts.name} ({gpus}, image {opts.image}, /dev/shm {mi(shm_bytes(build))}, "
-             f"startup window {startup_failure_threshold(build) * STARTUP_PERIOD} s, {scale}), Service, PodMonitor, "
-             "PrometheusRule"]
+             f"startup window {startup_failure_threshold(build) * STARTUP_PERIOD} s, {scale}; OpenAI API on port "
+             f"{OPENAI[1]}{' (a sidecar)' if build.world_size > 1 else ''}), Service, PodMonitor, PrometheusRule"]
     if not image_given:
         lines.append(f"note: image {opts.image} is what docker/ builds locally: push it to a registry the "
                      "cluster pulls from and pass --image")

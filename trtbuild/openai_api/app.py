@@ -259,6 +259,15 @@ def create_app(engine: Engine) -> FastAPI:
     def stats(choices: list[Choice]) -> dict:
         return P.speculation_stats(sum(c.drafted for c in choices), sum(c.accepted for c in choices))
 
+    def end_of_stream(head: dict, g: P.Generation, choice: Choice | None) -> list[bytes]:
+        """A stream's last events: the usage chunk (when asked for) and [DONE]."""
+        usage = [_sse({**head, "choices": [], "usage": P.usage(g.prompt_tokens, choice.tokens),
+                       "trtbuild": stats([choice])})] if g.include_usage and choice is not None else []
+        return [*usage, b"data: [DONE]\n\n"]
+
+    def event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+        return StreamingResponse(_guarded(events), media_type="text/event-stream")
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await body_of(request)
@@ -287,14 +296,18 @@ def create_app(engine: Engine) -> FastAPI:
                 if g.echo:
                     yield _sse({**head, "choices": [{"index": 0, "text": g.prompt, "logprobs": None,
                                                      "finish_reason": None}]})
+                sent = 0
                 async for delta, choice in engine.run(g, 0, g.seed):
-                    yield _sse({**head, "choices": [{"index": 0, "text": delta, "logprobs": None,
+                    lp = None
+                    if g.logprobs:
+                        lp = {"tokens": choice.pieces[sent:], "token_logprobs": choice.log_probs[sent:],
+                              "top_logprobs": None, "text_offset": None}
+                        sent = len(choice.log_probs)
+                    yield _sse({**head, "choices": [{"index": 0, "text": delta, "logprobs": lp,
                                                      "finish_reason": choice.finish_reason}]})
-                if g.include_usage and choice is not None:
-                    yield _sse({**head, "choices": [], "usage": P.usage(g.prompt_tokens, choice.tokens),
-                                "trtbuild": stats([choice])})
-                yield b"data: [DONE]\n\n"
-            return StreamingResponse(_guarded(events()), media_type="text/event-stream")
+                for e in end_of_stream(head, g, choice):
+                    yield e
+            return event_stream(events())
         runs = [engine.run(gi, i * gi.n + k, seed) for i, gi in enumerate(gens) for k, seed in enumerate(_seeds(gi))]
         choices = await collect(request, runs)
         return {**head, "choices": [
@@ -332,11 +345,9 @@ def create_app(engine: Engine) -> FastAPI:
                     if choice.finish_reason:
                         yield _sse({**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
                                                          "finish_reason": choice.finish_reason}]})
-                if g.include_usage and choice is not None:
-                    yield _sse({**head, "choices": [], "usage": P.usage(g.prompt_tokens, choice.tokens),
-                                "trtbuild": stats([choice])})
-                yield b"data: [DONE]\n\n"
-            return StreamingResponse(_guarded(events()), media_type="text/event-stream")
+                for e in end_of_stream(head, g, choice):
+                    yield e
+            return event_stream(events())
         choices = await collect(request, [engine.run(g, k, seed) for k, seed in enumerate(_seeds(g))])
         return {**head, "object": "chat.completion", "choices": [
             {"index": c.index, "message": {"role": "assistant", "content": c.text, "refusal": None},

@@ -133,10 +133,8 @@ class Triton:
         call = self._connect().ModelStreamInfer(requests())
         try:
             async for response in call:
-                if response.error_message:
-                    raise APIError(400 if "must" in response.error_message or "exceed" in response.error_message
-                                   else 500, response.error_message,
-                                   type="invalid_request_error" if "must" in response.error_message else "server_error")
+                if response.error_message:  # a model refused it; the frontend's own checks came first
+                    raise APIError(400, f"the server refused the request: {response.error_message}")
                 result = InferResult(response.infer_response)
                 params = response.infer_response.parameters
                 final = "triton_final_response" not in params or params["triton_final_response"].bool_param
