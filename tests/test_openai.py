@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -49,6 +50,11 @@ def test_stop_matcher_across_chunks_and_final():
     assert m.add("bd") == "" and m.stopped and m.text == "x"
     m = P.StopMatcher(())
     assert m.add("abc") == "abc" and m.add("d", final=True) == "d"
+
+
+def test_openai_command_refuses_what_is_not_a_repository(tmp_path):
+    r = CliRunner().invoke(cli, ["openai", str(tmp_path)])
+    assert r.exit_code == 1 and "is not a model repository written by trtbuild" in r.output
 
 
 def _completion(**kw):
@@ -384,4 +390,13 @@ def test_serve_with_openai_port(serve_builds, tmp_path):
             proc.kill()
     r = CliRunner().invoke(cli, ["serve", str(serve_builds["plain"]), "--openai-port", "8001"])
     assert r.exit_code == 2 and "also a Triton port" in r.output
+    with socket.socket() as busy:  # a busy port is refused before anything starts
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        r = CliRunner().invoke(cli, ["serve", str(serve_builds["plain"]), "--http-port", str(ports[0]),
+                                     "--openai-port", port])
+        assert r.exit_code == 1 and f"OpenAI port {port} on 127.0.0.1 is busy" in r.output
+        r = CliRunner().invoke(cli, ["openai", str(serve_builds["plain"]), "--port", port])
+        assert r.exit_code == 1 and f"port {port} on 127.0.0.1 is busy" in r.output
     assert not any(p.name.startswith(f"trtbuild-{proc.pid}-") for p in Path("/dev/shm").iterdir())

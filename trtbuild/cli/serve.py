@@ -8,6 +8,15 @@ from pathlib import Path
 import click
 
 
+def _frontend():
+    """trtbuild.openai_api.app, or one line naming what is missing."""
+    try:
+        from trtbuild.openai_api import app
+    except ModuleNotFoundError as e:
+        raise click.ClickException(f"the OpenAI API needs {e.name} (pip install 'trtbuild[serve]')") from None
+    return app
+
+
 def _prompt(ctx, param, value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise click.BadParameter("the prompt is empty", param_hint="'--once'")
@@ -44,9 +53,9 @@ def serve(repo_dir: Path, host: str, http_port: int, grpc_port: int, metrics_por
                                  param_hint="'--openai-port'")
     companion = None
     if openai_port is not None:
-        def companion(repo: str):
-            from trtbuild.openai_api.app import Announced
+        Announced = _frontend().Announced
 
+        def companion(repo: str):
             local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # dial the server on loopback
             return Announced(repo, f"{local}:{grpc_port}", f"{local}:{metrics_port}", host, openai_port, model_name,
                              click.echo)
@@ -88,9 +97,7 @@ def openai_frontend(repo_dir: Path, grpc_url: str, metrics_url: str | None, host
                     model_name: str | None) -> None:
     """Serve the OpenAI-compatible API for a running tritonserver (a sidecar of a multi-rank server);
     REPO_DIR is the repository (or build directory) it serves, read for the tokenizer and limits."""
-    from trtbuild.openai_api.app import run_until_signal
-
-    run_until_signal(repo_dir, grpc_url, metrics_url, host, port, model_name, click.echo)
+    _frontend().run_until_signal(repo_dir, grpc_url, metrics_url, host, port, model_name, click.echo)
 
 
 COMMANDS = (serve, ask, openai_frontend)
