@@ -383,6 +383,17 @@ def test_serve_with_openai_port(serve_builds, tmp_path):
             assert json.loads(r.read())["data"][0]["id"] == "plain"
         with urllib.request.urlopen(f"http://127.0.0.1:{ports[3]}/health", timeout=10) as r:
             assert r.status == 200
+        for api in ("chat", "completions"):  # bench's OpenAI sender against the real frontend
+            out = tmp_path / f"bench-{api}"
+            r = CliRunner().invoke(cli, ["bench", "--url", f"127.0.0.1:{ports[3]}", "--protocol", "openai",
+                                         "--openai-api", api, "--tokenizer", str(serve_builds["plain"] / "engine"),
+                                         "--concurrency", "2", "--num-requests", "4", "--isl", "16", "--osl", "8",
+                                         "-o", str(out)])
+            assert r.exit_code == 0, r.output
+            res = json.loads((out / "results.json").read_text())
+            assert res["target"]["model"] == "plain"
+            (point,) = res["results"]
+            assert point["errors"] == 0 and point["output_token_throughput_per_s"] > 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0 and proc.stdout.read().strip().endswith("stopped")
     finally:

@@ -1,5 +1,6 @@
 """The load generator: prompts of requested token lengths from local text, and concurrent
-streaming clients (tritonclient gRPC, or HTTP generate_stream) or the in-process scheduler.
+streaming clients (tritonclient gRPC, HTTP generate_stream, or an OpenAI-compatible server's
+/v1/chat/completions or /v1/completions) or the in-process scheduler.
 
 Concurrency mode keeps C requests in flight (each worker sends its next request when the last one
 ends); request-rate mode sends at Poisson arrival times (gamma-distributed gaps with shape
@@ -8,11 +9,14 @@ ends); request-rate mode sends at Poisson arrival times (gamma-distributed gaps 
 
 from __future__ import annotations
 
+import http.client
+import itertools
 import json
 import random
+import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,22 +133,34 @@ def _connect_error(url: str, timeout: float = 5.0) -> str | None:
         return e.strerror or str(e) or type(e).__name__
 
 
-def check_server(url: str, model: str, protocol: str = "grpc", timeout: float = 10.0) -> None:
+def check_server(url: str, model: str | None, protocol: str = "grpc", timeout: float = 10.0) -> str:
     """Fail fast (one line) unless `url` accepts connections and serves `model` as a text model:
-    the connection as the load's requests report it, the rest as `ask` checks it."""
-    from trtbuild.serve.client import check_text_model
+    the connection as the load's requests report it, the rest as `ask` checks it (openai: GET
+    /v1/models lists `model`). Returns the model to send to: `model`, or for openai with `model`
+    None the first one /v1/models lists."""
+    from trtbuild.serve.client import ServerError, check_text_model
 
     if (why := _connect_error(url, timeout)) is not None:
         raise ConfigError(f"cannot connect to {url}: {why}")
-    check_text_model(url, model, protocol, timeout)
+    if protocol != "openai":
+        check_text_model(url, model or "ensemble", protocol, timeout)
+        return model or "ensemble"
+    ids = openai_models(url, timeout)
+    if model is not None and model not in ids:
+        raise ServerError(f"the server at {url} has no model {model!r} (GET /v1/models lists: {', '.join(ids)})")
+    return model or ids[0]
 
 
-def sender(url: str, model: str, protocol: str = "grpc") -> Callable[[Prompt, RequestRecord], None]:
-    """Send one prompt as a streamed request (gRPC or HTTP generate_stream), recording each
-    response's arrival time, the text and the server's draft counters. A request that fails
-    because the server cannot be reached raises "cannot connect to URL: <reason>"."""
+def sender(url: str, model: str, protocol: str = "grpc",
+           openai_api: str = "chat") -> Callable[[Prompt, RequestRecord], None]:
+    """Send one prompt as a streamed request (gRPC, HTTP generate_stream, or OpenAI `openai_api`:
+    OpenAISender), recording each response's arrival time, the text and the server's draft
+    counters. A request that fails because the server cannot be reached raises "cannot connect to
+    URL: <reason>"."""
     from trtbuild.serve.client import stream_grpc, stream_http
 
+    if protocol == "openai":
+        return OpenAISender(url, model, openai_api)
     stream = stream_grpc if protocol == "grpc" else stream_http
 
     def send(p: Prompt, rec: RequestRecord) -> None:
@@ -162,11 +178,236 @@ def sender(url: str, model: str, protocol: str = "grpc") -> Callable[[Prompt, Re
     return send
 
 
+OPENAI_APIS = ("chat", "completions")
+OPENAI_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+def _openai_error(obj) -> str:
+    """The message of an error answer: OpenAI's {"error": {"message": ...}} (or a bare string)."""
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict):
+        err = err.get("message") or json.dumps(err)
+    return " ".join(str(err if err is not None else obj).split())
+
+
+def _body_error(raw: bytes) -> str:
+    try:
+        return _openai_error(json.loads(raw))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return " ".join(raw.decode("utf-8", "replace").split())[:300] or "(empty body)"
+
+
+def sse_events(lines: Iterable[bytes]) -> Iterator[dict]:
+    """The JSON object of each server-sent event (its `data:` lines joined; an event ends at a
+    blank line) up to `data: [DONE]`; comments (`:`) and other fields are skipped. Raises
+    ServerError for a data payload that is not a JSON object, or a stream ending without [DONE]."""
+    from trtbuild.serve.client import ServerError
+
+    data: list[str] = []
+    for raw in itertools.chain(lines, [b""]):  # a last event without its blank line still counts
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if line:
+            field, _, value = line.partition(":")
+            if field == "data":
+                data.append(value[1:] if value.startswith(" ") else value)
+            continue
+        if not data:
+            continue
+        payload, data = "\n".join(data), []
+        if payload.strip() == "[DONE]":
+            return
+        try:
+            event = json.loads(payload)
+        except json.JSONDecodeError:
+            raise ServerError(f"the server sent an event that is not JSON: {payload[:200]!r}") from None
+        if not isinstance(event, dict):
+            raise ServerError(f"the server sent an event that is not a JSON object: {payload[:200]!r}")
+        yield event
+    raise ServerError("the event stream ended without data: [DONE]")
+
+
+def openai_models(url: str, timeout: float = 10.0) -> list[str]:
+    """The model ids GET /v1/models lists at `url`, or a one-line error: unreachable, not HTTP, not
+    an OpenAI-compatible server, no model."""
+    from trtbuild.serve.client import ServerError, UnreachableError
+
+    conn = http.client.HTTPConnection(*_host_port(url), timeout=timeout)
+    try:
+        conn.request("GET", "/v1/models")
+        r = conn.getresponse()
+        raw = r.read()
+    except http.client.HTTPException as e:  # BadStatusLine, RemoteDisconnected: another protocol
+        raise UnreachableError(f"{url} does not answer HTTP ({type(e).__name__}): give the OpenAI frontend's port "
+                               "(trtbuild serve --openai-port)") from None
+    except OSError as e:
+        raise UnreachableError(f"cannot connect to {url}: {e.strerror or e}") from None
+    finally:
+        conn.close()
+    if r.status != 200:
+        raise ServerError(f"{url} is not an OpenAI-compatible server: GET /v1/models answered HTTP {r.status} "
+                          f"({_body_error(raw)}); give the OpenAI frontend's port (trtbuild serve --openai-port)")
+    try:
+        data = json.loads(raw)["data"]
+        ids = [m["id"] for m in data]
+        if not all(isinstance(i, str) for i in ids):
+            raise TypeError
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise ServerError(f"{url} is not an OpenAI-compatible server: GET /v1/models gave no model list") from None
+    if not ids:
+        raise ServerError(f"the server at {url} lists no models (GET /v1/models)")
+    return ids
+
+
+class OpenAISender:
+    """Send one prompt to an OpenAI-compatible server as a streamed /v1/chat/completions (the
+    prompt as one user message, so the server applies its chat template) or /v1/completions
+    (the prompt as is: the same text the ensemble gets) request, greedy (temperature 0) with
+    max_tokens, asking for the usage chunk (stream_options.include_usage).
+
+    Like the Triton senders it does not force the output length (no min_tokens / ignore_eos): a
+    request may end at EOS before max_tokens, as it would through the ensemble. Recorded: each
+    chunk with text (its arrival), the text, output tokens (and prompt tokens) from the usage chunk
+    (else run_load counts the text), and the `trtbuild` extension's draft counters when present.
+
+    Connections are kept alive and reused (a pool, at most one per request in flight), so a
+    request's times do not include a TCP set-up; an idle connection the server has closed is
+    replaced. Errors (one line): "cannot connect to URL: <reason>", "HTTP <status>: <message>" for
+    a non-200 answer, the message of an error event or body."""
+
+    def __init__(self, url: str, model: str, api: str = "chat", timeout: float = 600.0) -> None:
+        if api not in OPENAI_APIS:
+            raise ConfigError(f"--openai-api must be one of {', '.join(OPENAI_APIS)}, got {api!r}")
+        self.url, self.model, self.api, self.timeout = url, model, api, timeout
+        self.host, self.port = _host_port(url)
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def body(self, p: Prompt) -> dict:
+        body: dict = {"model": self.model}
+        if self.api == "chat":
+            body["messages"] = [{"role": "user", "content": p.text}]
+        else:
+            body["prompt"] = p.text
+        return {**body, "max_tokens": p.max_tokens, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}
+
+    def close(self) -> None:
+        """Close the idle connections (those in use close when their request ends)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
+
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection that is still open (reused: True), else a new one, connected."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                break
+            if conn.sock is not None and not select.select([conn.sock], [], [], 0)[0]:
+                return conn, True  # nothing to read on an idle connection: still open
+            conn.close()  # readable while idle: the server closed it (EOF)
+        return self._connect(), False
+
+    def _connect(self) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.connect()
+        except OSError as e:
+            conn.close()
+            raise ConnectionError(f"cannot connect to {self.url}: {e.strerror or e}") from None
+        return conn
+
+    def _post(self, conn: http.client.HTTPConnection, payload: bytes) -> http.client.HTTPResponse:
+        conn.request("POST", OPENAI_PATHS[self.api], body=payload,
+                     headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
+        return conn.getresponse()
+
+    def __call__(self, p: Prompt, rec: RequestRecord) -> None:
+        from trtbuild.serve.client import ServerError
+
+        payload = json.dumps(self.body(p)).encode("utf-8")
+        conn, reused = self._take()
+        resp = None
+        try:
+            try:
+                resp = self._post(conn, payload)
+            except ConnectionError:  # the server closed the kept-alive connection just now: once more, anew
+                if not reused:
+                    raise
+                conn.close()
+                conn = self._connect()
+                resp = self._post(conn, payload)
+            self._read(resp, rec)
+        except BaseException as e:
+            if isinstance(e, ServerError) and resp is not None and resp.isclosed() and not resp.will_close:
+                self._give(conn)  # an error answer read to its end: the connection stays usable
+            else:
+                conn.close()
+            if isinstance(e, http.client.HTTPException):
+                raise ServerError(f"the answer of {self.url} broke off or is not HTTP ({type(e).__name__}: "
+                                  f"{e})") from None
+            if isinstance(e, OSError) and not str(e).startswith("cannot connect"):
+                if (why := _connect_error(self.url)) is not None:
+                    raise ConnectionError(f"cannot connect to {self.url}: {why}") from None
+                raise ConnectionError(f"the connection to {self.url} failed: {e.strerror or e}") from None
+            raise
+        if resp.will_close:
+            conn.close()
+        else:
+            self._give(conn)
+
+    def _give(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._idle.append(conn)
+
+    def _read(self, resp: http.client.HTTPResponse, rec: RequestRecord) -> None:
+        from trtbuild.serve.client import ServerError
+
+        if resp.status != 200:
+            raise ServerError(f"HTTP {resp.status}: {_body_error(resp.read())}")
+        kind = resp.getheader("Content-Type", "")
+        if not kind.startswith("text/event-stream"):
+            raw = resp.read()
+            if isinstance(obj := _json_or_none(raw), dict) and "error" in obj:
+                raise ServerError(_openai_error(obj))
+            raise ServerError(f"the server answered {kind or 'no Content-Type'}, not an event stream (stream: true)")
+        chat = self.api == "chat"
+        for event in sse_events(resp):
+            now = time.monotonic()
+            if "error" in event:  # the frontend ends the stream with [DONE] right after it
+                resp.read()
+                raise ServerError(_openai_error(event))
+            choices = event.get("choices") or []
+            if choices and isinstance(choices[0], dict):
+                text = (choices[0].get("delta") or {}).get("content") if chat else choices[0].get("text")
+                if text:
+                    rec.responses.append(now)
+                    rec.text += text
+            if isinstance(usage := event.get("usage"), dict):
+                rec.output_tokens = int(usage.get("completion_tokens") or 0)
+                rec.input_tokens = int(usage.get("prompt_tokens") or rec.input_tokens)
+            if isinstance(spec := event.get("trtbuild"), dict):
+                rec.draft_tokens = int(spec.get("draft_tokens") or 0)
+                rec.accepted_draft_tokens = int(spec.get("accepted_draft_tokens") or 0)
+        resp.read()  # the end of the body ([DONE] is its last event): the connection can be reused
+
+
+def _json_or_none(raw: bytes):
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
 def run_load(send: Callable[[Prompt, RequestRecord], None], prompts: list[Prompt], tok, *, concurrency: int | None,
              rate: float | None = None, burstiness: float = 1.0, seed: int = 0,
              progress: Callable[[], None] | None = None, duration: float | None = None) -> list[RequestRecord]:
     """Send every prompt (with `duration`: cycle through them until that many seconds have passed,
-    then let the requests in flight finish); returns one record per request sent, in order."""
+    then let the requests in flight finish); returns one record per request sent, in order. A
+    record's output tokens are the tokenizer's count of its text unless `send` set them (the
+    server's own count, OpenAI's usage)."""
     records: list[RequestRecord] = []
     lock = threading.Lock()
     deadline = time.monotonic() + duration if duration else None
@@ -187,7 +428,8 @@ def run_load(send: Callable[[Prompt, RequestRecord], None], prompts: list[Prompt
             send(prompts[i % len(prompts)], rec)
         except Exception as e:  # noqa: BLE001 (recorded per request, reported in the results)
             rec.error = " ".join(str(e).split())
-        rec.output_tokens = len(tok(rec.text, add_special_tokens=False)["input_ids"]) if rec.text else 0
+        if not rec.output_tokens:
+            rec.output_tokens = len(tok(rec.text, add_special_tokens=False)["input_ids"]) if rec.text else 0
         if progress:
             progress()
 

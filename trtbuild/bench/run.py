@@ -23,15 +23,17 @@ TRITON_DEFAULT_PORTS, TRITON_METRICS_PORT = (8000, 8001), 8002
 
 @dataclass(frozen=True)
 class Target:
-    """A server (`url`, `protocol`, `model`, `tokenizer` its tokenizer's directory, `metrics_url` its
-    metrics endpoint HOST:PORT) or the in-process scheduler of `engine_dir`."""
+    """A server (`url`, `protocol` grpc | http | openai, `model`, `tokenizer` its tokenizer's directory,
+    `metrics_url` its metrics endpoint HOST:PORT, `openai_api` chat | completions for openai) or the
+    in-process scheduler of `engine_dir`. `model` None: the first model an OpenAI server lists."""
 
     url: str | None = None
     engine_dir: Path | None = None
     protocol: str = "grpc"
-    model: str = "ensemble"
+    model: str | None = "ensemble"
     tokenizer: Path | None = None
     metrics_url: str | None = None  # default: HOST:8002 when `url` is on a Triton default port, else none
+    openai_api: str = "chat"
 
     def metrics(self) -> str | None:
         """The metrics endpoint to read the speculation counters from, if any."""
@@ -77,10 +79,14 @@ def run_bench(target: Target, load: Load, out_dir: Path | None = None, echo: Cal
         send, stop, counters = inprocess_target(target.engine_dir)
         meta: dict = {"target": {"in_process": str(target.engine_dir)}}
     else:
-        check_server(target.url, target.model, target.protocol)  # one line now rather than every request failing
-        send = sender(target.url, target.model, target.protocol)
-        meta = {"target": {"url": target.url, "protocol": target.protocol, "model": target.model,
+        # one line now rather than every request failing; an OpenAI server names its model itself
+        model = check_server(target.url, target.model, target.protocol)
+        send = sender(target.url, model, target.protocol, target.openai_api)
+        stop = getattr(send, "close", None)  # an OpenAI sender's kept-alive connections
+        meta = {"target": {"url": target.url, "protocol": target.protocol, "model": model,
                            "metrics_url": target.metrics()}}
+        if target.protocol == "openai":
+            meta["target"]["openai_api"] = target.openai_api
         if target.metrics() is None:
             counters = None
             echo(f"no metrics endpoint for {target.url} (not on Triton's default ports): give --metrics-url "

@@ -12,11 +12,17 @@ ERROR_RATE_HELP = "Fail (after writing the results) if a load point's fraction o
 
 
 @click.group(invoke_without_command=True)
-@click.option("--url", default=None, help="HOST:PORT of the server (gRPC port for grpc, HTTP port for http).")
+@click.option("--url", default=None, help="HOST:PORT of the server (gRPC port for grpc, HTTP port for http, the "
+              "OpenAI-compatible frontend's port for openai, e.g. serve --openai-port 9000).")
 @click.option("--in-process", "engine_dir", type=click.Path(path_type=Path), default=None,
               help="Send the load straight to the reference runtime's scheduler for this engine dir.")
-@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
-@click.option("--model", default="ensemble", show_default=True)
+@click.option("--protocol", type=click.Choice(["grpc", "http", "openai"]), default="grpc", show_default=True,
+              help="grpc / http: Triton's own (the ensemble); openai: an OpenAI-compatible server's streaming API.")
+@click.option("--openai-api", type=click.Choice(["chat", "completions"]), default="chat", show_default=True,
+              help="With --protocol openai: /v1/chat/completions (the prompt as a user message, through the chat "
+                   "template) or /v1/completions (the prompt as is, as the ensemble gets it).")
+@click.option("--model", default="ensemble", show_default=True,
+              help="The model to send to (with --protocol openai, the default is the first one /v1/models lists).")
 @click.option("--concurrency", type=IntList(), default="1", show_default=True, help="Comma-separated load points.")
 @click.option("--request-rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Requests per second (Poisson arrivals) instead of --concurrency.")
@@ -38,22 +44,33 @@ ERROR_RATE_HELP = "Fail (after writing the results) if a load point's fraction o
                    "budget and acceptance (default: HOST:8002 when --url is on Triton's default port 8000 or 8001).")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.pass_context
-def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol: str, model: str,
-          tokenizer: Path | None, metrics_url: str | None, out_dir: Path | None, **load) -> None:
+def bench(ctx: click.Context, url: str | None, engine_dir: Path | None, protocol: str, openai_api: str,
+          model: str | None, tokenizer: Path | None, metrics_url: str | None, out_dir: Path | None, **load) -> None:
     """Load a server (or the in-process runtime) and report TTFT, ITL, latency, throughput, acceptance,
     and the server's draft tokens per step and rows speculating per load point."""
     if ctx.invoked_subcommand is not None:
         return
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
     if (url is None) == (engine_dir is None):
         raise click.UsageError("give either --url HOST:PORT or --in-process ENGINE_DIR")
+    if given("openai_api") and protocol != "openai":
+        raise click.UsageError("--openai-api goes with --protocol openai")
+    if protocol == "openai" and engine_dir is not None:
+        raise click.UsageError("--protocol openai goes with --url (--in-process sends to the scheduler itself)")
     if tokenizer is None and engine_dir is None:
         raise click.UsageError("--url needs --tokenizer DIR (the served engine dir, or the model's HF dir): "
                                "token counts come from the tokenizer")
-    from trtbuild.bench.run import Load, Target, run_bench
-
     if metrics_url is not None and url is None:
         raise click.UsageError("--metrics-url goes with --url (--in-process reads the scheduler's counters itself)")
-    run_bench(Target(url, engine_dir, protocol, model, tokenizer, metrics_url), Load(**load), out_dir, echo=click.echo)
+    if protocol == "openai" and not given("model"):
+        model = None  # the server's own model name (GET /v1/models), not Triton's "ensemble"
+    from trtbuild.bench.run import Load, Target, run_bench
+
+    run_bench(Target(url, engine_dir, protocol, model, tokenizer, metrics_url, openai_api), Load(**load), out_dir,
+              echo=click.echo)
 
 
 @bench.command("sweep")
