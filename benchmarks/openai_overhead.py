@@ -1,5 +1,6 @@
-"""Issue 17's figures: what the OpenAI frontend costs over talking to the ensemble directly, one
-tritonserver and one frontend for a build, the two paths alternating in each round.
+"""Issue 17's figures: what the OpenAI frontend costs over talking to the ensemble directly: one
+`trtbuild serve BUILD --openai-port` (tritonserver and the frontend, in a process of their own, as
+deployed), the two paths alternating in each round.
 
 - latency of one 64-token streamed chat request (/v1/chat/completions with the real `openai` client)
   against the same text (the chat template applied by the frontend's own code) streamed to the
@@ -10,21 +11,30 @@ tritonserver and one frontend for a build, the two paths alternating in each rou
 """
 from __future__ import annotations
 
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import openai
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_openai import Stack  # noqa: E402  (the tests' server + frontend pair)
-
-from trtbuild.serve.client import stream_grpc  # noqa: E402
+from trtbuild.openai_api.app import Engine, Served
+from trtbuild.serve import free_port
+from trtbuild.serve.client import stream_grpc
 
 build, rounds = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 5
 QUESTION, N = "Write a short story about a lighthouse keeper.", 64
+
+
+@dataclass
+class Stack:
+    name: str
+    grpc_url: str
 
 
 def via_openai(s: Stack, client) -> int:
@@ -39,7 +49,7 @@ def via_openai(s: Stack, client) -> int:
 
 def via_ensemble(s: Stack, prompt: str) -> int:
     extra = {"min_tokens": np.array([[N]], dtype=np.int32), "top_k": np.array([[1]], dtype=np.int32)}
-    for _ in stream_grpc(s.server.grpc_url, prompt, N, extra=extra):  # a client per request, as `ask` and bench
+    for _ in stream_grpc(s.grpc_url, prompt, N, extra=extra):  # a client per request, as `ask` and bench do
         pass
     return N  # min_tokens = max_tokens: exactly N tokens, as the frontend's usage says for its side
 
@@ -68,9 +78,18 @@ def load(fn, c: int, total: int) -> float:
     return tokens[0] / (time.monotonic() - t0)
 
 
-with Stack(build, Path("/tmp")) as s:
-    client = s.client()
-    prompt = s.engine.chat_prompt([{"role": "user", "content": QUESTION}])
+ports = [free_port() for _ in range(4)]
+proc = subprocess.Popen([str(Path(sys.executable).parent / "trtbuild"), "serve", str(build), "--http-port",
+                         str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
+                         "--openai-port", str(ports[3])], stdout=subprocess.PIPE, text=True)
+for line in proc.stdout:
+    if line.startswith("OpenAI API:"):
+        break
+try:
+    served = Served.read(build)
+    s = Stack(served.name, f"127.0.0.1:{ports[1]}")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports[3]}/v1", api_key="none", max_retries=0, timeout=600)
+    prompt = Engine(served, s.grpc_url).chat_prompt([{"role": "user", "content": QUESTION}])
     assert via_openai(s, client) == N
     via_ensemble(s, prompt)
     lat = {"openai": [], "ensemble": []}
@@ -93,3 +112,6 @@ with Stack(build, Path("/tmp")) as s:
           f"{statistics.median(lat['ensemble']):.3f}s, ratio {statistics.median(lr):.3f}x; c=16 output tok/s openai "
           f"{statistics.median(tps['openai']):.1f}, ensemble {statistics.median(tps['ensemble']):.1f}, ratio "
           f"{statistics.median(tr):.3f}x")
+finally:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)

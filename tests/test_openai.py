@@ -83,6 +83,7 @@ def test_parse_defaults_and_values():
     ({"temperature": 2.5}, "temperature", "between 0 and 2"),
     ({"temperature": "hot"}, "temperature", "must be a number"),
     ({"top_p": 1.5}, "top_p", "between 0 and 1"),
+    ({"top_p": 0}, "top_p", "must be above 0"),
     ({"max_tokens": 0}, "max_tokens", "at least 1"),
     ({"max_tokens": 1.5}, "max_tokens", "must be an integer"),
     ({"max_tokens": 600}, "max_tokens", "at most 511 new tokens"),

@@ -97,6 +97,13 @@ def _flag(body: dict, key: str) -> bool:
     return v
 
 
+def _top_p(body: dict) -> float:
+    v = _number(body, "top_p", 0, 1, 1.0)
+    if v == 0:  # an empty nucleus: say so rather than pick a meaning
+        raise bad("top_p", "'top_p' must be above 0 (for greedy decoding use 'temperature': 0)")
+    return v
+
+
 def _stops(body: dict) -> tuple[str, ...]:
     v = body.get("stop")
     if v is None:
@@ -155,7 +162,7 @@ def _common(body: dict, prompt: str, prompt_tokens: int, limits: Limits, max_tok
     if speculation is not None and speculation not in SPECULATION:
         raise bad("speculation", f"'speculation' must be one of {', '.join(SPECULATION)}, got {speculation!r}")
     return Generation(prompt, prompt_tokens, max_tokens, temperature=_number(body, "temperature", 0, 2, 1.0),
-                      top_p=_number(body, "top_p", 0, 1, 1.0) or 1.0, seed=seed, stop=_stops(body),
+                      top_p=_top_p(body), seed=seed, stop=_stops(body),
                       presence_penalty=_number(body, "presence_penalty", -2, 2, 0.0),
                       frequency_penalty=_number(body, "frequency_penalty", -2, 2, 0.0), min_tokens=min_tokens,
                       stream=stream, include_usage=include_usage, n=n, speculation=speculation)
