@@ -31,9 +31,10 @@ setup: $(BIN)/.installed
 $(DEMO)/hf/config.json: $(BIN)/.installed
 	$(BIN)/trtbuild demo-model -o $(DEMO)/hf --force
 
-# Small Medusa heads for the demo (a couple of minutes here; `train-medusa` defaults train better ones).
+# Small Medusa heads for the demo (a couple of minutes here; `train-medusa` defaults train better ones),
+# trained again (--force) whenever demo/hf is re-made: demo/heads is the Makefile's own.
 $(DEMO)/heads/config.json: $(DEMO)/hf/config.json
-	$(BIN)/trtbuild train-medusa $(DEMO)/hf -o $(DEMO)/heads --steps 300 --sequences 96 --seq-tokens 96 --batch 32
+	$(BIN)/trtbuild train-medusa $(DEMO)/hf -o $(DEMO)/heads --steps 300 --sequences 96 --seq-tokens 96 --batch 32 --force
 
 # The main job: three builds (plain, Medusa, lookahead), a smoke request through a real tritonserver,
 # Kubernetes manifests for the lookahead build, then the same load against each build served in
