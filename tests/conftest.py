@@ -158,6 +158,14 @@ def demo_ckpt(demo_hf: Path, tmp_path_factory) -> Path:
 SERVE_KINDS = ("plain", "medusa", "lookahead")
 
 
+def scheduler_gauges(metrics_text: str) -> dict[str, float]:
+    """The torch tensorrt_llm model's scheduler gauges (trtbuild_scheduler_<name>) in a Prometheus text."""
+    import re
+
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^trtbuild_scheduler_(\w+)\{[^}]*\} (\S+)$", metrics_text, re.M)}
+
+
 @pytest.fixture(scope="session")
 def serve_builds(demo_hf, tmp_path_factory) -> dict[str, Path]:
     """SmolLM2 torch builds to serve (plain, Medusa with small random heads, lookahead 3,3,2;

@@ -7,7 +7,6 @@ mid-stream, 16 concurrent streaming chats, and `trtbuild serve --openai-port` it
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import scheduler_gauges
 from trtbuild.cli import cli
 from trtbuild.openai_api import protocol as P
 
@@ -212,7 +212,7 @@ class Stack:
 def _scheduler(stack: Stack) -> dict[str, float]:
     with urllib.request.urlopen(f"{stack.url}/metrics", timeout=10) as r:  # the frontend's passthrough
         text = r.read().decode()
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^trtbuild_scheduler_(\w+)\{[^}]*\} (\S+)$", text, re.M)}
+    return scheduler_gauges(text)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ streams, bad requests, a client leaving mid-stream; and the repository files the
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import urllib.request
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import SERVE_KINDS as KINDS
+from conftest import SERVE_KINDS as KINDS, scheduler_gauges
 from trtbuild.cli import cli
 from trtbuild.serve import TritonServer, free_port
 from trtbuild.serve.client import ServerError, generate_http, stream_grpc, stream_http
@@ -47,7 +46,7 @@ def _expected(build: Path, prompt: str, n: int) -> str:
 def _metrics(server: TritonServer) -> dict[str, float]:
     with urllib.request.urlopen(f"http://{server.host}:{server.metrics_port}/metrics", timeout=10) as r:
         text = r.read().decode()
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^trtbuild_scheduler_(\w+)\{[^}]*\} (\S+)$", text, re.M)}
+    return scheduler_gauges(text)
 
 
 def _after_cancel(server: TritonServer, before: dict[str, float]) -> dict[str, float]:

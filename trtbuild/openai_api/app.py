@@ -54,11 +54,9 @@ class Served:
 
     @staticmethod
     def read(repo: Path, name: str | None = None) -> Served:
-        from trtbuild.serve import read_repo
+        from trtbuild.serve import read_repo, repo_of
 
-        repo = Path(repo)
-        if (repo / "triton_repo").is_dir() and not (repo / "ensemble").is_dir():
-            repo = repo / "triton_repo"
+        repo = repo_of(repo)
         info = read_repo(repo)
         try:
             pre = model_parameters(repo / "preprocessing" / "config.pbtxt")
@@ -180,7 +178,6 @@ def create_app(engine: Engine) -> FastAPI:
     app = FastAPI(title="trtbuild OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
     served = engine.served
-    app.state.model_name = served.name
 
     def error(e: P.APIError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status)
@@ -213,9 +210,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str):
-        if name != served.name:
-            raise P.APIError(404, f"the model '{name}' does not exist: this server serves '{served.name}'",
-                             param="model", code="model_not_found")
+        P.check_model({"model": name}, served.name)
         return model_card()
 
     @app.get("/health")
@@ -370,19 +365,25 @@ async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 class Frontend:
-    """uvicorn serving `create_app(engine)` on host:port in a thread of its own."""
+    """uvicorn serving `create_app(engine)` on host:port: `start()` in a thread of its own (next to
+    tritonserver), or `run()` in this one. `option`: the CLI option that chose the port (named when
+    it is busy)."""
 
-    def __init__(self, engine: Engine, host: str, port: int) -> None:
+    def __init__(self, engine: Engine, host: str, port: int, option: str = "--openai-port") -> None:
         import uvicorn
 
         from trtbuild.serve import port_free
 
         if not port_free(host, port):
-            raise ConfigError(f"OpenAI port {port} on {host} is busy (choose another --openai-port)")
+            raise ConfigError(f"OpenAI port {port} on {host} is busy (choose another {option})")
         self.host, self.port = host, port
         self.server = uvicorn.Server(uvicorn.Config(create_app(engine), host=host, port=port, log_level="warning",
                                                     access_log=False, timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, name="openai-frontend", daemon=True)
+        self.thread = threading.Thread(target=self.run, name="openai-frontend", daemon=True)
+
+    def run(self) -> None:
+        """Serve until SIGINT / SIGTERM (in the main thread) or `stop()`."""
+        self.server.run()
 
     def start(self, timeout: float = 30.0) -> Frontend:
         self.thread.start()
@@ -407,13 +408,14 @@ class Announced:
 
     def __init__(self, repo: str, grpc_url: str, metrics_url: str | None, host: str, port: int,
                  name: str | None, echo) -> None:
-        self.frontend = Frontend(Engine(Served.read(Path(repo), name), grpc_url, metrics_url), host, port)
+        self.engine = Engine(Served.read(Path(repo), name), grpc_url, metrics_url)
+        self.frontend = Frontend(self.engine, host, port)
         self.echo = echo
 
     def start(self) -> Announced:
         self.frontend.start()
         f = self.frontend
-        self.echo(f"OpenAI API: http://{f.host}:{f.port}/v1  (model: {f.server.config.app.state.model_name})")
+        self.echo(f"OpenAI API: http://{f.host}:{f.port}/v1  (model: {self.engine.served.name})")
         return self
 
     def alive(self) -> bool:
@@ -426,13 +428,7 @@ class Announced:
 def run_until_signal(repo: Path, grpc_url: str, metrics_url: str | None, host: str, port: int,
                      name: str | None, echo) -> None:
     """`trtbuild openai`: the frontend alone, in this thread, until SIGINT / SIGTERM."""
-    import uvicorn
-
-    from trtbuild.serve import port_free
-
     engine = Engine(Served.read(Path(repo), name), grpc_url, metrics_url)
-    if not port_free(host, port):
-        raise ConfigError(f"port {port} on {host} is busy (choose another --port)")
+    frontend = Frontend(engine, host, port, option="--port")
     echo(f"OpenAI API: http://{host}:{port}/v1  (model: {engine.served.name}, Triton gRPC {grpc_url})")
-    uvicorn.Server(uvicorn.Config(create_app(engine), host=host, port=port, log_level="warning",
-                                  access_log=False, timeout_graceful_shutdown=5)).run()
+    frontend.run()

@@ -5,7 +5,7 @@ names and dtypes) and reading its outputs as they come.
 The request asks for the empty final response (`triton_enable_empty_final_response`, what
 tritonclient's synchronous stream sets with enable_empty_final_response; its asyncio client cannot),
 since an ensemble's last flag may come alone. The request stream stays open until that flag, and
-closing a `Stream` early cancels the gRPC call: Triton then cancels the request and the engine frees
+closing `Triton.generate`'s iterator early cancels the gRPC call: Triton then cancels the request and the engine frees
 its row.
 """
 
@@ -32,19 +32,12 @@ class Chunk:
     final: bool = False
 
 
-def _tensor(grpcclient, name: str, value) -> object:
-    arr = np.asarray(value)
-    dtype = {np.dtype(np.int32): "INT32", np.dtype(np.uint64): "UINT64", np.dtype(np.float32): "FP32",
-             np.dtype(bool): "BOOL", np.dtype(object): "BYTES"}[arr.dtype]
-    t = grpcclient.InferInput(name, list(arr.shape), dtype)
-    t.set_data_from_numpy(arr)
-    return t
-
-
 def ensemble_inputs(g: Generation, seed: int | None, streaming: bool) -> list:
     """The ensemble's input tensors for `g` ([1, 1] each, stop_words [1, k]). Temperature 0 is sent
     as top_k 1 (greedy for TensorRT-LLM's sampler as for the torch backend's)."""
     import tritonclient.grpc as grpcclient
+
+    from trtbuild.serve.client import infer_inputs
 
     v: dict[str, np.ndarray] = {
         "text_input": np.array([[g.prompt.encode("utf-8")]], dtype=object),
@@ -71,12 +64,16 @@ def ensemble_inputs(g: Generation, seed: int | None, streaming: bool) -> list:
         v["stop_words"] = np.array([[s.encode("utf-8") for s in g.stop]], dtype=object)
     if g.logprobs:
         v["return_log_probs"] = np.array([[True]], dtype=bool)
-    return [_tensor(grpcclient, k, a) for k, a in v.items()]
+    return infer_inputs(grpcclient, v)
 
 
 def _scalar(result, name: str, default=0):
+    """The first value of an output (a Python scalar; bytes for BYTES), or `default` without it."""
     arr = result.as_numpy(name)
-    return default if arr is None or arr.size == 0 else arr.reshape(-1)[0].item()
+    if arr is None or arr.size == 0:
+        return default
+    v = arr.reshape(-1)[0]
+    return v if isinstance(v, bytes) else v.item()
 
 
 class Triton:
@@ -138,10 +135,9 @@ class Triton:
                 result = InferResult(response.infer_response)
                 params = response.infer_response.parameters
                 final = "triton_final_response" not in params or params["triton_final_response"].bool_param
-                text = result.as_numpy("text_output")
+                text = _scalar(result, "text_output", b"")  # one string per beam; beam width 1
                 lp = result.as_numpy("output_log_probs")
-                yield Chunk(text="".join(t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)
-                                         for t in text.reshape(-1)[:1]) if text is not None else "",
+                yield Chunk(text=text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text),
                             tokens=int(_scalar(result, "num_output_tokens")),
                             log_probs=[] if lp is None else [float(x) for x in lp.reshape(-1)],
                             drafted=int(_scalar(result, "total_draft_tokens")),

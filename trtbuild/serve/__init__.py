@@ -65,6 +65,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def repo_of(path: Path) -> Path:
+    """The model repository `path` names: itself, or a build directory's triton_repo."""
+    path = Path(path)
+    return path / "triton_repo" if (path / "triton_repo").is_dir() and not (path / "ensemble").is_dir() else path
+
+
 def read_repo(repo: Path) -> dict:
     try:
         info = json.loads((Path(repo) / MARKER).read_text())

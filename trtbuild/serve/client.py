@@ -82,12 +82,20 @@ def _inputs(mod, prompt: str, max_tokens: int, stream: bool, extra: dict | None 
               "return_perf_metrics": np.array([[True]], dtype=bool)}
     for k, v in (extra or {}).items():
         values[k] = v
+    return infer_inputs(mod, values)
+
+
+_TRITON_DTYPES = {np.dtype(object): "BYTES", np.dtype(np.int32): "INT32", np.dtype(bool): "BOOL",
+                  np.dtype(np.float32): "FP32", np.dtype(np.uint64): "UINT64", np.dtype(np.float16): "FP16",
+                  np.dtype(np.int64): "INT64"}
+
+
+def infer_inputs(mod, values: dict[str, np.ndarray]) -> list:
+    """tritonclient InferInputs (`mod`: tritonclient.grpc or .http) for named arrays, each with the
+    Triton datatype of its numpy dtype."""
     out = []
     for name, arr in values.items():
-        dtype = {np.dtype(object): "BYTES", np.dtype(np.int32): "INT32", np.dtype(bool): "BOOL",
-                 np.dtype(np.float32): "FP32", np.dtype(np.uint64): "UINT64", np.dtype(np.float16): "FP16",
-                 np.dtype(np.int64): "INT64"}[arr.dtype]
-        t = mod.InferInput(name, list(arr.shape), dtype)
+        t = mod.InferInput(name, list(arr.shape), _TRITON_DTYPES[arr.dtype])
         t.set_data_from_numpy(arr)
         out.append(t)
     return out

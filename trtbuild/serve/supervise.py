@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from trtbuild.common.errors import TrtbuildError
-from trtbuild.serve import TritonServer, check_ports, moved_engine, relocated_repo
+from trtbuild.serve import TritonServer, check_ports, moved_engine, relocated_repo, repo_of
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -74,9 +74,7 @@ def serve_repo(repo_dir: Path, ports: Ports = Ports(), *, log_file: Path | None 
     streamed request); `echo(text, nl=True)` gets the ready line and the streamed text.
     `companion(repo)`: made for the repository served, started once the server is ready."""
     check_ports(ports.http, ports.grpc, ports.metrics)
-    repo_dir = Path(repo_dir)
-    if (repo_dir / "triton_repo").is_dir() and not (repo_dir / "ensemble").is_dir():
-        repo_dir = repo_dir / "triton_repo"
+    repo_dir = repo_of(repo_dir)
     moved, tmp = moved_engine(repo_dir), None
     if moved is not None:  # serve a copy of the repository that names the engine where it is now
         tmp = Path(tempfile.mkdtemp(prefix="trtbuild-repo-"))
