@@ -57,6 +57,23 @@ def test_openai_command_refuses_what_is_not_a_repository(tmp_path):
     assert r.exit_code == 1 and "is not a model repository written by trtbuild" in r.output
 
 
+def test_ensemble_inputs_are_upstreams_names_and_dtypes():
+    """Every tensor the frontend sends is an input of upstream's ensemble, with its datatype."""
+    from trtbuild.openai_api.triton import ensemble_inputs
+    from trtbuild.triton_repo.upstream import ENSEMBLE_INPUTS
+
+    want = {t.name: t.data_type.removeprefix("TYPE_").replace("STRING", "BYTES") for t in ENSEMBLE_INPUTS}
+    g = P.Generation("hi", 1, 8, temperature=0.5, top_p=0.9, stop=("a", "b"), presence_penalty=0.5,
+                     frequency_penalty=0.5, min_tokens=2, logprobs=True)
+    sent = {t.name(): t.datatype() for t in ensemble_inputs(g, seed=3, streaming=True)}
+    assert set(sent) == {"text_input", "max_tokens", "stream", "return_perf_metrics", "return_num_output_tokens",
+                         "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "min_tokens",
+                         "stop_words", "return_log_probs"}
+    assert all(want[name] == dtype for name, dtype in sent.items()), (sent, want)
+    greedy = {t.name(): t.datatype() for t in ensemble_inputs(P.Generation("hi", 1, 8, temperature=0), None, False)}
+    assert greedy["top_k"] == want["top_k"] and "temperature" not in greedy
+
+
 def _completion(**kw):
     body = {"model": "m", "prompt": "hi", **kw}
     return P.parse_completion(body, "hi", 1, LIMITS)

@@ -120,6 +120,9 @@ class Triton:
             model_name=self.model, inputs=ensemble_inputs(g, seed, self.streaming), model_version="",
             request_id=request_id, outputs=None, sequence_id=0, sequence_start=False, sequence_end=False,
             priority=0, timeout=None, parameters={"speculation": g.speculation} if g.speculation else None)
+        # what tritonclient's sync stream sets for enable_empty_final_response=True
+        # (tritonclient==2.73.0:tritonclient/grpc/_client.py:1929); Triton then marks every response
+        # with the bool parameter triton_final_response, read below as serve/client.py reads it
         request.parameters["triton_enable_empty_final_response"].bool_param = True
         done = asyncio.Event()
 
