@@ -190,6 +190,126 @@ def serve_builds(demo_hf, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+# --- NVIDIA ModelOpt, in its own venv (`make oracle` / `make modelopt`) ----------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def oracle_python() -> Path:
+    """The ModelOpt venv's python: $ORACLE_VENV (the Makefile's variable) or .cache/modelopt-venv."""
+    venv = Path(os.environ.get("ORACLE_VENV") or ".cache/modelopt-venv")
+    return (venv if venv.is_absolute() else ROOT / venv) / "bin" / "python"
+
+
+def require_oracle() -> Path:
+    """That python; the test fails without it unless TRTBUILD_SKIP_ORACLE=1 (then it is skipped)."""
+    py = oracle_python()
+    if not py.is_file():
+        if os.environ.get("TRTBUILD_SKIP_ORACLE") == "1":
+            pytest.skip("TRTBUILD_SKIP_ORACLE=1: the ModelOpt oracle is not run")
+        pytest.fail(f"the ModelOpt oracle venv is missing ({py} not found): run `make oracle` "
+                    f"(or set TRTBUILD_SKIP_ORACLE=1 to skip these tests)", pytrace=False)
+    return py
+
+
+def calib_file(path: Path, n: int = 16, length: int = 32, vocab: int = 128, seed: int = 0) -> Path:
+    """Calibration prompts as JSON lines of random token ids (the tiny models have no tokenizer)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    path.write_text("".join(json.dumps({"input_ids": [rng.randrange(4, vocab) for _ in range(length)]}) + "\n"
+                            for _ in range(n)))
+    return path
+
+
+def fasterdecoding_heads(path: Path, K: int, L: int, H: int, V: int, seed: int) -> Path:
+    """FasterDecoding Medusa-1 heads: `{h}.{l}.linear.weight|bias`, `{h}.{L}.weight` (the head's lm_head)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for h in range(K):
+        for j in range(L):
+            sd[f"{h}.{j}.linear.weight"] = torch.randn(H, H, generator=g) * 0.1
+            sd[f"{h}.{j}.linear.bias"] = torch.randn(H, generator=g) * 0.1
+        sd[f"{h}.{L}.weight"] = torch.randn(V, H, generator=g) * 0.1
+    path.mkdir(parents=True)
+    save_file(sd, str(path / "medusa_lm_head.safetensors"))
+    return path
+
+
+# ModelOpt exports shared by the quantization tests: name -> (recipe, kv_cache, tp, dtype, arch, medusa),
+# medusa None | "plain" (heads unquantized) | "quantized". Tiny models: vocab 128 (AWQ pads a vocabulary
+# to a multiple of 64), AWQ group size 16 (it divides every per-rank input: 64, 32, 48 at tp 2).
+QUANT_CASES = {
+    "fp8-kv-tp1": ("fp8", "fp8", 1, "float16", "LlamaForCausalLM", None),
+    "fp8-kv-tp2": ("fp8", "fp8", 2, "float16", "LlamaForCausalLM", None),
+    "int4_awq-tp1": ("int4_awq", None, 1, "float16", "LlamaForCausalLM", None),
+    "int4_awq-tp2": ("int4_awq", None, 2, "float16", "LlamaForCausalLM", None),
+    "int8_sq-tp1": ("int8_sq", None, 1, "float16", "LlamaForCausalLM", None),
+    "int8_sq-tp2": ("int8_sq", None, 2, "float16", "LlamaForCausalLM", None),
+    "w4a8_awq-kv-tp1": ("w4a8_awq", "fp8", 1, "float16", "LlamaForCausalLM", None),
+    "w4a8_awq-kv-tp2": ("w4a8_awq", "fp8", 2, "float16", "LlamaForCausalLM", None),
+    "int8_sq-bf16-tp1": ("int8_sq", None, 1, "bfloat16", "LlamaForCausalLM", None),
+    "kv-only-tp2": (None, "fp8", 2, "float16", "LlamaForCausalLM", None),
+    "qwen2-int8_sq-tp2": ("int8_sq", None, 2, "float16", "Qwen2ForCausalLM", None),
+    "medusa-fp8-tp2": ("fp8", None, 2, "float16", "LlamaForCausalLM", "plain"),
+    "medusa-fp8-heads-tp2": ("fp8", None, 2, "float16", "LlamaForCausalLM", "quantized"),
+}
+QUANT_GROUP_SIZE = 16
+
+
+@pytest.fixture(scope="session")
+def modelopt_exports(tmp_path_factory) -> dict:
+    """Every QUANT_CASES case quantized and exported by ModelOpt (trtbuild/quantize/worker.py, ONE
+    process in ModelOpt's venv), with reference logits on two calibration sequences:
+    {"hf": {arch: dir}, "heads": dir, "calib": jsonl, "cases": {name: export dir}, "reference": {name: file},
+     "result": {name: the worker's done/error event}}."""
+    import json
+    import subprocess
+
+    from trtbuild.quantize.driver import WORKER, _heads_file, transformers4_view
+    from trtbuild.convert.hf import read_hf_dir
+    from trtbuild.convert.medusa_heads import read_heads
+
+    py = require_oracle()
+    work = tmp_path_factory.mktemp("modelopt-exports")
+    hf = {}
+    for i, arch in enumerate(("LlamaForCausalLM", "Qwen2ForCausalLM")):
+        make_hf_model(work / arch, arch, seed=10 + i, vocab_size=128)
+        hf[arch] = work / arch
+    views = {arch: transformers4_view(d, work / f"{arch}-t4") for arch, d in hf.items()}
+    heads = fasterdecoding_heads(work / "heads", 2, 1, 64, 128, seed=3)
+    ckpt = read_hf_dir(hf["LlamaForCausalLM"])
+    source = ckpt.open()
+    medusa = _heads_file(read_heads(heads), source, work / "heads-worker.safetensors")
+    source.close()
+    calib = calib_file(work / "calib.jsonl")
+    seqs = [json.loads(line)["input_ids"] for line in calib.read_text().splitlines()]
+    jobs, names = [], list(QUANT_CASES)
+    for name in names:
+        recipe, kv, tp, dtype, arch, heads_mode = QUANT_CASES[name]
+        jobs.append({"hf_dir": str(views[arch]), "out_dir": str(work / name), "recipe": recipe, "kv_cache": kv,
+                     "group_size": QUANT_GROUP_SIZE, "tp": tp, "pp": 1, "dtype": dtype, "calib_ids": seqs,
+                     "calib_batch": 4, "medusa": medusa if heads_mode else None,
+                     "quantize_medusa_heads": heads_mode == "quantized", "reference_ids": seqs[:2],
+                     "reference_out": str(work / f"{name}.reference.safetensors")})
+    (work / "jobs.json").write_text(json.dumps(jobs))
+    from trtbuild.quantize.driver import _worker_env
+
+    proc = subprocess.run([str(py), str(WORKER), str(work / "jobs.json")], capture_output=True, text=True,
+                          timeout=900, env=_worker_env(), cwd=work)
+    events = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith('{"event": "done"')
+              or ln.startswith('{"event": "error"')]
+    result = {names[e["job"]]: e for e in events}
+    if len(result) != len(names):
+        pytest.fail(f"the ModelOpt worker stopped early (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {"hf": hf, "heads": heads, "calib": calib, "work": work,
+            "cases": {n: work / n for n in names}, "reference": {n: work / f"{n}.reference.safetensors" for n in names},
+            "result": result}
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu` tests without CUDA and `trtllm` tests without TensorRT-LLM; nothing else is skipped."""
     import importlib.util

@@ -452,7 +452,8 @@ def test_a_build_reports_what_tensorrt_llm_recorded_otherwise():
     from trtbuild.common.spec import ResolvedSpec
 
     rs = ResolvedSpec(model="m", backend="tensorrt-llm", gpu="h100-80gb", gpus=1, tp=1, pp=1, dtype="float16",
-                      quantization="none", max_batch_size=4, max_input_len=63, max_seq_len=64, max_num_tokens=8192,
+                      quantization="none", kv_cache=None, group_size=None, calib_prompts=None, calib_size=None,
+                      quantize_medusa_heads=False, max_batch_size=4, max_input_len=63, max_seq_len=64, max_num_tokens=8192,
                       max_draft_len=0, medusa=None, medusa_choices=None, lookahead=None, gather_context_logits=False,
                       kv_cache_free_gpu_mem_fraction=0.9, end_ids=(2,), speculation="auto", architecture="LlamaForCausalLM",
                       speculative_decoding_mode=None, world_size=1, medusa_heads=0, medusa_layers=0, medusa_nodes=0,
@@ -564,7 +565,7 @@ def _bad_cases(hf: Path, heads: Path, tmp: Path) -> list[tuple[dict, str]]:
         ({"end_ids": (2, 500)}, r"end id 500 is outside the vocabulary \[0, 101\)"),
         ({"model": str(no_eos)}, "no eos_token_id in generation_config.json"),
         ({"quantization": "fp8", "gpu": "a100-80gb", "backend": "tensorrt-llm"},
-         "FP8 needs compute capability >= 8.9"),
+         r"--quantize fp8 needs FP8 tensor cores \(compute capability >= 8.9"),
         ({"dtype": "bfloat16", "gpu": "t4-16gb", "backend": "tensorrt-llm"}, "bfloat16 needs compute capability >= 8.0"),
         ({"lookahead": "4,3,4", "gpu": "v100-32gb", "dtype": "float16", "backend": "tensorrt-llm"},
          "Medusa and lookahead decoding need compute capability >= 8.0; v100-32gb is 7.0"),

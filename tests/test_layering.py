@@ -3,7 +3,8 @@ the same package or to one on a lower layer, and no module imports another modul
 
     common                       ground: specs, errors, fs, corpus, layout, rope, Medusa/lookahead combinatorics
     convert, runtime             HF -> checkpoint; the reference runtime (decoding core, scheduler)
-    triton_repo                  the model repository and the Python models it ships (they run the runtime)
+    triton_repo, quantize        the model repository and the Python models it ships (they run the runtime);
+                                 quantized checkpoints through ModelOpt (convert's writer, the runtime's check)
     builder, tuning              build (convert + engine + repository + self-check); train / tune speculation
     serve                        tritonserver supervision and clients
     bench, deploy, openai_api    load generation; k8s, images, preflight; the OpenAI-compatible frontend
@@ -22,7 +23,7 @@ import trtbuild
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"", "common"}),  # "" = trtbuild/__init__.py (__version__)
     frozenset({"convert", "runtime"}),
-    frozenset({"triton_repo"}),
+    frozenset({"triton_repo", "quantize"}),
     frozenset({"builder", "tuning"}),
     frozenset({"serve"}),
     frozenset({"bench", "deploy", "openai_api"}),

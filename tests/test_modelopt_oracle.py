@@ -35,20 +35,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import make_hf_model
+from conftest import fasterdecoding_heads as write_heads, make_hf_model, require_oracle
 from oracle.compare import ABSENT, Comparison, ConfigRule, FileRule, TensorRule, compare_checkpoints
 from trtbuild.convert import MANIFEST, TOKENIZER_FILES, convert
 
-ROOT = Path(__file__).resolve().parent.parent
 EXPORT_SCRIPT = Path(__file__).resolve().parent / "oracle" / "export_modelopt.py"
 PINNED = {"nvidia-modelopt": "0.37.0", "transformers": "4.57.1"}  # tests/oracle/requirements.txt
 MO = "nvidia-modelopt==0.37.0:modelopt/torch/export/"  # the prefix of every ModelOpt source citation
-
-
-def oracle_python() -> Path:
-    """The oracle venv's python: $ORACLE_VENV (the Makefile's variable) or .cache/modelopt-venv."""
-    venv = Path(os.environ.get("ORACLE_VENV") or ".cache/modelopt-venv")
-    return (venv if venv.is_absolute() else ROOT / venv) / "bin" / "python"
 
 
 # --- the cases ------------------------------------------------------------------------------------
@@ -234,40 +227,9 @@ def oracle_input(hf_dir: Path, out: Path) -> Path:
     (nvidia-modelopt==0.37.0:modelopt/torch/export/hf_config_map.py:53,80; model_config_export.py:151).
     test_oracle_reads_only_the_old_rope_form shows the loss. The weights are the very same file.
     """
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    params = cfg.pop("rope_parameters", None)
-    if isinstance(params, dict):
-        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
-        cfg["rope_theta"] = params["rope_theta"]
-        cfg["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
-    out.mkdir(parents=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    (out / "model.safetensors").symlink_to(hf_dir / "model.safetensors")
-    return out
+    from trtbuild.quantize.driver import transformers4_view
 
-
-def write_heads(path: Path, K: int, L: int, H: int, V: int, seed: int) -> Path:
-    """FasterDecoding Medusa-1 heads: `{h}.{l}.linear.weight|bias`, `{h}.{L}.weight` (the head's lm_head)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for h in range(K):
-        for j in range(L):
-            sd[f"{h}.{j}.linear.weight"] = torch.randn(H, H, generator=g) * 0.1
-            sd[f"{h}.{j}.linear.bias"] = torch.randn(H, generator=g) * 0.1
-        sd[f"{h}.{L}.weight"] = torch.randn(V, H, generator=g) * 0.1
-    path.mkdir(parents=True)
-    save_file(sd, str(path / "medusa_lm_head.safetensors"))
-    return path
-
-
-def require_oracle() -> Path:
-    py = oracle_python()
-    if not py.is_file():
-        if os.environ.get("TRTBUILD_SKIP_ORACLE") == "1":
-            pytest.skip("TRTBUILD_SKIP_ORACLE=1: the ModelOpt oracle is not run")
-        pytest.fail(f"the ModelOpt oracle venv is missing ({py} not found): run `make oracle` "
-                    f"(or set TRTBUILD_SKIP_ORACLE=1 to skip these tests)", pytrace=False)
-    return py
+    return transformers4_view(hf_dir, out)
 
 
 def run_oracle(py: Path, jobs: list[dict], work: Path) -> dict:

@@ -395,7 +395,7 @@ def test_access_denied_inside_the_output_names_the_output(tmp_path, monkeypatch)
 
     import trtbuild.convert as conv
 
-    monkeypatch.setattr(conv, "_write_manifest", lambda tmp, *a: denied(None, tmp / MARKER))
+    monkeypatch.setattr(conv, "write_manifest", lambda tmp, *a: denied(None, tmp / MARKER))
     line = one_error_line(run("convert", tmp_path / "hf", "-o", tmp_path / "ckpt"))
     assert line == f"Error: cannot write {tmp_path / 'ckpt'}: Permission denied"
     no_staging(tmp_path)

@@ -264,7 +264,7 @@ def test_every_build_option_has_help_and_a_range():
     kinds = {p.name: p.type for p in build_command.params}
     assert isinstance(kinds["kv_cache_free_gpu_mem_fraction"], click.FloatRange)
     out = CliRunner().invoke(cli, ["build", "--help"]).output
-    assert "--quantization [none|fp8]" in out and "[0<x<=1]" in out
+    assert "--quantize [none|fp8|int4_awq|int8_sq|w4a8_awq]" in out and "[0<x<=1]" in out
 
 
 def test_plan_names_the_models_positions(tmp_path):

@@ -57,6 +57,7 @@ from trtbuild.common.spec import BuildSpec, ResolvedSpec
 from trtbuild.common.tokenizer_files import tokenizer_files
 
 LOCK = "trtbuild.lock.json"
+QUANT_CHECK = "quantization_check.json"  # engine/: the runtime vs ModelOpt's fake-quant logits
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class BuildResult:
     lock: dict
 
 
-def input_files(spec_model: str, medusa: str | None) -> dict[str, Path]:
+def input_files(spec_model: str, medusa: str | None, calib_prompts: str | None = None) -> dict[str, Path]:
     from trtbuild.convert import source_files
     from trtbuild.convert.hf import read_hf_dir
 
@@ -76,7 +77,22 @@ def input_files(spec_model: str, medusa: str | None) -> dict[str, Path]:
         from trtbuild.convert.medusa_heads import read_heads
 
         files.update({f"medusa/{p.name}": p for p in read_heads(Path(medusa)).files})
+    if calib_prompts:
+        files[f"calibration/{Path(calib_prompts).name}"] = Path(calib_prompts)
     return files
+
+
+def quantized(rs: ResolvedSpec) -> bool:
+    """Whether the build quantizes (weights and/or the KV cache) through ModelOpt."""
+    return rs.quantization != "none" or rs.kv_cache is not None
+
+
+def quantize_spec(rs: ResolvedSpec):
+    from trtbuild.quantize import QuantizeSpec
+
+    return QuantizeSpec(None if rs.quantization == "none" else rs.quantization, rs.kv_cache, rs.group_size or 128,
+                        Path(rs.calib_prompts) if rs.calib_prompts else None, rs.calib_size or 32,
+                        quantize_medusa_heads=rs.quantize_medusa_heads)
 
 
 def build_key(resolved: Resolved, inputs: dict[str, str], vers: dict) -> str:
@@ -125,12 +141,14 @@ def _is_build_dir(out: Path) -> bool:
 
 
 def _inputs(rs, spec_file: Path | None) -> list:
-    return [rs.model, rs.medusa, spec_file]
+    return [rs.model, rs.medusa, spec_file, rs.calib_prompts]
 
 
 def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool = False, verify: bool = True,
-          echo: Callable[[str], None] = print, spec_file: Path | None = None) -> BuildResult:
-    """Build `spec` into `out_dir` (see the module docstring); `spec_file`: the YAML it came from, an input."""
+          echo: Callable[[str], None] = print, spec_file: Path | None = None,
+          progress: Callable[[int, int], None] | None = None) -> BuildResult:
+    """Build `spec` into `out_dir` (see the module docstring); `spec_file`: the YAML it came from, an input;
+    `progress(done, total)`: calibration progress of a quantized build."""
     resolved = resolve_spec(spec)
     rs = resolved.spec
     out = Path(out_dir)
@@ -146,7 +164,12 @@ def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool 
 
         check_available()
     vers = versions()
-    hashes = {name: sha256_file(p) for name, p in input_files(rs.model, rs.medusa).items()}
+    if quantized(rs):
+        from trtbuild.quantize import modelopt_python
+        from trtbuild.quantize.driver import modelopt_versions
+
+        vers = {**vers, "modelopt": modelopt_versions(modelopt_python())}
+    hashes = {name: sha256_file(p) for name, p in input_files(rs.model, rs.medusa, rs.calib_prompts).items()}
     key = build_key(resolved, hashes, vers)
     if _is_build_dir(out) and (out / "engine" / LOCK).is_file():
         lock = read_lock(out / "engine")
@@ -156,7 +179,7 @@ def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool 
     replace_ok = force or _is_build_dir(out)
     check_output_dir(out, replace_ok, kind="build", replaces=("dry-run",), inputs=inputs)
     with staging_dir(out, replace_ok, kind="build", replaces=("dry-run",), inputs=inputs) as tmp:
-        _build_into(tmp, resolved, echo)
+        _build_into(tmp, resolved, echo, progress)
         if verify and rs.speculative_decoding_mode:
             self_check(tmp / "engine", echo)
         from trtbuild.triton_repo import write_repo
@@ -169,15 +192,35 @@ def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool 
     return BuildResult(out, resolved, False, lock)
 
 
-def _build_into(tmp: Path, resolved: Resolved, echo: Callable[[str], None]) -> None:
+def _build_into(tmp: Path, resolved: Resolved, echo: Callable[[str], None],
+                progress: Callable[[int, int], None] | None = None) -> None:
     from trtbuild.convert import convert
 
     rs = resolved.spec
-    ckpt = convert(Path(rs.model), tmp / "checkpoint", dtype=rs.dtype, tp=rs.tp, pp=rs.pp,
-                   medusa=Path(rs.medusa) if rs.medusa else None, medusa_choices=rs.medusa_choices,
-                   max_draft_len=rs.max_draft_len if rs.medusa else None, lookahead=rs.lookahead_spec)
+    args = dict(dtype=rs.dtype, tp=rs.tp, pp=rs.pp, medusa=Path(rs.medusa) if rs.medusa else None,
+                medusa_choices=rs.medusa_choices, max_draft_len=rs.max_draft_len if rs.medusa else None,
+                lookahead=rs.lookahead_spec)
+    if quantized(rs):
+        from trtbuild.quantize import quantize
+        from trtbuild.quantize.driver import reference_check
+
+        qs = quantize_spec(rs)
+        echo(f"quantizing with ModelOpt: {rs.quantization}" + (f", KV cache {rs.kv_cache}" if rs.kv_cache else "")
+             + f" ({qs.calib_size} calibration sequences)")
+        ckpt = quantize(Path(rs.model), tmp / "checkpoint", qs, progress=progress, **args)
+        manifest = json.loads((ckpt / MARKER).read_text())["options"]["quantization"]
+        echo(f"calibrated and exported in {manifest['seconds']['total']:.1f} s (nvidia-modelopt "
+             f"{manifest['modelopt']['nvidia-modelopt']})")
+        check = reference_check(ckpt)
+        echo(f"quantized-model check: the runtime's logits vs ModelOpt's fake-quant model on "
+             f"{manifest['calibration']['reference_sequences']} calibration sequences: max |diff| "
+             f"{check['max_abs_diff']:.4g}, top-1 agreement {check['top1_agreement']:.1%}")
+    else:
+        ckpt, check = convert(Path(rs.model), tmp / "checkpoint", **args), None
     engine = tmp / "engine"
     engine.mkdir()
+    if check is not None:  # hashed into the lock with the engine's other files
+        (engine / QUANT_CHECK).write_text(json.dumps(check, indent=2) + "\n")
     pretrained = json.loads((ckpt / "config.json").read_text())
     if rs.backend == "tensorrt-llm":
         from trtbuild.builder.trtllm import build_engines

@@ -42,6 +42,11 @@ OUTPUT_TIMING_CACHE = "model.cache"
 _P = "NVIDIA/TensorRT-LLM@c20322ffd3dc0740ca530c9fad989b22e64f6e06:tensorrt_llm/plugin/plugin.py"
 
 
+# trtbuild recipes (common.quant.RECIPES) by what TensorRT-LLM's build() does with them
+AWQ = ("int4_awq", "w4a8_awq")  # per-group weight-only int4: the groupwise GEMM plugin
+FP8_CONTEXT_FMHA = ("fp8", "w4a8_awq")  # quant_algo FP8 / W4A8_AWQ keep use_fp8_context_fmha
+
+
 def plugin_config(spec: ResolvedSpec) -> dict:
     """`PluginConfig.model_dump()` as the engine's config.json records it: every field of the 1.x
     pydantic PluginConfig (plugin.py:102-296, in its order), defaults unless noted."""
@@ -59,7 +64,10 @@ def plugin_config(spec: ResolvedSpec) -> dict:
         "nccl_plugin": spec.dtype if spec.world_size > 1 else None,
         "lora_plugin": None,
         "dora_plugin": False,
-        "weight_only_groupwise_quant_matmul_plugin": None,
+        # build() sets it to the model dtype for per-group weight-only quantization, i.e. W4A16_AWQ and
+        # W4A8_AWQ (NVIDIA/TensorRT-LLM@008b2b8d:tensorrt_llm/builder.py build(): "if use_weight_only and not
+        # disable_weight_only_quant_plugin"; quantization/mode.py QuantMode.from_quant_algo)
+        "weight_only_groupwise_quant_matmul_plugin": spec.dtype if spec.quantization in AWQ else None,
         "weight_only_quant_matmul_plugin": None,
         "smooth_quant_plugins": True,  # plugin.py:164-165
         "smooth_quant_gemm_plugin": None,
@@ -84,8 +92,8 @@ def plugin_config(spec: ResolvedSpec) -> dict:
         "tokens_per_block": TOKENS_PER_BLOCK,
         "use_paged_context_fmha": True,  # plugin.py:252-253 (older plugin.py versions: False)
         # plugin.py:256-257 default True; build() turns it off without FP8/W4A8/NVFP4 quantization
-        # (builder.py@008b2b8d:1125-1129), which trtbuild does not produce
-        "use_fp8_context_fmha": False,
+        # (builder.py@008b2b8d:1125-1129)
+        "use_fp8_context_fmha": spec.quantization in FP8_CONTEXT_FMHA,
         "fuse_fp4_quant": False,
         "multiple_profiles": False,  # plugin.py:264-265
         # plugin.py:272-273 default True; update_kv_cache_type overrides it to False for every
@@ -93,7 +101,9 @@ def plugin_config(spec: ResolvedSpec) -> dict:
         "paged_state": False,
         "streamingllm": False,
         "manage_weights": False,  # plugin.py:282-283 (trtllm-build --fast_build turns it on; trtbuild does not)
-        "use_fused_mlp": True,  # plugin.py:287-288
+        # plugin.py:287-288 default True; trtllm-build turns it off for any quant_algo but FP8 and
+        # MIXED_PRECISION (NVIDIA/TensorRT-LLM@65f1d153:tensorrt_llm/commands/build.py main(), use_fused_mlp)
+        "use_fused_mlp": spec.quantization in ("none", "fp8"),
         "pp_reduce_scatter": False,
     }
 
@@ -240,13 +250,32 @@ def trtllm_build_command(spec: ResolvedSpec, checkpoint_dir: Path, engine_dir: P
         cmd += ["--gather_context_logits"]
     if spec.world_size > 1:
         cmd += ["--workers", str(spec.world_size)]
+    # A quantized checkpoint needs no extra flag: trtllm-build reads quant_algo and kv_cache_quant_algo
+    # from its config.json (the KV dtype comes from kv_cache_quant_algo alone: PretrainedConfig.kv_dtype,
+    # NVIDIA/TensorRT-LLM@01ea6d79:tensorrt_llm/models/modeling_utils.py); build() adds the groupwise
+    # plugin for AWQ itself (plugin_config above). --gemm_plugin stays the model dtype, as upstream's FP8
+    # Medusa recipe (examples/medusa/README.md "--gemm_plugin float16"): it covers the unquantized GEMMs
+    # (lm_head, unquantized heads); FP8 linears take TensorRT's Q/DQ path unless --gemm_plugin fp8
+    # (tensorrt_llm/quantization/layers.py FP8Linear.forward).
     return cmd
 
 
 def convert_command(spec: ResolvedSpec, checkpoint_dir: Path) -> list[str]:
-    """The `trtbuild convert` invocation that writes the checkpoint trtllm-build reads."""
+    """The `trtbuild convert` invocation that writes the checkpoint trtllm-build reads (`--quantize`:
+    calibrated and exported with ModelOpt)."""
     cmd = ["trtbuild", "convert", spec.model, "-o", str(checkpoint_dir), "--dtype", spec.dtype,
            "--tp", str(spec.tp), "--pp", str(spec.pp)]
+    if spec.quantization != "none":
+        cmd += ["--quantize", spec.quantization]
+    if spec.kv_cache:
+        cmd += ["--kv-cache", spec.kv_cache]
+    if spec.group_size:
+        cmd += ["--group-size", str(spec.group_size)]
+    if spec.calib_size:
+        cmd += (["--calib-prompts", spec.calib_prompts] if spec.calib_prompts else []) + ["--calib-size",
+                                                                                            str(spec.calib_size)]
+    if spec.quantize_medusa_heads:
+        cmd += ["--quantize-medusa-heads"]
     if spec.medusa:
         cmd += ["--medusa", spec.medusa, "--medusa-choices", spec.medusa_choices or "",
                 "--max-draft-len", str(spec.max_draft_len)]
@@ -280,6 +309,10 @@ def checkpoint_config(spec: ResolvedSpec, dims) -> dict:
     la = spec.lookahead_spec
     if la is not None:
         config = {**config, "lookahead_config": la.to_dict(), "max_draft_len": la.max_draft_len}
+    if spec.quantization != "none" or spec.kv_cache:
+        from trtbuild.quantize.driver import quant_config_json
+
+        config = quant_config_json(config, spec)
     return config
 
 

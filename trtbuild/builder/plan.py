@@ -20,8 +20,12 @@ from dataclasses import asdict, dataclass, replace
 from trtbuild.builder.gpus import GiB, Gpu
 from trtbuild.common.layout import Dims, Mapping, kv_heads_per_rank, pp_layers, rank_layout, validate_dims
 from trtbuild.common.errors import ConfigError
+from trtbuild.common.quant import QuantConfig, quant_rank_layout
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
+# bytes per element of the dtypes a quantized checkpoint stores (common.quant.quant_rank_layout);
+# int4 weights are two per int8 byte, so the layout's int8 shapes already count them packed
+ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "int8": 1}
 RUNTIME_RESERVE = 1 * GiB  # CUDA context, cuBLAS/cuDNN workspaces, the decoder's own buffers
 KV_FRACTION = 0.9  # TensorRT-LLM's default kv_cache_free_gpu_mem_fraction
 
@@ -45,6 +49,8 @@ class Plan:
     fits: bool
     full_batch_fits: bool
     recommended: dict
+    quantization: str | None = None  # quant_algo of the weights (None: unquantized)
+    kv_cache_dtype: str | None = None  # "fp8", or None: the weights' dtype
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,29 +63,37 @@ class Plan:
                 f"{self.max_kv_tokens} tokens, one sequence needs {self.tokens_per_sequence}")
 
 
-def weights_bytes(dims: Dims, mapping: Mapping, dtype: str) -> int:
-    """Bytes of the fullest rank's weights."""
+def weights_bytes(dims: Dims, mapping: Mapping, dtype: str, quant: QuantConfig | None = None) -> int:
+    """Bytes of the fullest rank's weights; quantized: every tensor of the quantized layout (packed
+    weights, their scales, the unquantized rest in `dtype`)."""
+    if quant is not None and quant.algo:
+        return max(sum(math.prod(s) * ELEMENT_BYTES[d] for d, s in quant_rank_layout(dims, mapping, r, quant, dtype).values())
+                   for r in range(mapping.world_size))
     per_rank = [sum(math.prod(s) for s in rank_layout(dims, mapping, r).values()) for r in range(mapping.world_size)]
     return max(per_rank) * DTYPE_BYTES[dtype]
 
 
-def kv_bytes_per_token(dims: Dims, mapping: Mapping, dtype: str) -> int:
+def kv_bytes_per_token(dims: Dims, mapping: Mapping, dtype: str, kv_cache: str | None = None) -> int:
+    """KV-cache bytes per token on the fullest rank; kv_cache "fp8": one byte per element."""
     layers = max(len(pp_layers(dims.num_layers, mapping.pp_size, p)) for p in range(mapping.pp_size))
-    return 2 * layers * kv_heads_per_rank(dims.num_kv_heads, mapping.tp_size) * dims.head_size * DTYPE_BYTES[dtype]
+    nbytes = 1 if kv_cache == "fp8" else DTYPE_BYTES[dtype]
+    return 2 * layers * kv_heads_per_rank(dims.num_kv_heads, mapping.tp_size) * dims.head_size * nbytes
 
 
 def plan(dims: Dims, device: Gpu | None, *, tp: int = 1, pp: int = 1, dtype: str = "float16",
          max_batch_size: int = 8, max_seq_len: int = 2048, max_num_tokens: int = 8192, max_draft_len: int = 0,
-         kv_fraction: float = KV_FRACTION) -> Plan:
-    """The memory plan for one configuration (device None: this machine's RAM, the CPU runtime)."""
+         kv_fraction: float = KV_FRACTION, quant: QuantConfig | None = None) -> Plan:
+    """The memory plan for one configuration (device None: this machine's RAM, the CPU runtime);
+    `quant`: the checkpoint's quantization (weights in its layout, an FP8 KV cache at one byte)."""
     if dtype not in DTYPE_BYTES:
         raise ConfigError(f"unknown dtype {dtype!r} for the planner")
     mapping = Mapping(tp, pp)
     validate_dims(dims, mapping)
     nbytes = DTYPE_BYTES[dtype]
     memory = device.memory_bytes if device else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    weights = weights_bytes(dims, mapping, dtype)
-    kv_token = kv_bytes_per_token(dims, mapping, dtype)
+    weights = weights_bytes(dims, mapping, dtype, quant)
+    kv_cache = "fp8" if quant is not None and quant.kv_cache == "FP8" else None
+    kv_token = kv_bytes_per_token(dims, mapping, dtype, kv_cache)
     H, I, d = dims.hidden_size, dims.intermediate_size, dims.head_size
     qkv = (dims.num_heads // tp + 2 * kv_heads_per_rank(dims.num_kv_heads, tp)) * d
     activations = max_num_tokens * (4 * H + qkv + 2 * I // tp) * nbytes
@@ -100,14 +114,15 @@ def plan(dims: Dims, device: Gpu | None, *, tp: int = 1, pp: int = 1, dtype: str
             try:
                 p = plan(dims, device, tp=t, pp=pp, dtype=dtype, max_batch_size=max_batch_size,
                          max_seq_len=max_seq_len, max_num_tokens=max_num_tokens, max_draft_len=max_draft_len,
-                         kv_fraction=kv_fraction)
+                         kv_fraction=kv_fraction, quant=quant)
             except ConfigError:
                 continue
             if p.fits:
                 recommended["tp"] = t
                 break
     return Plan(device.sku if device else "cpu", memory, tp, pp, dtype, weights, kv_token, activations, logits,
-                reserve, kv_fraction, kv_tokens, per_seq, max_batch_size, fits, full, recommended)
+                reserve, kv_fraction, kv_tokens, per_seq, max_batch_size, fits, full, recommended,
+                quant.algo if quant is not None else None, kv_cache)
 
 
 def dims_from_config(cfg: dict) -> Dims:

@@ -17,10 +17,13 @@ from trtbuild.common.layout import Dims, Mapping, validate_dims
 from trtbuild.common.rope_scaling import hf_rope_scaling, max_sequence_length
 from trtbuild.common.errors import ConfigError
 from trtbuild.runtime.tokenizer import default_end_ids
-from trtbuild.common.spec import BACKENDS, QUANTIZATIONS, BuildSpec, ResolvedSpec
+from trtbuild.common.quant import AWQ_VOCAB_MULTIPLE, DEFAULT_GROUP_SIZE, RECIPES, QuantConfig
+from trtbuild.common.spec import BACKENDS, KV_CACHE_DTYPES, QUANTIZATIONS, BuildSpec, ResolvedSpec
 
 DEFAULT_MAX_SEQ_LEN = 4096  # never a model's full context (Llama-3.1: 131072) by accident
 DEFAULT_MAX_NUM_TOKENS = 8192  # trtllm-build's default
+DEFAULT_CALIB_SIZE = 32  # calibration sequences (of 256 tokens) when the spec gives none
+GROUP_SIZES = (128, 64, 32)  # AWQ group sizes tried, largest first, when the spec gives none
 DEFAULT_SPECULATION = "auto"  # the governor decides (issue 16); a plain build, with nothing to draft, keeps it too
 
 
@@ -61,17 +64,9 @@ def resolve_spec(spec: BuildSpec) -> Resolved:
     validate_dims(dims, Mapping(spec.tp, spec.pp))
 
     dtype = resolve_dtype(spec.dtype, hf.config)
-    if spec.quantization not in QUANTIZATIONS:
-        raise ConfigError(f"unknown quantization {spec.quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
     if device is not None and dtype == "bfloat16" and not device.bf16:
         raise ConfigError(f"bfloat16 needs compute capability >= 8.0; {device.sku} is "
                           f"{'.'.join(map(str, device.compute_capability))} (use --dtype float16)")
-    if spec.quantization == "fp8":
-        if device is None or not device.fp8:
-            cc = "no GPU" if device is None else f"{device.sku} is {'.'.join(map(str, device.compute_capability))}"
-            raise ConfigError(f"FP8 needs compute capability >= 8.9 (Ada/Hopper); {cc}")
-        raise ConfigError("FP8 quantization is not produced by trtbuild convert yet (build a bf16/fp16 engine)")
-
     if spec.medusa and spec.lookahead:
         raise ConfigError("--medusa and --lookahead are exclusive: an engine has one speculative decoding mode")
     speculative = bool(spec.medusa or spec.lookahead)
@@ -106,6 +101,13 @@ def resolve_spec(spec: BuildSpec) -> Resolved:
             raise ConfigError(f"lookahead {format_spec(la)} needs max_draft_len {la.max_draft_len} "
                               f"((N-2) + (W-1+G)(N-1)), got {spec.max_draft_len}")
         mode, draft, lookahead = "lookahead_decoding", la.max_draft_len, "{},{},{}".format(*la.as_tuple())
+
+    quant, group = check_quantization(spec, dims, Mapping(spec.tp, spec.pp), device, dtype, mode, notes)
+    calib_size = None
+    if quant is not None:
+        calib_size = spec.calib_size if spec.calib_size is not None else DEFAULT_CALIB_SIZE
+        if calib_size < 1:
+            raise ConfigError(f"calib_size must be >= 1, got {calib_size}")
 
     # rope scaling in either HF form (transformers >= 5: rope_parameters; before: rope_scaling)
     limit = max_sequence_length(int(hf.config.get("max_position_embeddings") or 2048), hf_rope_scaling(hf.config))
@@ -145,7 +147,9 @@ def resolve_spec(spec: BuildSpec) -> Resolved:
 
     resolved = ResolvedSpec(
         model=str(Path(spec.model).resolve()), backend=spec.backend, gpu=target, gpus=gpus, tp=spec.tp, pp=spec.pp,
-        dtype=dtype, quantization=spec.quantization, max_batch_size=spec.max_batch_size,
+        dtype=dtype, quantization=spec.quantization, kv_cache=spec.kv_cache, group_size=group,
+        calib_prompts=str(Path(spec.calib_prompts).resolve()) if spec.calib_prompts else None, calib_size=calib_size,
+        quantize_medusa_heads=spec.quantize_medusa_heads, max_batch_size=spec.max_batch_size,
         max_input_len=max_input_len, max_seq_len=max_seq_len, max_num_tokens=max_num_tokens, max_draft_len=draft,
         medusa=str(Path(spec.medusa).resolve()) if spec.medusa else None, medusa_choices=choices, lookahead=lookahead,
         gather_context_logits=spec.gather_context_logits,
@@ -156,7 +160,7 @@ def resolve_spec(spec: BuildSpec) -> Resolved:
         vocab_size=dims.vocab_size)
     p = plan(dims, device, tp=spec.tp, pp=spec.pp, dtype=dtype if device else "float32",
              max_batch_size=spec.max_batch_size, max_seq_len=max_seq_len, max_num_tokens=max_num_tokens,
-             max_draft_len=draft, kv_fraction=spec.kv_cache_free_gpu_mem_fraction)
+             max_draft_len=draft, kv_fraction=spec.kv_cache_free_gpu_mem_fraction, quant=quant)
     if not p.fits:
         hint = f"; try --tp {p.recommended['tp']}" if "tp" in p.recommended else ""
         raise ConfigError(f"does not fit: {p.summary()}{hint}")
@@ -165,3 +169,97 @@ def resolve_spec(spec: BuildSpec) -> Resolved:
                      f"sequences at once, not max_batch_size {spec.max_batch_size} (in-flight batching still runs)")
     return Resolved(resolved, dims, device, p, tuple(notes))
 
+
+
+def awq_input_dims(dims: Dims, mapping: Mapping) -> dict[str, int]:
+    """The input features of every linear layer on one tp rank (what an AWQ group splits)."""
+    t = mapping.tp_size
+    out = {"hidden_size": dims.hidden_size,
+           f"num_attention_heads x head_size / tp ({dims.num_heads}x{dims.head_size}/{t})": dims.num_heads * dims.head_size // t,
+           f"intermediate_size / tp ({dims.intermediate_size}/{t})": dims.intermediate_size // t}
+    return out
+
+
+def check_quantization(spec: BuildSpec, dims: Dims, mapping: Mapping, device: Gpu | None, dtype: str,
+                       mode: str | None, notes: list[str]) -> tuple[QuantConfig | None, int | None]:
+    """The checkpoint's quantization block for the spec and the AWQ group size, or a ConfigError:
+    every rule here runs before any calibration starts. (None, None): nothing is quantized."""
+    recipe = None if spec.quantization == "none" else spec.quantization
+    if spec.quantization not in QUANTIZATIONS:
+        raise ConfigError(f"unknown quantization {spec.quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
+    if spec.kv_cache is not None and spec.kv_cache not in KV_CACHE_DTYPES:
+        raise ConfigError(f"unknown kv_cache {spec.kv_cache!r} (choose from {', '.join(KV_CACHE_DTYPES)})")
+    if recipe is None and spec.kv_cache is None:
+        for key in ("group_size", "calib_prompts", "calib_size"):
+            if getattr(spec, key) is not None:
+                raise ConfigError(f"{key.replace('_', '-')} needs --quantize (or --kv-cache fp8)")
+        if spec.quantize_medusa_heads:
+            raise ConfigError("--quantize-medusa-heads needs --quantize")
+        return None, None
+    r = RECIPES.get(recipe) if recipe else None
+    if spec.quantize_medusa_heads and mode != "medusa":
+        raise ConfigError("--quantize-medusa-heads needs --medusa HEADS")
+    if spec.quantize_medusa_heads and r is None:
+        raise ConfigError("--quantize-medusa-heads needs a weight recipe (--quantize)")
+    if dtype not in ("float16", "bfloat16"):
+        raise ConfigError(f"a quantized checkpoint keeps its unquantized tensors in float16 or bfloat16, not {dtype} "
+                          "(use --dtype float16 or bfloat16)")
+    fp8 = [what for what, needs in ((f"--quantize {recipe}", r is not None and r.fp8_hardware),
+                                    ("--kv-cache fp8", spec.kv_cache == "fp8")) if needs]
+    if fp8 and device is not None and not device.fp8:
+        cc = ".".join(map(str, device.compute_capability))
+        raise ConfigError(f"{' and '.join(fp8)} need{'s' if len(fp8) == 1 else ''} FP8 tensor cores (compute capability >= 8.9: H100, H200, "
+                          f"L40S); {device.sku} is {cc}: use --quantize int4_awq or int8_sq without --kv-cache fp8")
+    if recipe == "w4a8_awq" and dtype == "bfloat16":
+        # the W4A8 groupwise GEMM refuses bf16: TLLM_THROW("FP8 is unsupported on with BF16 scales and
+        # zero-points!") (NVIDIA/TensorRT-LLM cpp/tensorrt_llm/plugins/weightOnlyGroupwiseQuantMatmulPlugin/
+        # weightOnlyGroupwiseQuantMatmulPlugin.cpp init()); the reference runtime keeps the same rule
+        raise ConfigError("w4a8_awq needs --dtype float16: TensorRT-LLM's W4A8 kernels refuse bfloat16 scales")
+    if spec.backend == "tensorrt-llm" and spec.kv_cache == "fp8" and r is not None and r.activations != "fp8":
+        # build() turns FP8 context FMHA off without FP8/W4A8 quantization and then paged context FMHA with
+        # an FP8 KV cache ("FP8 Paged Context FMHA is disabled because FP8 context FMHA is disabled.":
+        # NVIDIA/TensorRT-LLM@008b2b8d:tensorrt_llm/builder.py build()); the repository's chunked context needs it
+        raise ConfigError(f"--quantize {recipe} with --kv-cache fp8: TensorRT-LLM then disables paged context "
+                          "FMHA, which chunked context needs; use fp8 or w4a8_awq for an FP8 KV cache, or drop "
+                          "--kv-cache")
+    if spec.calib_prompts is not None and not Path(spec.calib_prompts).is_file():
+        raise ConfigError(f"calibration prompts not found: {spec.calib_prompts}")
+    group = None
+    if r is not None and r.grouped:
+        inputs = awq_input_dims(dims, mapping)
+        if dims.vocab_size % AWQ_VOCAB_MULTIPLE:
+            # nvidia-modelopt==0.37.0:modelopt/torch/export/model_config_export.py:375-384 pads the
+            # vocabulary and writes the padded vocab_size, so the padded rows would be sampled
+            raise ConfigError(f"{recipe} needs vocab_size divisible by {AWQ_VOCAB_MULTIPLE} (ModelOpt pads it "
+                              f"otherwise); vocab_size is {dims.vocab_size}")
+        if spec.group_size is None:
+            fitting = [g for g in GROUP_SIZES if all(v % g == 0 for v in inputs.values())]
+            if not fitting:
+                raise ConfigError(f"no AWQ group size of {', '.join(map(str, GROUP_SIZES))} divides "
+                                  f"{', '.join(f'{k} = {v}' for k, v in inputs.items())}: give --group-size")
+            group = fitting[0]
+            if group != DEFAULT_GROUP_SIZE:
+                notes.append(f"AWQ group size {group} (ModelOpt's default {DEFAULT_GROUP_SIZE} does not divide "
+                             f"the input features: {', '.join(f'{k} = {v}' for k, v in inputs.items())})")
+        else:
+            group = spec.group_size
+            if group < 1:
+                raise ConfigError(f"group_size must be >= 1, got {group}")
+            bad = {k: v for k, v in inputs.items() if v % group}
+            if bad:
+                fitting = [g for g in GROUP_SIZES if all(v % g == 0 for v in inputs.values())]
+                hint = f": try --group-size {fitting[0]}" if fitting else ""
+                k, v = next(iter(bad.items()))
+                raise ConfigError(f"--group-size {group} does not divide {k} = {v} (AWQ groups the input "
+                                  f"features of every linear layer){hint}")
+    elif spec.group_size is not None:
+        raise ConfigError(f"--group-size applies to int4_awq and w4a8_awq, not {recipe or '--kv-cache fp8 alone'}")
+    if mode == "medusa" and r is not None and r.name != "fp8":
+        # not refused upstream, only unlisted (examples/medusa/README.md support matrix: "FP8 (base model)")
+        notes.append(f"TensorRT-LLM's Medusa support matrix lists an FP8 base only; {recipe} with Medusa is "
+                     "built but not in upstream's tested set")
+    from trtbuild.quantize.driver import QuantizeSpec, quant_block
+
+    q = quant_block(QuantizeSpec(recipe, spec.kv_cache, group or DEFAULT_GROUP_SIZE,
+                                 quantize_medusa_heads=spec.quantize_medusa_heads), mode == "medusa")
+    return q, group

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from trtbuild.cli.options import speculative_options
+from trtbuild.cli.options import quantize_options, speculative_options
 
 DTYPE = click.Choice(["auto", "float32", "float16", "bfloat16"])
 
@@ -22,16 +22,40 @@ DTYPE = click.Choice(["auto", "float32", "float16", "bfloat16"])
 @click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True, help="Pipeline-parallel size.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists (only once the new one is complete).")
 @speculative_options()
+@quantize_options()
 def convert(hf_dir: Path, out_dir: Path, dtype: str, tp: int, pp: int, force: bool, medusa: Path | None,
-            medusa_choices: str | None, max_draft_len: int | None, lookahead) -> None:
-    """Convert a HF checkpoint (+ Medusa heads) into a TensorRT-LLM checkpoint."""
+            medusa_choices: str | None, max_draft_len: int | None, lookahead, **quant) -> None:
+    """Convert a HF checkpoint (+ Medusa heads) into a TensorRT-LLM checkpoint (--quantize: through ModelOpt)."""
     from trtbuild.common.lookahead.spec import format_spec
     from trtbuild.convert import convert as run
 
-    run(hf_dir, out_dir, dtype=dtype, tp=tp, pp=pp, force=force, medusa=medusa, medusa_choices=medusa_choices,
-        max_draft_len=max_draft_len, lookahead=lookahead)
     mode = ", medusa" if medusa else f", lookahead {format_spec(lookahead)[1:-1]}" if lookahead else ""
+    if any(v is not None for v in quant.values()):
+        mode += _quantize(hf_dir, out_dir, dtype, tp, pp, force, medusa, medusa_choices, max_draft_len, lookahead,
+                          quant)
+    else:
+        run(hf_dir, out_dir, dtype=dtype, tp=tp, pp=pp, force=force, medusa=medusa, medusa_choices=medusa_choices,
+            max_draft_len=max_draft_len, lookahead=lookahead)
     click.echo(f"wrote {out_dir} (tp={tp}, pp={pp}{mode})")
+
+
+def _quantize(hf_dir, out_dir, dtype, tp, pp, force, medusa, medusa_choices, max_draft_len, lookahead, quant) -> str:
+    """convert --quantize: every rule of `build --quantize` (the cpu target) checked before calibration."""
+    from trtbuild.builder import quantize_spec
+    from trtbuild.builder.validate import resolve_spec
+    from trtbuild.common.lookahead.spec import format_spec
+    from trtbuild.common.spec import BuildSpec
+    from trtbuild.quantize import quantize
+
+    if quant.get("calib_prompts") is not None:
+        quant["calib_prompts"] = str(quant["calib_prompts"])
+    spec = BuildSpec(model=str(hf_dir), tp=tp, pp=pp, dtype=dtype, medusa=str(medusa) if medusa else None,
+                     lookahead=format_spec(lookahead)[1:-1] if lookahead else None).merged(quant)
+    rs = resolve_spec(spec).spec
+    quantize(hf_dir, out_dir, quantize_spec(rs), dtype=rs.dtype, tp=tp, pp=pp, force=force, medusa=medusa,
+             medusa_choices=medusa_choices, max_draft_len=max_draft_len, lookahead=lookahead,
+             progress=_calibration_progress)
+    return f", {rs.quantization}" + (f", KV cache {rs.kv_cache}" if rs.kv_cache else "")
 
 
 @click.command()
@@ -55,8 +79,7 @@ def convert(hf_dir: Path, out_dir: Path, dtype: str, tp: int, pp: int, force: bo
 @click.option("--tp", type=click.IntRange(min=1), default=None, help="Tensor-parallel size (default 1).")
 @click.option("--pp", type=click.IntRange(min=1), default=None, help="Pipeline-parallel size (default 1).")
 @click.option("--dtype", type=DTYPE, default=None, help="Weight dtype (default auto: the checkpoint's).")
-@click.option("--quantization", type=click.Choice(["none", "fp8"]), default=None,
-              help="Weight quantization (default none; fp8 needs Ada/Hopper and is not produced by convert yet).")
+@quantize_options()
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=None, help="Default 8.")
 @click.option("--max-input-len", type=click.IntRange(min=1), default=None, help="Default min(1024, max_seq_len - 1).")
 @click.option("--max-seq-len", type=click.IntRange(min=2), default=None, help="Default min(model positions, 4096).")
@@ -76,8 +99,22 @@ def build(hf_dir: Path | None, out_dir: Path, spec_file: Path | None, force: boo
     from trtbuild.common.spec import BuildSpec
 
     spec = BuildSpec.from_yaml(spec_file) if spec_file is not None else BuildSpec()
+    if flags.get("calib_prompts") is not None:
+        flags["calib_prompts"] = str(flags["calib_prompts"])
     spec = spec.merged({**flags, "model": str(hf_dir) if hf_dir is not None else None})
-    run(spec, out_dir, force=force, dry_run=dry_run, verify=not no_verify, echo=click.echo, spec_file=spec_file)
+    run(spec, out_dir, force=force, dry_run=dry_run, verify=not no_verify, echo=click.echo, spec_file=spec_file,
+        progress=_calibration_progress)
+
+
+def _calibration_progress(done: int, total: int) -> None:
+    """`calibrating 12/32` on stderr, rewritten in place on a terminal, else one line per pass
+    (AWQ passes over the data twice)."""
+    import sys
+
+    if sys.stderr.isatty():
+        click.echo(f"\rcalibrating {done}/{total}", nl=done >= total, err=True)
+    elif done >= total:
+        click.echo(f"calibrated {done}/{total} sequences", err=True)
 
 
 @click.command()
@@ -114,6 +151,10 @@ def inspect(path: Path, verify: bool, as_json: bool) -> None:
 @click.option("--medusa-heads", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--medusa-layers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--max-draft-len", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--quantize", "quantization", type=click.Choice(["none", "fp8", "int4_awq", "int8_sq", "w4a8_awq"]),
+              default="none", show_default=True, help="Plan the ModelOpt-quantized layout (weights, scales).")
+@click.option("--kv-cache", type=click.Choice(["fp8"]), default=None, help="An FP8 KV cache (1 byte per element).")
+@click.option("--group-size", type=click.IntRange(min=1), default=None, help="AWQ group size (default as build).")
 @click.option("--json", "as_json", is_flag=True)
 def plan(model: Path, as_json: bool, **settings) -> None:
     """Memory plan: weights and KV cache per GPU, whether a configuration fits (MODEL: HF dir or config.json)."""

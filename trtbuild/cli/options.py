@@ -118,6 +118,31 @@ def speculative_options(for_build: bool = False) -> Callable[[F], F]:
         click.option("--max-draft-len", type=click.IntRange(min=1), default=None, help=draft_help))
 
 
+def quantize_options() -> Callable[[F], F]:
+    """--quantize, --kv-cache, --group-size, --calib-prompts, --calib-size, --quantize-medusa-heads
+    (convert and build; every value is None unless given, so a build spec file's settings stay)."""
+    from trtbuild.common.spec import KV_CACHE_DTYPES, QUANTIZATIONS
+
+    return _options(
+        click.option("--quantize", "quantization", type=click.Choice(QUANTIZATIONS), default=None,
+                     help="Quantize the weights with NVIDIA ModelOpt (default none). fp8 and w4a8_awq need compute "
+                          "capability >= 8.9 (H100/H200/L40S); int4_awq and int8_sq run on A100 too. Needs "
+                          "trtbuild[quantize] in its own environment, named by $TRTBUILD_MODELOPT_PYTHON."),
+        click.option("--kv-cache", type=click.Choice(KV_CACHE_DTYPES), default=None,
+                     help="Quantize the KV cache to FP8 (compute capability >= 8.9)."),
+        click.option("--group-size", type=click.IntRange(min=1), default=None,
+                     help="AWQ group size (int4_awq, w4a8_awq; default 128, or the largest of 128/64/32 that "
+                          "divides every layer's input features)."),
+        click.option("--calib-prompts", type=click.Path(path_type=Path), default=None,
+                     help="Calibration prompts: one text per line, or JSON lines with \"prompt\" or \"input_ids\" "
+                          "(default: text cut from the local Python sources)."),
+        click.option("--calib-size", type=click.IntRange(min=1), default=None,
+                     help="Calibration sequences (default 32, of up to 256 tokens)."),
+        click.option("--quantize-medusa-heads", is_flag=True, default=None,
+                     help="Quantize the Medusa heads too (default: they stay unquantized, as in TensorRT-LLM's "
+                          "quantize.py)."))
+
+
 def calibration_options(report_help: str = "Write the report to this JSON file.") -> Callable[[F], F]:
     """--prompts, --chat, --max-tokens, -o/--output of the tune commands."""
     return _options(

@@ -33,7 +33,11 @@ BACKENDS = ("torch", "tensorrt-llm")
 # its decoding allows; off = plain decoding (the heads / lookahead stay in the engine, unused)
 Speculation = typing.Literal["auto", "always", "off"]
 SPECULATION_MODES: tuple[str, ...] = typing.get_args(Speculation)
-QUANTIZATIONS = ("none", "fp8")
+# weight quantization recipes (common.quant.RECIPES: fp8, int4_awq, int8_sq, w4a8_awq) and KV-cache dtypes
+QUANTIZATIONS = ("none", "fp8", "int4_awq", "int8_sq", "w4a8_awq")
+KV_CACHE_DTYPES = ("fp8",)
+# the settings a `quantization:` mapping in a spec file may hold (its `recipe` is `quantization`)
+QUANT_KEYS = ("kv_cache", "group_size", "calib_prompts", "calib_size", "quantize_medusa_heads")
 
 
 def _show(value: object) -> str:
@@ -110,7 +114,12 @@ class BuildSpec:
     tp: int = 1
     pp: int = 1
     dtype: str = "auto"
-    quantization: str = "none"
+    quantization: str = "none"  # a QUANTIZATIONS recipe, through ModelOpt
+    kv_cache: str | None = None  # fp8: an FP8 KV cache (with or without weight quantization)
+    group_size: int | None = None  # AWQ group size (default 128, or the largest of 128/64/32 that divides)
+    calib_prompts: str | None = None  # calibration prompts file (default: text from the local corpus)
+    calib_size: int | None = None  # calibration sequences (default 32)
+    quantize_medusa_heads: bool = False  # quantize the Medusa heads too (default: kept unquantized)
     max_batch_size: int = 8
     max_input_len: int | None = None
     max_seq_len: int | None = None
@@ -162,6 +171,7 @@ class BuildSpec:
         if unknown:
             raise ConfigError(f"spec {path}: unknown setting(s) {', '.join(unknown)}")
         data = _unyaml({k: v for k, v in data.items() if k not in ResolvedSpec.DERIVED})
+        data = _flatten_quantization(data, path)
         for key, (expected, to_str) in LIST_FORMS.items():
             if isinstance(data.get(key), list):
                 text = to_str(data[key])
@@ -177,6 +187,25 @@ class BuildSpec:
 _HINTS = typing.get_type_hints(BuildSpec)
 
 
+def _flatten_quantization(data: dict, path: Path) -> dict:
+    """A `quantization:` mapping ({recipe, kv_cache, group_size, calib_prompts, calib_size,
+    quantize_medusa_heads}) as the flat settings; a string stays the recipe."""
+    block = data.get("quantization")
+    if not isinstance(block, dict):
+        return data
+    block = {str(k).replace("-", "_"): v for k, v in block.items()}
+    unknown = sorted(k for k in block if k not in ("recipe", *QUANT_KEYS))
+    if unknown:
+        raise ConfigError(f"spec {path}: unknown quantization setting(s) {', '.join(unknown)}")
+    clash = sorted(k for k in block if k in data and k != "quantization")
+    if clash:
+        raise ConfigError(f"spec {path}: {', '.join(clash)} given both inside and outside quantization")
+    out = {k: v for k, v in data.items() if k != "quantization"}
+    out.update({k: v for k, v in block.items() if k != "recipe"})
+    out["quantization"] = block.get("recipe", "none") or "none"
+    return out
+
+
 @dataclass(frozen=True)
 class ResolvedSpec:
     """Every setting decided; what spec.yaml holds and the engine is built from."""
@@ -184,7 +213,8 @@ class ResolvedSpec:
     DERIVED = ("architecture", "speculative_decoding_mode", "world_size", "medusa_heads", "medusa_layers",
                "medusa_nodes", "vocab_size")
     # settings added after spec.yaml files were written, and what such a file (without the key) meant
-    SINCE = {"speculation": "always"}
+    SINCE = {"speculation": "always", "kv_cache": None, "group_size": None, "calib_prompts": None,
+             "calib_size": None, "quantize_medusa_heads": False}
 
     model: str
     backend: str
@@ -194,6 +224,11 @@ class ResolvedSpec:
     pp: int
     dtype: str
     quantization: str
+    kv_cache: str | None
+    group_size: int | None  # AWQ recipes only
+    calib_prompts: str | None
+    calib_size: int | None  # None: nothing is calibrated
+    quantize_medusa_heads: bool
     max_batch_size: int
     max_input_len: int
     max_seq_len: int

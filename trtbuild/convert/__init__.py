@@ -18,13 +18,13 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from trtbuild.convert.hf import ChainedSource, DictSource, HFCheckpoint, read_hf_dir
-from trtbuild.common.layout import Mapping, rank_layout, validate_dims
+from trtbuild.common.layout import Dims, Mapping, rank_layout, validate_dims
 from trtbuild.convert.llama import LLAMA, MISTRAL
-from trtbuild.convert.medusa_heads import medusa_config, read_heads
+from trtbuild.convert.medusa_heads import MedusaHeads, medusa_config, read_heads
 from trtbuild.common.lookahead.spec import LookaheadSpec
 from trtbuild.convert.qwen2 import QWEN2
 from trtbuild.convert.rules import Family, iter_rank, plan_ranks
@@ -68,20 +68,27 @@ def resolve_dtype(dtype: str, hf_config: dict) -> str:
     return dtype
 
 
-def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp: int = 1,
-            force: bool = False, medusa: Path | None = None, medusa_choices: str | None = None,
-            max_draft_len: int | None = None, lookahead: LookaheadSpec | None = None) -> Path:
-    """Convert `hf_dir` (plus Medusa heads) into a TensorRT-LLM checkpoint at `out_dir`; return it.
+@dataclass(frozen=True)
+class Prepared:
+    """What convert and quantize derive alike from the HF directory and the options, before any tensor is read."""
 
-    `lookahead`: a (W, N, G) stored with the checkpoint (`lookahead_config` and the engine's
-    `max_draft_len` by TensorRT-LLM's formula) so nothing downstream asks again.
-    """
-    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    ckpt: HFCheckpoint
+    family: Family
+    dtype: str
+    mapping: Mapping
+    dims: Dims  # Medusa heads included
+    config: dict  # the checkpoint's config.json
+    options: dict  # the manifest's options
+    heads: MedusaHeads | None
+
+
+def prepare(hf_dir: Path, *, dtype: str = "auto", tp: int = 1, pp: int = 1, medusa: Path | None = None,
+            medusa_choices: str | None = None, max_draft_len: int | None = None,
+            lookahead: LookaheadSpec | None = None) -> Prepared:
+    """Read and check `hf_dir` (and the heads) and derive the checkpoint's config.json and options."""
     if medusa is not None and lookahead is not None:
         raise ConfigError("--medusa and --lookahead are exclusive: an engine has one speculative decoding mode")
-    inputs = [hf_dir, medusa]
-    check_output_dir(out_dir, force, kind=KIND, inputs=inputs)
-    ckpt = read_hf_dir(hf_dir)
+    ckpt = read_hf_dir(Path(hf_dir))
     family = family_for(ckpt.config)
     dtype = resolve_dtype(dtype, ckpt.config)
     mapping = Mapping(tp, pp)
@@ -96,17 +103,38 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
     validate_dims(dims, mapping)
     config = family.trt_config(ckpt.config, dims, dtype, mapping)
     options = {"dtype": dtype, "tp_size": tp, "pp_size": pp, "architecture": family.name}
-    subs: dict[str, str] = {}
-    source = ckpt.open()
     if heads is not None:
         config, medusa_options = medusa_config(config, heads, medusa_choices, max_draft_len)
         options.update(medusa_options)
-        source = ChainedSource(source, DictSource(heads.tensors))
-        if not heads.has_lm_head:  # version-2 heads: each gets a copy of the base lm_head
-            subs = {f"medusa.{h}.lm_head.weight": "lm_head.weight" for h in range(heads.num_heads)}
     if lookahead is not None:
         config = {**config, "lookahead_config": lookahead.to_dict(), "max_draft_len": lookahead.max_draft_len}
         options["lookahead"] = lookahead.to_dict()
+    return Prepared(ckpt, family, dtype, mapping, dims, config, options, heads)
+
+
+def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp: int = 1,
+            force: bool = False, medusa: Path | None = None, medusa_choices: str | None = None,
+            max_draft_len: int | None = None, lookahead: LookaheadSpec | None = None) -> Path:
+    """Convert `hf_dir` (plus Medusa heads) into a TensorRT-LLM checkpoint at `out_dir`; return it.
+
+    `lookahead`: a (W, N, G) stored with the checkpoint (`lookahead_config` and the engine's
+    `max_draft_len` by TensorRT-LLM's formula) so nothing downstream asks again.
+    """
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    if medusa is not None and lookahead is not None:
+        raise ConfigError("--medusa and --lookahead are exclusive: an engine has one speculative decoding mode")
+    inputs = [hf_dir, medusa]
+    check_output_dir(out_dir, force, kind=KIND, inputs=inputs)
+    prep = prepare(hf_dir, dtype=dtype, tp=tp, pp=pp, medusa=medusa, medusa_choices=medusa_choices,
+                   max_draft_len=max_draft_len, lookahead=lookahead)
+    ckpt, family, dtype, mapping, dims, config, options, heads = (
+        prep.ckpt, prep.family, prep.dtype, prep.mapping, prep.dims, prep.config, prep.options, prep.heads)
+    subs: dict[str, str] = {}
+    source = ckpt.open()
+    if heads is not None:
+        source = ChainedSource(source, DictSource(heads.tensors))
+        if not heads.has_lm_head:  # version-2 heads: each gets a copy of the base lm_head
+            subs = {f"medusa.{h}.lm_head.weight": "lm_head.weight" for h in range(heads.num_heads)}
     # hashing the sources (GIL released) overlaps the conversion, which reads the same files
     stop = threading.Event()
     pool = ThreadPoolExecutor(1)
@@ -123,7 +151,7 @@ def convert(hf_dir: Path, out_dir: Path, *, dtype: str = "auto", tp: int = 1, pp
             hashes = source_hashes.result()
             if heads is not None:
                 hashes.update({f"medusa/{p.name}": sha256_file(p) for p in heads.files})
-            _write_manifest(tmp, ckpt, hashes, digests, options)
+            write_manifest(tmp, ckpt, hashes, digests, options)
     finally:
         stop.set()  # a failed conversion does not wait for the hashes
         pool.shutdown(wait=True)
@@ -152,7 +180,7 @@ def source_files(ckpt: HFCheckpoint) -> list[Path]:
     return [ckpt.path / "config.json", *indexes, *ckpt.weight_files, *tokenizer_files(ckpt.path)]
 
 
-def _write_manifest(tmp: Path, ckpt: HFCheckpoint, source_hashes: dict[str, str], digests: dict[str, str],
+def write_manifest(tmp: Path, ckpt: HFCheckpoint, source_hashes: dict[str, str], digests: dict[str, str],
                     options: dict) -> None:
     from trtbuild import __version__
 
