@@ -36,31 +36,35 @@ $(DEMO)/hf/config.json: $(BIN)/.installed
 $(DEMO)/heads/config.json: $(DEMO)/hf/config.json
 	$(BIN)/trtbuild train-medusa $(DEMO)/hf -o $(DEMO)/heads --steps 300 --sequences 96 --seq-tokens 96 --batch 32 --force
 
-# The main job: three builds (plain, Medusa, lookahead), a smoke request through a real tritonserver,
-# Kubernetes manifests for the lookahead build, then the same load against each build served in
-# turn: plain vs Medusa vs lookahead.
-demo: $(DEMO)/hf/config.json $(DEMO)/heads/config.json
+# The main job: four builds (plain, Medusa, Medusa on an FP8 base with an FP8 KV cache through ModelOpt,
+# lookahead), a smoke request through a real tritonserver, Kubernetes manifests for the lookahead build,
+# then the same load against each build served in turn: plain vs Medusa vs Medusa-FP8 vs lookahead.
+demo: $(DEMO)/hf/config.json $(DEMO)/heads/config.json $(ORACLE_VENV)/.installed
 	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/plain --max-seq-len 1024 --max-batch-size 16
 	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/medusa --medusa $(DEMO)/heads --medusa-choices "{0}, {1}, {0, 0}" \
 		--max-seq-len 1024 --max-batch-size 16
+	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/medusa-fp8 --medusa $(DEMO)/heads --medusa-choices "{0}, {1}, {0, 0}" \
+		--quantize fp8 --kv-cache fp8 --calib-size 16 --max-seq-len 1024 --max-batch-size 16
 	$(BIN)/trtbuild $(DEMO)/hf -o $(DEMO)/lookahead --lookahead 1,5,2 --max-seq-len 1024 --max-batch-size 16
 	$(BIN)/trtbuild serve $(DEMO)/lookahead --http-port 18000 --grpc-port 18001 --metrics-port 18002 \
 		--once "$(PROMPT)" --max-tokens 48
 	$(BIN)/trtbuild k8s $(DEMO)/lookahead -o $(DEMO)/k8s --force
-	$(BIN)/trtbuild bench sweep $(DEMO)/plain $(DEMO)/medusa $(DEMO)/lookahead --concurrency 1,4,8,16 \
+	$(BIN)/trtbuild bench sweep $(DEMO)/plain $(DEMO)/medusa $(DEMO)/medusa-fp8 $(DEMO)/lookahead --concurrency 1,4,8,16 \
 		--num-requests 16 --isl 128 --osl 64 -o $(DEMO)/bench
 
-# The ModelOpt oracle of tests/test_modelopt_oracle.py: its own venv, never $(VENV) (its pins are not
-# the project's). --no-compile, then one warm-up import byte-compiles only what the export imports.
+# NVIDIA ModelOpt in its own venv, never $(VENV) (its pins, trtbuild[quantize]'s, are not the project's):
+# `--quantize` runs it through TRTBUILD_MODELOPT_PYTHON, and it is the oracle of tests/test_modelopt_oracle.py.
+# --no-compile, then one warm-up import byte-compiles only what the export imports.
 ORACLE_VENV ?= .cache/modelopt-venv
-.PHONY: oracle
+export TRTBUILD_MODELOPT_PYTHON ?= $(abspath $(ORACLE_VENV))/bin/python
+.PHONY: oracle modelopt
 $(ORACLE_VENV)/.installed: tests/oracle/requirements.txt constraints-cpu.txt
 	$(PYTHON) -m venv --clear $(ORACLE_VENV)
 	$(ORACLE_VENV)/bin/pip install -q --no-compile -c constraints-cpu.txt -r tests/oracle/requirements.txt
 	env -u PYTHONDONTWRITEBYTECODE $(ORACLE_VENV)/bin/python tests/oracle/export_modelopt.py --warm-up
 	touch $@
 
-oracle: $(ORACLE_VENV)/.installed
+oracle modelopt: $(ORACLE_VENV)/.installed
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: setup $(ORACLE_VENV)/.installed

@@ -400,3 +400,45 @@ def test_plan_shows_the_saving(models):
     text = CliRunner().invoke(cli, ["plan", str(models["v128"]), "--dtype", "float16", "--quantize", "int4_awq",
                                     "--group-size", "32", "--gpu", "h100-80gb"]).output
     assert "less)" in text and "W4A16_AWQ" in text
+
+
+def test_the_quantize_extra_pins_what_the_modelopt_venv_installs():
+    """trtbuild[quantize] and tests/oracle/requirements.txt (what `make modelopt` installs) agree."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["quantize"]
+    reqs = [ln.strip() for ln in (root / "tests" / "oracle" / "requirements.txt").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")]
+    assert set(extra) <= set(reqs), (extra, reqs)
+    assert {r.split("==")[0] for r in reqs if "==" in r} == {e.split("==")[0] for e in extra}
+
+
+def test_build_medusa_on_an_int8_base_end_to_end(models, tmp_path):
+    """build --quantize int8_sq --medusa (torch backend): the self-check passes on the quantized model,
+    the runtime-vs-ModelOpt check is recorded and hashed, ModelOpt's version is in the build key, a
+    second identical build is reused, inspect shows the recipe."""
+    from conftest import oracle_python
+
+    require_oracle()
+    out = tmp_path / "out"
+    args = ["build", str(models["v128"]), "-o", str(out), "--medusa", str(models["heads"]), "--medusa-choices",
+            "{0}, {1}, {0, 0}", "--quantize", "int8_sq", "--calib-prompts", str(models["calib"]), "--calib-size", "8",
+            "--max-seq-len", "128"]
+    env = {"TRTBUILD_MODELOPT_PYTHON": str(oracle_python())}
+    r = CliRunner().invoke(cli, args, env=env)
+    assert r.exit_code == 0, r.output
+    assert "self-check: greedy speculative output equals plain output" in r.output
+    check = json.loads((out / "engine" / "quantization_check.json").read_text())
+    assert check["sequences"] == 2 and check["positions"] == 64
+    assert check["top1_agreement"] >= 0.9, check
+    lock = json.loads((out / "engine" / "trtbuild.lock.json").read_text())
+    assert lock["versions"]["modelopt"]["nvidia-modelopt"] == "0.37.0"
+    assert "quantization_check.json" in lock["engine"] and "calibration/calib.jsonl" in lock["inputs"]
+    cfg = _config(out / "checkpoint")
+    assert cfg["quantization"]["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
+    assert cfg["quantization"]["exclude_modules"] == ["lm_head", "medusa_heads*"]
+    again = CliRunner().invoke(cli, args, env=env)
+    assert again.exit_code == 0 and "is up to date" in again.output, again.output
+    info = json.loads(CliRunner().invoke(cli, ["inspect", str(out), "--json"]).output)
+    assert info["quantization"]["recipe"] == "int8_sq" and info["quantization"]["check"] == check

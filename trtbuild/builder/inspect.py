@@ -59,6 +59,16 @@ def inspect_dir(path: Path, verify: bool = False) -> dict:
         out["decoding"] = {"mode": "lookahead", **pre["lookahead_config"], "max_draft_len": pre.get("max_draft_len")}
     else:
         out["decoding"] = {"mode": "plain"}
+    q = pre.get("quantization") or {}
+    if q.get("quant_algo") or q.get("kv_cache_quant_algo"):
+        out["quantization"] = {k: q[k] for k in ("quant_algo", "kv_cache_quant_algo", "group_size", "exclude_modules")
+                               if q.get(k) is not None}
+        ckpt = path.parent / "checkpoint" if engine else path
+        if (ckpt / MARKER).is_file():  # the recipe and calibration as the quantize driver recorded them
+            recorded = (_json(ckpt / MARKER).get("options") or {}).get("quantization") or {}
+            out["quantization"].update({k: recorded[k] for k in ("recipe", "calibration", "modelopt") if k in recorded})
+        if engine and (path / "quantization_check.json").is_file():
+            out["quantization"]["check"] = _json(path / "quantization_check.json")
     if engine:
         ec = EngineConfig.from_dict(cfg, str(path / "config.json"))
         out["version"] = ec.version

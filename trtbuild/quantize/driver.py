@@ -146,14 +146,14 @@ def _heads_file(heads, source, path: Path) -> dict:
     for h in range(heads.num_heads):
         for j in range(heads.num_layers):
             for part in ("weight", "bias"):
-                sd[f"{h}.{j}.linear.{part}"] = heads.tensors[f"medusa.{h}.{j}.linear.{part}"].float().contiguous()
+                sd[f"{h}.{j}.linear.{part}"] = heads.tensors[f"medusa.{h}.{j}.linear.{part}"].float().clone()
         w = heads.tensors.get(f"medusa.{h}.lm_head.weight")
         if w is None:
             if lm_head is None:
                 names = set(source.names())
                 lm_head = source.get("lm_head.weight" if "lm_head.weight" in names else "model.embed_tokens.weight")
             w = lm_head
-        sd[f"{h}.{heads.num_layers}.weight"] = w.float().contiguous()
+        sd[f"{h}.{heads.num_layers}.weight"] = w.float().clone()  # version-2 heads share one tensor
     save_file(sd, str(path))
     return {"file": str(path), "num_heads": heads.num_heads, "num_layers": heads.num_layers}
 

@@ -1,9 +1,12 @@
 """Load a TensorRT-LLM checkpoint of any tp/pp layout into whole (unsharded) runtime weights.
 
-Every rank file must hold exactly the tensors `layout.rank_layout` names, with those shapes; shards
-are merged back (qkv per rank `[q_r; k_r; v_r]`, duplicated kv heads collapsed, row/column splits
-concatenated, the padded lm_head trimmed to the real vocabulary). The runtime keeps fused
-tensors: `qkv` = [q; k; v] over all heads and `fc_gate` = [fc; gate].
+Every rank file must hold exactly the tensors `layout.rank_layout` names, with those shapes (a
+quantized checkpoint: `quant.quant_rank_layout`, with those dtypes too); shards are merged back
+(qkv per rank `[q_r; k_r; v_r]`, duplicated kv heads collapsed, row/column splits concatenated,
+a split embedding (`use_parallel_embedding`) and the padded lm_head trimmed to the real
+vocabulary). The runtime keeps fused tensors: `qkv` = [q; k; v] over all heads and `fc_gate` =
+[fc; gate]. Quantized linears are dequantized shard by shard first (runtime/quant.py); fc and
+gate stay two linears when their input quantization differs.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trtbuild.common.layout import Dims, Mapping, merge_qkv, pp_layers, rank_layout
+from trtbuild.common.layout import Dims, Mapping, merge_qkv, pad_vocab_size, pp_layers, rank_layout
+from trtbuild.common.quant import QuantConfig, quant_rank_layout
 from trtbuild.common.rope_scaling import check_scaling
 from trtbuild.common.engine_config import EngineConfig
 from trtbuild.common.errors import CheckpointError, ConfigError
@@ -21,6 +25,11 @@ from trtbuild.common.lookahead.spec import LookaheadSpec
 
 if TYPE_CHECKING:
     import torch
+
+    from trtbuild.runtime.quant import QuantWeight
+
+    # a linear's weight [out, in]: a tensor, or for an activation-quantized linear a QuantWeight
+    LinearWeight = torch.Tensor | QuantWeight
 
 RUNTIME_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "MedusaForCausalLM")
 
@@ -45,6 +54,8 @@ class ModelConfig:
     # server applies them); None for a checkpoint, which has only max_position_embeddings
     max_input_len: int | None = None
     max_seq_len: int | None = None
+    quant: QuantConfig = QuantConfig()  # config.json's `quantization` (ModelOpt's export)
+    parallel_embedding: bool = False  # use_parallel_embedding: the embedding split over tp on dim 0
 
     @classmethod
     def from_dict(cls, cfg: dict) -> ModelConfig:
@@ -58,8 +69,10 @@ class ModelConfig:
             raise ConfigError(f"the reference runtime cannot run architecture {arch!r}")
         if cfg.get("hidden_act", "silu") != "silu" or cfg.get("position_embedding_type") != "rope_gpt_neox":
             raise ConfigError("the reference runtime needs hidden_act 'silu' and position_embedding_type 'rope_gpt_neox'")
-        if (cfg.get("quantization") or {}).get("quant_algo"):
-            raise ConfigError(f"quantized checkpoints are not supported ({cfg['quantization']['quant_algo']})")
+        quant = QuantConfig.from_dict(cfg.get("quantization"))
+        parallel_embedding = bool(cfg.get("use_parallel_embedding"))
+        if parallel_embedding and cfg.get("embedding_sharding_dim", 0) != 0:
+            raise ConfigError(f"embedding_sharding_dim {cfg['embedding_sharding_dim']!r} is not supported (only 0)")
         try:
             nh = int(cfg["num_attention_heads"])
             dims = Dims(
@@ -90,6 +103,8 @@ class ModelConfig:
                 medusa_choices=tuple(tuple(int(i) for i in p) for p in choices) if choices else None,
                 max_draft_len=int(cfg.get("max_draft_len") or 0),
                 lookahead=LookaheadSpec.from_dict(cfg["lookahead_config"]) if cfg.get("lookahead_config") else None,
+                quant=quant,
+                parallel_embedding=parallel_embedding,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"checkpoint config.json is missing or has a bad field: {e}") from None
@@ -97,19 +112,25 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LayerWeights:
+    """One layer. For a quantized checkpoint a norm weight, or gate's rows, may carry the next
+    linear's input scaling (runtime/quant.py, folding)."""
+
     attn_norm: torch.Tensor  # [H]
-    qkv: torch.Tensor  # [(nh + 2 nkv) d, H]
+    qkv: LinearWeight  # [(nh + 2 nkv) d, H]
     qkv_bias: torch.Tensor | None  # [(nh + 2 nkv) d]
-    dense: torch.Tensor  # [H, nh d]
+    dense: LinearWeight  # [H, nh d]
     mlp_norm: torch.Tensor  # [H]
-    fc_gate: torch.Tensor  # [2 I, H]: rows [:I] = fc (activated), rows [I:] = gate (linear)
-    proj: torch.Tensor  # [H, I]
+    # [2 I, H]: rows [:I] = fc (activated), rows [I:] = gate (linear); or (fc, gate) when their
+    # inputs are quantized differently
+    fc_gate: LinearWeight | tuple[LinearWeight, LinearWeight]
+    proj: LinearWeight  # [H, I]
+    kv_scale: float | None = None  # FP8 KV cache: kv_cache_scaling_factor
 
 
 @dataclass(frozen=True)
 class MedusaHeadWeights:
-    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # ResBlocks: (weight [H, H], bias [H])
-    lm_head: torch.Tensor  # [V, H]
+    layers: tuple[tuple[LinearWeight, torch.Tensor], ...]  # ResBlocks: (weight [H, H], bias [H])
+    lm_head: LinearWeight  # [V, H]
 
 
 @dataclass(frozen=True)
@@ -117,7 +138,7 @@ class Weights:
     embedding: torch.Tensor  # [V, H]
     layers: tuple[LayerWeights, ...]
     final_norm: torch.Tensor  # [H]
-    lm_head: torch.Tensor  # [V, H]
+    lm_head: LinearWeight  # [V, H]
     medusa: tuple[MedusaHeadWeights, ...] = ()
 
 
@@ -159,7 +180,24 @@ def weights_dir(ckpt_dir: Path) -> Path:
     return target
 
 
-def _load_rank(ckpt_dir: Path, rank: int, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+def _expected(cfg: ModelConfig, rank: int) -> dict[str, tuple[str | None, tuple[int, ...]]]:
+    """{name: (torch dtype name or None: unchecked, shape)} of one rank file."""
+    d, m = cfg.dims, cfg.mapping
+    emb = "transformer.vocab_embedding.weight"
+    if cfg.quant.enabled:  # ModelOpt always splits the embedding (common/quant.py)
+        if m.tp_size > 1 and not cfg.parallel_embedding:
+            raise CheckpointError("a quantized checkpoint with tp > 1 must split the embedding "
+                                  "(use_parallel_embedding: true), as ModelOpt writes it")
+        return quant_rank_layout(d, m, rank, cfg.quant, cfg.dtype)
+    out = {name: (None, shape) for name, shape in rank_layout(d, m, rank).items()}
+    if cfg.parallel_embedding and emb in out:
+        out[emb] = (None, (pad_vocab_size(d.vocab_size, m.tp_size) // m.tp_size, d.hidden_size))
+    return out
+
+
+def _load_rank(ckpt_dir: Path, rank: int,
+               expected: dict[str, tuple[str | None, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
+    import torch
     from safetensors.torch import load_file
 
     path = ckpt_dir / f"rank{rank}.safetensors"
@@ -176,7 +214,10 @@ def _load_rank(ckpt_dir: Path, rank: int, expected: dict[str, tuple[int, ...]]) 
     missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
     if missing or extra:
         raise CheckpointError(f"{path.name}: missing {missing[:5]} / unexpected {extra[:5]} tensors")
-    for name, shape in expected.items():
+    for name, (dtype, shape) in expected.items():
+        if dtype is not None and tensors[name].dtype != getattr(torch, dtype):
+            raise CheckpointError(f"{path.name}: {name} has dtype {str(tensors[name].dtype).removeprefix('torch.')}, "
+                                  f"expected {dtype}")
         if tuple(tensors[name].shape) != shape:
             raise CheckpointError(f"{path.name}: {name} has shape {list(tensors[name].shape)}, expected {list(shape)}")
     return tensors
@@ -186,51 +227,70 @@ def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: s
     """Read all rank files of `ckpt_dir` and merge them into whole tensors of `dtype` on `device`."""
     import torch
 
+    from trtbuild.runtime.quant import Shard, finish, fold_into_gate, fold_into_norm, fuse, merge, read_shard
+
     ckpt_dir = weights_dir(ckpt_dir)
-    d, m = cfg.dims, cfg.mapping
+    d, m, q = cfg.dims, cfg.mapping, cfg.quant
     t = m.tp_size
-    ranks = [_load_rank(ckpt_dir, r, rank_layout(d, m, r)) for r in range(m.world_size)]
+    ranks = [_load_rank(ckpt_dir, r, _expected(cfg, r)) for r in range(m.world_size)]
 
     def put(x: torch.Tensor) -> torch.Tensor:
         return x.to(device=device, dtype=dtype).contiguous()
+
+    def linear(shards: list[dict], module: str, split: int | str) -> Shard:
+        """Merge a linear over its tp shards; split: 0 column-parallel, 1 row-parallel, "qkv"."""
+        parts = [read_shard(s, module, q) for s in shards]
+        if split == "qkv":
+            return merge(parts, torch.cat(merge_qkv([p.weight for p in parts], d), dim=0), 0, module)
+        return merge(parts, torch.cat([p.weight for p in parts], dim=split), split, module)
+
+    def lin(shard: Shard | tuple[Shard, Shard]) -> LinearWeight | tuple[LinearWeight, LinearWeight]:
+        if isinstance(shard, tuple):
+            return tuple(finish(s, dtype, device) for s in shard)
+        return finish(shard, dtype, device)
+
+    def same(shards: list[dict], name: str) -> torch.Tensor:
+        if any(not torch.equal(s[name], shards[0][name]) for s in shards[1:]):
+            raise CheckpointError(f"{name} differs between tp ranks")
+        return shards[0][name]
 
     layers: list[LayerWeights] = []
     for p in range(m.pp_size):
         shards = ranks[p * t:(p + 1) * t]
         for i, _ in enumerate(pp_layers(d.num_layers, m.pp_size, p)):
             pre = f"transformer.layers.{i}."
-
-            def cat(name: str, dim: int, shards=shards, pre=pre) -> torch.Tensor:
-                return torch.cat([s[pre + name] for s in shards], dim=dim)
-
-            qkv = torch.cat(merge_qkv([s[pre + "attention.qkv.weight"] for s in shards], d), dim=0)
             bias = None
             if d.qkv_bias:
                 bias = put(torch.cat(merge_qkv([s[pre + "attention.qkv.bias"] for s in shards], d), dim=0))
-            layers.append(LayerWeights(
-                attn_norm=put(shards[0][pre + "input_layernorm.weight"]),
-                qkv=put(qkv),
-                qkv_bias=bias,
-                dense=put(cat("attention.dense.weight", 1)),
-                mlp_norm=put(shards[0][pre + "post_layernorm.weight"]),
-                fc_gate=put(torch.cat([cat("mlp.fc.weight", 0), cat("mlp.gate.weight", 0)], dim=0)),
-                proj=put(cat("mlp.proj.weight", 1)),
-            ))
+            kv = float(same(shards, pre + "attention.kv_cache_scaling_factor")) if q.kv_cache else None
+            attn_norm, qkv = fold_into_norm(put(shards[0][pre + "input_layernorm.weight"]),
+                                            lin(linear(shards, pre + "attention.qkv", "qkv")))
+            mlp_norm, fc_gate = fold_into_norm(put(shards[0][pre + "post_layernorm.weight"]), lin(
+                fuse(linear(shards, pre + "mlp.fc", 0), linear(shards, pre + "mlp.gate", 0))))
+            fc_gate, proj = fold_into_gate(fc_gate, lin(linear(shards, pre + "mlp.proj", 1)))
+            layers.append(LayerWeights(attn_norm=attn_norm, qkv=qkv, qkv_bias=bias,
+                                       dense=lin(linear(shards, pre + "attention.dense", 1)),
+                                       mlp_norm=mlp_norm, fc_gate=fc_gate, proj=proj, kv_scale=kv))
     last = ranks[(m.pp_size - 1) * t:]
 
-    def rows(name: str) -> torch.Tensor:  # column-parallel tensors: concatenate the rank shards
-        return torch.cat([s[name] for s in last], dim=0)
+    def head(module: str):  # a column-parallel lm_head: merged, its padded rows trimmed
+        s = linear(last, module, 0)
+        return lin(replace(s, weight=s.weight[: d.vocab_size]))
 
     medusa = tuple(
         MedusaHeadWeights(
-            layers=tuple((put(rows(f"medusa_heads.{h}.medusa_layers.{j}.linear.weight")),
-                          put(rows(f"medusa_heads.{h}.medusa_layers.{j}.linear.bias"))) for j in range(d.medusa_layers)),
-            lm_head=put(rows(f"medusa_heads.{h}.lm_head.weight")[: d.vocab_size]))
+            layers=tuple((lin(linear(last, f"medusa_heads.{h}.medusa_layers.{j}.linear", 0)),
+                          put(torch.cat([s[f"medusa_heads.{h}.medusa_layers.{j}.linear.bias"] for s in last])))
+                         for j in range(d.medusa_layers)),
+            lm_head=head(f"medusa_heads.{h}.lm_head"))
         for h in range(d.medusa_heads))
+    first = ranks[:t]
+    emb = "transformer.vocab_embedding.weight"
+    embedding = torch.cat([s[emb] for s in first])[: d.vocab_size] if cfg.parallel_embedding else first[0][emb]
     return Weights(
-        embedding=put(ranks[0]["transformer.vocab_embedding.weight"]),
+        embedding=put(embedding),
         layers=tuple(layers),
         final_norm=put(last[0]["transformer.ln_f.weight"]),
-        lm_head=put(rows("lm_head.weight")[: d.vocab_size]),
+        lm_head=head("lm_head"),
         medusa=medusa,
     )

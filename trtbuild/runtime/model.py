@@ -9,6 +9,10 @@ weights are prepacked once for oneDNN (`Linear`), which streams them about twice
 `F.linear`'s default kernel on these machines; elsewhere (CUDA, or a CPU/dtype oneDNN cannot pack)
 `F.linear` is used.
 
+Quantized checkpoints (ModelOpt's export) run on dequantized weights; an activation-quantized
+linear is a `quant.QuantLinear` (input fake-quantized first, same interface), and with an FP8 KV
+cache k and v are rounded to its fp8 grid as they are written (runtime/quant.py).
+
 Shapes: B batch, T new tokens this call, S cache slots, H hidden, nh/nkv heads, d head size.
 The caller owns the token -> slot bookkeeping: `start` is the first cache slot written by this
 call, `mask[b, 0, t, s]` says whether new token t of row b may attend to slot s.
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from trtbuild.common.rope_scaling import scaling_kind
 from trtbuild.common.errors import ConfigError
 from trtbuild.runtime.checkpoint import ModelConfig, Weights, load_weights, read_config
+from trtbuild.runtime.quant import ConcatLinear, QuantLinear, QuantWeight, fake_fp8
 from trtbuild.runtime.rope import cos_sin_table
 
 
@@ -91,14 +96,25 @@ class Linear:
         return residual + F.linear(x, self.w, self.b)
 
 
+def make_linear(w: torch.Tensor | QuantWeight | tuple, b: torch.Tensor | None,
+                pack: bool) -> Linear | QuantLinear | ConcatLinear:
+    """The linear of a loaded weight (checkpoint.LayerWeights' field types)."""
+    if isinstance(w, tuple):
+        return ConcatLinear([make_linear(x, None, pack) for x in w])
+    if isinstance(w, QuantWeight):
+        return QuantLinear(Linear(w.weight, b, pack), w.act)
+    return Linear(w, b, pack)
+
+
 @dataclass(frozen=True)
 class Layer:
     attn_norm: torch.Tensor  # [H]
-    qkv: Linear  # H -> (nh + 2 nkv) d
-    dense: Linear  # nh d -> H
+    qkv: Linear | QuantLinear  # H -> (nh + 2 nkv) d
+    dense: Linear | QuantLinear  # nh d -> H
     mlp_norm: torch.Tensor  # [H]
-    fc_gate: Linear  # H -> 2 I
-    proj: Linear  # I -> H
+    fc_gate: Linear | QuantLinear | ConcatLinear  # H -> 2 I
+    proj: Linear | QuantLinear  # I -> H
+    kv_scale: float | None = None  # FP8 KV cache: k, v rounded to fp8 with this scale
 
 
 def resolve_device(device: str | None) -> str:
@@ -124,16 +140,19 @@ class Model:
         self.cfg, self.dtype, self.device = cfg, dtype, device
         self.packed = can_pack(dtype, device) if pack is None else pack
         self.embedding, self.final_norm = weights.embedding, weights.final_norm
-        self.lm_head = Linear(weights.lm_head, None, self.packed)
-        self.layers = [Layer(lw.attn_norm, Linear(lw.qkv, lw.qkv_bias, self.packed),
-                             Linear(lw.dense, None, self.packed), lw.mlp_norm,
-                             Linear(lw.fc_gate, None, self.packed), Linear(lw.proj, None, self.packed))
+        self.lm_head = make_linear(weights.lm_head, None, self.packed)
+        self.layers = [Layer(lw.attn_norm, make_linear(lw.qkv, lw.qkv_bias, self.packed),
+                             make_linear(lw.dense, None, self.packed), lw.mlp_norm,
+                             make_linear(lw.fc_gate, None, self.packed), make_linear(lw.proj, None, self.packed),
+                             lw.kv_scale)
                        for lw in weights.layers]
         # Medusa heads: ResBlocks x + silu(W x + b), then an lm_head. Version-2 heads carry copies
         # of the base lm_head: those share one matmul with it (bandwidth is the cost on CPU).
-        self.medusa_shared_lm_head = all(torch.equal(m.lm_head, weights.lm_head) for m in weights.medusa)
-        self.medusa = [([Linear(w, b, self.packed) for w, b in m.layers],
-                        None if self.medusa_shared_lm_head else Linear(m.lm_head, None, self.packed))
+        self.medusa_shared_lm_head = all(
+            isinstance(m.lm_head, torch.Tensor) and isinstance(weights.lm_head, torch.Tensor)
+            and torch.equal(m.lm_head, weights.lm_head) for m in weights.medusa)
+        self.medusa = [([make_linear(w, b, self.packed) for w, b in m.layers],
+                        None if self.medusa_shared_lm_head else make_linear(m.lm_head, None, self.packed))
                        for m in weights.medusa]
         # Heads only propose: their top-k need not be exact (verification decides), so on CPU the
         # shared lm_head runs for them in bf16 when oneDNN can pack it (half the bytes to stream).
@@ -251,6 +270,8 @@ class Model:
         # rotate-half: x*cos + cat(-x2, x1)*sin == x*cos + roll(x, d/2)*sin_signed, sin_signed = cat(-s1, s2)
         qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin  # [B, T, nh + nkv, d]
         k, v = qk[:, :, nh:], qkv[..., (nh + nkv) * hd:].view(B, T, nkv, hd)  # [B, T, nkv, d]
+        if lw.kv_scale is not None:  # FP8 KV cache: what is stored is on the fp8 grid
+            k, v = fake_fp8(k, lw.kv_scale), fake_fp8(v, lw.kv_scale)
         k_cache, v_cache = cache.layers[i]  # [B, nkv, S, d]
         if isinstance(slots, int):
             k_cache[:, :, slots:slots + T] = k.transpose(1, 2)
