@@ -442,3 +442,36 @@ def test_build_medusa_on_an_int8_base_end_to_end(models, tmp_path):
     assert again.exit_code == 0 and "is up to date" in again.output, again.output
     info = json.loads(CliRunner().invoke(cli, ["inspect", str(out), "--json"]).output)
     assert info["quantization"]["recipe"] == "int8_sq" and info["quantization"]["check"] == check
+
+
+def test_a_quantized_speculative_engine_serves_through_tritonserver(tmp_path):
+    """A Medusa build on an FP8 base with an FP8 KV cache (word-level tiny model, so text goes in and
+    out) through a real tritonserver: streamed text equals `trtbuild generate` on the same engine."""
+    from conftest import oracle_python, random_heads, word_level_model
+    from trtbuild.serve import TritonServer, free_port
+    from trtbuild.serve.client import generate_http, stream_grpc
+
+    require_oracle()
+    hf = word_level_model(tmp_path / "hf")
+    heads = random_heads(tmp_path / "heads.safetensors", 2)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("".join(" ".join(f"w{(7 * i + j) % 97}" for j in range(24)) + "\n" for i in range(8)))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["build", str(hf), "-o", str(out), "--medusa", str(heads), "--medusa-choices",
+                                 "{0}, {1}, {0, 0}", "--quantize", "fp8", "--kv-cache", "fp8", "--calib-prompts",
+                                 str(calib), "--max-seq-len", "128", "--max-batch-size", "4"],
+                           env={"TRTBUILD_MODELOPT_PYTHON": str(oracle_python())})
+    assert r.exit_code == 0, r.output
+    prompt = "w1 w2 w3 w4 w5"
+    g = CliRunner().invoke(cli, ["generate", str(out / "engine"), "--prompt", prompt, "--max-tokens", "16", "--json"])
+    assert g.exit_code == 0, g.output
+    want = json.loads(g.output)["text"]
+    host = "127.0.0.1"
+    with TritonServer(out / "triton_repo", host, free_port(host), free_port(host), free_port(host),
+                      log_file=tmp_path / "triton.log") as s:
+        whole = generate_http(s.http_url, prompt, 16)["text_output"]
+        chunks = list(stream_grpc(s.grpc_url, prompt, 16))
+    # (a word-level tokenizer's pieces, streamed, lose the spaces between words: compared whole)
+    assert whole == want and want.strip()
+    assert "".join(c["text_output"] for c in chunks) == want.replace(" ", "")
+    assert chunks[-1]["total_draft_tokens"] > 0
