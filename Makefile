@@ -6,6 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo
 PROMPT ?= The three primary colors are
+# NVIDIA ModelOpt's own venv (see `modelopt` below); defined before the rules that need it
+ORACLE_VENV ?= .cache/modelopt-venv
+export TRTBUILD_MODELOPT_PYTHON ?= $(abspath $(ORACLE_VENV))/bin/python
 
 .PHONY: install setup demo test clean
 
@@ -55,8 +58,6 @@ demo: $(DEMO)/hf/config.json $(DEMO)/heads/config.json $(ORACLE_VENV)/.installed
 # NVIDIA ModelOpt in its own venv, never $(VENV) (its pins, trtbuild[quantize]'s, are not the project's):
 # `--quantize` runs it through TRTBUILD_MODELOPT_PYTHON, and it is the oracle of tests/test_modelopt_oracle.py.
 # --no-compile, then one warm-up import byte-compiles only what the export imports.
-ORACLE_VENV ?= .cache/modelopt-venv
-export TRTBUILD_MODELOPT_PYTHON ?= $(abspath $(ORACLE_VENV))/bin/python
 .PHONY: oracle modelopt
 $(ORACLE_VENV)/.installed: tests/oracle/requirements.txt constraints-cpu.txt
 	$(PYTHON) -m venv --clear $(ORACLE_VENV)
