@@ -21,7 +21,7 @@ call, `mask[b, 0, t, s]` says whether new token t of row b may attend to slot s.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -96,6 +96,31 @@ class Linear:
         return residual + F.linear(x, self.w, self.b)
 
 
+class RowInvariant:
+    """A linear whose every row's result does not depend on how many rows run with it: the rows go
+    through in blocks of exactly PACK_ROWS (the last block zero-padded), so oneDNN runs one kernel
+    shape for a decode step, a speculative step and a prefill alike. (Its packed GEMM otherwise
+    picks its blocking by row count: at 1536 input features one row differs in the last bits
+    between a 1-row and a 10-row call.) Decode pays nothing for the padding: the packed layout is
+    made for PACK_ROWS rows; a prefill streams the weights once per block."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])  # [M, I]
+        M = flat.shape[0]
+        if M % PACK_ROWS:
+            flat = torch.cat([flat, flat.new_zeros(PACK_ROWS - M % PACK_ROWS, flat.shape[1])])
+        out = torch.cat([self.inner(flat[i:i + PACK_ROWS]) for i in range(0, flat.shape[0], PACK_ROWS)])
+        return out[:M].reshape(*x.shape[:-1], out.shape[-1])
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return residual + self(x)
+
+
 def make_linear(w: torch.Tensor | QuantWeight | tuple, b: torch.Tensor | None,
                 pack: bool) -> Linear | QuantLinear | ConcatLinear:
     """The linear of a loaded weight (checkpoint.LayerWeights' field types)."""
@@ -161,6 +186,18 @@ class Model:
             self._proposal_head = Linear(weights.lm_head.to(torch.bfloat16), None, True)
         d = cfg.dims
         self.nh, self.nkv, self.hd = d.num_heads, d.num_kv_heads, d.head_size
+        # Quantized activations or KV round every value to a coarse grid, which turns the last-bit
+        # differences between attention over 1 and over T query tokens (or over a padded cache) into
+        # whole grid steps: a speculative step would then disagree with plain decoding. Attention in
+        # fp64 keeps those differences below float32's last bit (the linears are row-invariant:
+        # oneDNN's packed GEMM gives every row the same result whatever the number of rows).
+        q = cfg.quant
+        self.exact_attention = bool(q.kv_cache or (q.recipe is not None and q.recipe.activations))
+        if self.exact_attention:  # and every linear of the base model row-invariant
+            self.lm_head = RowInvariant(self.lm_head)
+            self.layers = [replace(lw, qkv=RowInvariant(lw.qkv), dense=RowInvariant(lw.dense),
+                                   fc_gate=RowInvariant(lw.fc_gate), proj=RowInvariant(lw.proj))
+                           for lw in self.layers]
         self._rope_len, self._rope_key = 0, 0
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -286,7 +323,11 @@ class Model:
         else:
             q = qk[:, :, :nh].reshape(B, T, nkv, g, hd).permute(0, 2, 3, 1, 4).reshape(B, nkv, g * T, hd)
         S = mask.shape[-1]
-        o = F.scaled_dot_product_attention(q, k_cache[:, :, :S], v_cache[:, :, :S], attn_mask=mask)
+        if self.exact_attention:  # see __init__: fp64, so the rounding below cannot tell the batch shapes apart
+            o = F.scaled_dot_product_attention(q.double(), k_cache[:, :, :S].double(), v_cache[:, :, :S].double(),
+                                               attn_mask=mask).to(q.dtype)
+        else:
+            o = F.scaled_dot_product_attention(q, k_cache[:, :, :S], v_cache[:, :, :S], attn_mask=mask)
         o = o.view(B, nkv, g, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, nh * hd)
         x = lw.dense.add_to(x, o)
         fc, gate = lw.fc_gate(rms_norm(x, lw.mlp_norm, self.cfg.norm_epsilon)).chunk(2, dim=-1)
