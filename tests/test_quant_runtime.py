@@ -33,7 +33,6 @@ checkpoint) always run.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -52,11 +51,10 @@ from trtbuild.common.errors import CheckpointError
 from trtbuild.common.layout import Dims, Mapping
 from trtbuild.common.quant import QuantConfig, quant_rank_layout
 from trtbuild.runtime import Model, Request, decode, generate
+from trtbuild.quantize.driver import WORKER, _worker_env
 from trtbuild.runtime.model import RowInvariant
 from trtbuild.runtime.quant import ActQuant, ConcatLinear, fake_fp8, unpack_int4
 
-ROOT = Path(__file__).resolve().parent.parent
-WORKER = ROOT / "trtbuild" / "quantize" / "worker.py"
 VOCAB, HIDDEN = 128, 64
 _rng = random.Random(0)
 CALIB_IDS = [[_rng.randrange(VOCAB) for _ in range(32)] for _ in range(8)]  # 8 x 32 random tokens
@@ -129,10 +127,8 @@ def exports(tmp_path_factory) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]
                  reference_out=str(work / f"{name}.logits.safetensors"))
             for name, j in JOBS.items()]
     (work / "jobs.json").write_text(json.dumps(jobs))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([str(py), str(WORKER), str(work / "jobs.json")], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=work)
+                          timeout=600, env=_worker_env(), cwd=work)
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]  # ModelOpt prints too
     errors = [e for e in events if e.get("event") == "error"]
     if proc.returncode != 0 or errors:
