@@ -14,8 +14,9 @@ are these (|logits| <= ~6; max / mean abs error over 2 x 12 positions, measured 
   is off by up to 2^-11 relatively (fp16; 2^-8 bf16). Weight-only AWQ feels it smoothly (int4_awq
   7.7e-3 / 1.3e-3); under activation quantization it flips rounding steps (an int8 step, or an
   fp8 one of 2^-3 relative), which propagate: int8_sq 0.25 / 0.04 (bf16 0.46 / 0.06), w4a8_awq
-  0.79 / 0.11. With the fake-quant model's pre-quant scales rounded to fp16 (an experiment
-  outside this file) every recipe agrees to < 1e-5, so this is the only cause.
+  0.79 / 0.11. With the fake-quant model's pre-quant scales rounded to the checkpoint dtype (the
+  worker's `stored_logits`, test_logits_match_modelopt_at_the_stored_precision) every recipe
+  agrees to float32 noise (< 1e-5), so this is the only cause.
 - FP8 KV cache: ModelOpt exports kv_cache_scaling_factor = max(amax / 448, 1.0), here 1.0
   (nvidia-modelopt==0.37.0:modelopt/torch/export/quant_utils.py:336-358), the scale TensorRT-LLM
   reads, while the fake-quant model rounds k and v with amax / 448 of each: another fp8 grid, so
@@ -147,9 +148,9 @@ def prefill_logits(model: Model, ids: list[int]) -> torch.Tensor:
     return model.forward(torch.tensor([ids]), torch.arange(T)[None], model.new_cache(1, T), 0, mask)[0]
 
 
-def errors(model: Model, ref: dict[str, torch.Tensor]) -> tuple[float, float]:
-    """(max, mean) abs difference of the runtime's logits from ModelOpt's over REF_IDS."""
-    diff = torch.cat([(prefill_logits(model, ids) - ref[f"logits.{i}"]).abs() for i, ids in enumerate(REF_IDS)])
+def errors(model: Model, ref: dict[str, torch.Tensor], key: str = "logits") -> tuple[float, float]:
+    """(max, mean) abs difference of the runtime's logits from ModelOpt's (`key`.i) over REF_IDS."""
+    diff = torch.cat([(prefill_logits(model, ids) - ref[f"{key}.{i}"]).abs() for i, ids in enumerate(REF_IDS)])
     return diff.max().item(), diff.mean().item()
 
 
@@ -160,6 +161,20 @@ def errors(model: Model, ref: dict[str, torch.Tensor]) -> tuple[float, float]:
 def test_logits_match_modelopt(exports, name):
     ckpt, ref = exports[name]
     (mx, mean), (tmx, tmean) = errors(Model.load(ckpt, dtype="float32"), ref), JOBS[name].tol
+    assert mx <= tmx and mean <= tmean, f"{name}: max / mean abs error {mx:.3g} / {mean:.3g} > {tmx} / {tmean}"
+
+
+STORED_TOL = (1e-4, 1e-5)  # inside the issue's 1e-3 for weight-only recipes; here for every recipe
+
+
+@pytest.mark.parametrize("name", list(JOBS))
+def test_logits_match_modelopt_at_the_stored_precision(exports, name):
+    """Against ModelOpt's fake-quant model with its pre-quant scales rounded to the checkpoint dtype
+    (the worker's `stored_logits`): the first cause of the module docstring removed, every recipe
+    agrees to float32 noise; the FP8 KV cache's exported scale (the second) remains."""
+    ckpt, ref = exports[name]
+    tmx, tmean = KV_TOL if JOBS[name].kv_cache else STORED_TOL
+    mx, mean = errors(Model.load(ckpt, dtype="float32"), ref, "stored_logits")
     assert mx <= tmx and mean <= tmean, f"{name}: max / mean abs error {mx:.3g} / {mean:.3g} > {tmx} / {tmean}"
 
 

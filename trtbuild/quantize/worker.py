@@ -20,7 +20,8 @@ stdout: one JSON object per line: {"event": "calibrate", "done", "total"} while 
 may hold a list of jobs, run in turn in one process (ModelOpt is imported once).
 `reference_out`: per sequence `ids.{i}` [T] and `logits.{i}` [T, V] (fp32), the logits of
 ModelOpt's fake-quant model *after* export (export re-balances scales in place): the oracle the
-reference runtime is checked against.
+reference runtime is checked against; `stored_logits.{i}` the same model's with its pre-quant
+scales rounded to the export dtype, as the checkpoint stores them.
 Nothing here reaches the network: the model is read from a local directory only.
 """
 
@@ -148,6 +149,15 @@ def run(job: dict) -> dict:
             for i, ids in enumerate(job["reference_ids"]):
                 ref[f"ids.{i}"] = torch.tensor(ids, dtype=torch.int64)  # [T]
                 ref[f"logits.{i}"] = forward(model, torch.tensor([ids]))[0].float().contiguous()  # [T, V]
+            # The same model with its pre-quant scales at the precision the checkpoint stores them
+            # (`prequant_scaling_factor` is written in the export dtype, the fake-quant model keeps
+            # fp32: nvidia-modelopt==0.37.0:modelopt/torch/export/postprocess.py:819-842)
+            dtype = getattr(torch, job["dtype"])
+            for module in model.modules():
+                if getattr(module, "pre_quant_scale", None) is not None and hasattr(module, "_pre_quant_scale"):
+                    module._pre_quant_scale.data.copy_(module._pre_quant_scale.to(dtype).float())
+            for i, ids in enumerate(job["reference_ids"]):
+                ref[f"stored_logits.{i}"] = forward(model, torch.tensor([ids]))[0].float().contiguous()  # [T, V]
         save_file(ref, job["reference_out"])
     versions = {p: md.version(p) for p in ("nvidia-modelopt", "transformers", "torch")}
     return {"versions": versions, "seconds": {"calibrate": round(t1 - t0, 3), "export": round(t2 - t1, 3)}}
