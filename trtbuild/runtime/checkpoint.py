@@ -223,8 +223,10 @@ def _load_rank(ckpt_dir: Path, rank: int,
     return tensors
 
 
-def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: str = "cpu") -> Weights:
-    """Read all rank files of `ckpt_dir` and merge them into whole tensors of `dtype` on `device`."""
+def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: str = "cpu",
+                 int4: bool = False) -> Weights:
+    """Read all rank files of `ckpt_dir` and merge them into whole tensors of `dtype` on `device`;
+    `int4`: weight-only int4 AWQ linears stay on their grid (runtime.quant.Int4Weight)."""
     import torch
 
     from trtbuild.runtime.quant import Shard, finish, fold_into_gate, fold_into_norm, fuse, merge, read_shard
@@ -240,14 +242,17 @@ def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: s
     def linear(shards: list[dict], module: str, split: int | str) -> Shard:
         """Merge a linear over its tp shards; split: 0 column-parallel, 1 row-parallel, "qkv"."""
         parts = [read_shard(s, module, q) for s in shards]
+        grouped = parts[0].group_scale is not None
         if split == "qkv":
-            return merge(parts, torch.cat(merge_qkv([p.weight for p in parts], d), dim=0), 0, module)
-        return merge(parts, torch.cat([p.weight for p in parts], dim=split), split, module)
+            group = torch.cat(merge_qkv([p.group_scale for p in parts], d), dim=0) if grouped else None
+            return merge(parts, torch.cat(merge_qkv([p.weight for p in parts], d), dim=0), 0, module, group)
+        group = torch.cat([p.group_scale for p in parts], dim=split) if grouped else None
+        return merge(parts, torch.cat([p.weight for p in parts], dim=split), split, module, group)
 
     def lin(shard: Shard | tuple[Shard, Shard]) -> LinearWeight | tuple[LinearWeight, LinearWeight]:
         if isinstance(shard, tuple):
-            return tuple(finish(s, dtype, device) for s in shard)
-        return finish(shard, dtype, device)
+            return tuple(finish(s, dtype, device, int4) for s in shard)
+        return finish(shard, dtype, device, int4)
 
     def same(shards: list[dict], name: str) -> torch.Tensor:
         if any(not torch.equal(s[name], shards[0][name]) for s in shards[1:]):
@@ -266,7 +271,7 @@ def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: s
             attn_norm, qkv = fold_into_norm(put(shards[0][pre + "input_layernorm.weight"]),
                                             lin(linear(shards, pre + "attention.qkv", "qkv")))
             mlp_norm, fc_gate = fold_into_norm(put(shards[0][pre + "post_layernorm.weight"]), lin(
-                fuse(linear(shards, pre + "mlp.fc", 0), linear(shards, pre + "mlp.gate", 0))))
+                fuse(linear(shards, pre + "mlp.fc", 0), linear(shards, pre + "mlp.gate", 0), int4)))
             fc_gate, proj = fold_into_gate(fc_gate, lin(linear(shards, pre + "mlp.proj", 1)))
             layers.append(LayerWeights(attn_norm=attn_norm, qkv=qkv, qkv_bias=bias,
                                        dense=lin(linear(shards, pre + "attention.dense", 1)),
@@ -275,7 +280,8 @@ def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: s
 
     def head(module: str):  # a column-parallel lm_head: merged, its padded rows trimmed
         s = linear(last, module, 0)
-        return lin(replace(s, weight=s.weight[: d.vocab_size]))
+        group = None if s.group_scale is None else s.group_scale[: d.vocab_size]
+        return lin(replace(s, weight=s.weight[: d.vocab_size], group_scale=group))
 
     medusa = tuple(
         MedusaHeadWeights(

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from trtbuild.common.rope_scaling import scaling_kind
 from trtbuild.common.errors import ConfigError
 from trtbuild.runtime.checkpoint import ModelConfig, Weights, load_weights, read_config
-from trtbuild.runtime.quant import ConcatLinear, QuantLinear, QuantWeight, fake_fp8
+from trtbuild.runtime.quant import ConcatLinear, Int4Weight, QuantLinear, QuantWeight, fake_fp8
 from trtbuild.runtime.rope import cos_sin_table
 
 
@@ -121,13 +121,54 @@ class RowInvariant:
         return residual + self(x)
 
 
+def int4_kernel_available(device: str) -> bool:
+    """Whether torch's packed int4 CPU kernel (weight-only int4 AWQ as stored, bf16 activations) is here."""
+    return device == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+class Int4Linear:
+    """y = x @ (ints * scale).T (+ b) through torch's packed int4 CPU kernel: the weight stays at half a
+    byte per value (a weight-only int4 AWQ checkpoint's, exactly). The kernel takes bf16 inputs and
+    gives bf16 outputs (accumulating in fp32), like TensorRT-LLM's W4A16 GEMM on fp16/bf16: so in a
+    float32 model x is rounded to bf16 first and y read back. Its result for a row does not depend on
+    how many rows run with it (tests/test_quant_runtime.py), so it needs no RowInvariant."""
+
+    __slots__ = ("w", "sz", "group", "b")
+
+    def __init__(self, w: Int4Weight, b: torch.Tensor | None) -> None:
+        self.group = w.ints.shape[1] // w.scale.shape[1]
+        # the kernel's nibbles are unsigned, dequantized as (q - 8) * scale + zero
+        self.w = torch.ops.aten._convert_weight_to_int4pack_for_cpu((w.ints.to(torch.int32) + 8), 1)  # [O, I/2] u8
+        scale = w.scale.t().to(torch.bfloat16)  # [I/g, O]
+        self.sz = torch.stack([scale, torch.zeros_like(scale)], dim=-1).contiguous()  # [I/g, O, 2]
+        self.b = b
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)  # [M, I]
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.w, self.group, self.sz).to(x.dtype)  # [M, O]
+        if self.b is not None:
+            y = y + self.b
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return residual + self(x)
+
+
+def row_invariant(lin):
+    """`lin` made row-invariant: itself when every matmul in it is an Int4Linear, else RowInvariant."""
+    inner = [p.inner if isinstance(p, QuantLinear) else p
+             for p in (lin.parts if isinstance(lin, ConcatLinear) else [lin])]
+    return lin if all(isinstance(p, Int4Linear) for p in inner) else RowInvariant(lin)
+
+
 def make_linear(w: torch.Tensor | QuantWeight | tuple, b: torch.Tensor | None,
-                pack: bool) -> Linear | QuantLinear | ConcatLinear:
+                pack: bool) -> Linear | Int4Linear | QuantLinear | ConcatLinear:
     """The linear of a loaded weight (checkpoint.LayerWeights' field types)."""
     if isinstance(w, tuple):
         return ConcatLinear([make_linear(x, None, pack) for x in w])
     if isinstance(w, QuantWeight):
-        return QuantLinear(Linear(w.weight, b, pack), w.act)
+        inner = Int4Linear(w.weight, b) if isinstance(w.weight, Int4Weight) else Linear(w.weight, b, pack)
+        return inner if w.act.kind is None and w.act.in_scale is None else QuantLinear(inner, w.act)
     return Linear(w, b, pack)
 
 
@@ -194,19 +235,22 @@ class Model:
         q = cfg.quant
         self.exact_attention = bool(q.kv_cache or (q.recipe is not None and q.recipe.activations))
         if self.exact_attention:  # and every linear of the base model row-invariant
-            self.lm_head = RowInvariant(self.lm_head)
-            self.layers = [replace(lw, qkv=RowInvariant(lw.qkv), dense=RowInvariant(lw.dense),
-                                   fc_gate=RowInvariant(lw.fc_gate), proj=RowInvariant(lw.proj))
+            self.lm_head = row_invariant(self.lm_head)
+            self.layers = [replace(lw, qkv=row_invariant(lw.qkv), dense=row_invariant(lw.dense),
+                                   fc_gate=row_invariant(lw.fc_gate), proj=row_invariant(lw.proj))
                            for lw in self.layers]
         self._rope_len, self._rope_key = 0, 0
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def load(cls, ckpt_dir: Path, dtype: str | None = None, device: str | None = None,
-             pack: bool | None = None) -> Model:
+             pack: bool | None = None, int4: bool | None = None) -> Model:
         """Load `ckpt_dir`; dtype defaults to float32 on CPU and the checkpoint's dtype on CUDA.
 
         `pack`: prepack weights for oneDNN (default: wherever that works, i.e. on CPU).
+        `int4`: run weight-only int4 AWQ linears packed (Int4Linear: bf16 in and out, as a W4A16
+        engine computes) rather than dequantized in `dtype` (ModelOpt's fake-quant numerics, which
+        the parity tests check); default: wherever the kernel is, i.e. on CPU.
         """
         cfg = read_config(Path(ckpt_dir))
         device = resolve_device(device)
@@ -214,7 +258,10 @@ class Model:
         if name not in ("float32", "float16", "bfloat16"):
             raise ConfigError(f"unsupported runtime dtype {name!r}")
         tdtype = getattr(torch, name)
-        return cls(cfg, load_weights(Path(ckpt_dir), cfg, tdtype, device), tdtype, device, pack)
+        int4 = int4_kernel_available(device) if int4 is None else int4
+        if int4 and not int4_kernel_available(device):
+            raise ConfigError(f"no packed int4 kernel for {device} in this torch")
+        return cls(cfg, load_weights(Path(ckpt_dir), cfg, tdtype, device, int4), tdtype, device, pack)
 
     def new_cache(self, batch: int, slots: int) -> KVCache:
         shape = (len(self.layers), batch, self.nkv, slots, self.hd)

@@ -55,6 +55,9 @@ if TYPE_CHECKING:
     from trtbuild.common.quant import QuantConfig
 
 FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
+# torch's packed int4 CPU kernel takes these group sizes and output features in multiples of 16
+# (its own checks: "expect qGroupSize to be 32, 64, 128 or 256", "expect N to be dividable by 16")
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
@@ -80,6 +83,7 @@ class Shard:
     act: str | None = None  # activation quantization: "fp8", "int8" or None
     act_scale: torch.Tensor | None = None  # [1] fp32
     prequant: torch.Tensor | None = None  # [I] fp32
+    group_scale: torch.Tensor | None = None  # [O, I/g] fp32: weight-only int4 AWQ (weight = ints * scale)
 
 
 def read_shard(t: dict[str, torch.Tensor], module: str, q: QuantConfig) -> Shard:
@@ -101,7 +105,8 @@ def read_shard(t: dict[str, torch.Tensor], module: str, q: QuantConfig) -> Shard
         W = w.float() * s[:, None]
     pre = t.get(module + ".prequant_scaling_factor")
     act = t.get(module + ".activation_scaling_factor")
-    return Shard(W, r.activations, None if act is None else act.float(), None if pre is None else pre.float())
+    group = s if r.grouped and r.activations is None else None
+    return Shard(W, r.activations, None if act is None else act.float(), None if pre is None else pre.float(), group)
 
 
 def _same(shards: list[Shard], field: str, module: str) -> torch.Tensor | None:
@@ -113,54 +118,84 @@ def _same(shards: list[Shard], field: str, module: str) -> torch.Tensor | None:
     return first
 
 
-def merge(shards: list[Shard], weight: torch.Tensor, split_dim: int, module: str) -> Shard:
-    """The whole linear from its tp shards, `weight` being their merged weights. Activation scales
-    are per tensor and the same on every rank; pre-quant scales (over the input features) too for
-    a column-parallel linear (split_dim 0), concatenated for a row-parallel one (split_dim 1)."""
+def merge(shards: list[Shard], weight: torch.Tensor, split_dim: int, module: str,
+          group_scale: torch.Tensor | None = None) -> Shard:
+    """The whole linear from its tp shards, `weight` (and `group_scale`) being their merged weights
+    (and int4 group scales, merged as the weights are). Activation scales are per tensor and the
+    same on every rank; pre-quant scales (over the input features) too for a column-parallel linear
+    (split_dim 0), concatenated for a row-parallel one (split_dim 1)."""
     act_scale = _same(shards, "act_scale", module)
     if split_dim == 1 and shards[0].prequant is not None:
         pre = torch.cat([s.prequant for s in shards])
     else:
         pre = _same(shards, "prequant", module)
-    return Shard(weight, shards[0].act, act_scale, pre)
+    return Shard(weight, shards[0].act, act_scale, pre, group_scale)
 
 
 def _weight_only(s: Shard) -> Shard:
     return s if s.prequant is None else Shard(s.weight * s.prequant)  # (x * p) W.T = x (W p).T
 
 
-def fuse(a: Shard, b: Shard) -> Shard | tuple[Shard, Shard]:
+def int4_kernel_fits(s: Shard) -> bool:
+    """Whether a merged linear is weight-only int4 of a shape torch's packed int4 CPU kernel takes."""
+    if s.group_scale is None:
+        return False
+    return s.weight.shape[1] // s.group_scale.shape[1] in INT4_KERNEL_GROUPS and s.weight.shape[0] % 16 == 0
+
+
+def fuse(a: Shard, b: Shard, int4: bool = False) -> Shard | tuple[Shard, Shard]:
     """Two linears of one input as one ([a; b] rows) when their input transforms are identical or
-    fold away (weight-only); else the pair (ModelOpt unifies fc/gate inputs only for FP8:
-    M export/layer_utils.py:815-823; AWQ and SmoothQuant scale each linear's own)."""
-    if a.act is None and b.act is None:
+    fold away (weight-only, unless `int4` keeps the weights on their int4 grid for `Int4Weight`);
+    else the pair (ModelOpt unifies fc/gate inputs only for FP8: M export/layer_utils.py:815-823;
+    AWQ and SmoothQuant scale each linear's own)."""
+    if a.act is None and b.act is None and not (int4 and int4_kernel_fits(a) and int4_kernel_fits(b)):
         a, b = _weight_only(a), _weight_only(b)
     same = all(x is None and y is None or x is not None and y is not None and torch.equal(x, y)
                for x, y in ((a.act_scale, b.act_scale), (a.prequant, b.prequant)))
-    return Shard(torch.cat([a.weight, b.weight]), a.act, a.act_scale, a.prequant) if same else (a, b)
+    if not same:
+        return a, b
+    group = None if a.group_scale is None else torch.cat([a.group_scale, b.group_scale])
+    return Shard(torch.cat([a.weight, b.weight]), a.act, a.act_scale, a.prequant, group)
 
 
 @dataclass(frozen=True)
 class ActQuant:
     """The input transform of an activation-quantized linear: x -> q(x * in_scale), on the integer or
-    fp8 grid; the activation scale itself is folded into the weight."""
+    fp8 grid; the activation scale itself is folded into the weight. Kind None (an `Int4Weight`'s
+    AWQ pre-quant scale, which cannot move into int4 columns): x -> x * in_scale."""
 
-    kind: str  # "fp8" or "int8"
+    kind: str | None  # "fp8", "int8" or None
     in_scale: torch.Tensor | None  # [I] prequant / s, or [1] 1 / s; None: folded into the input's producer
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_scale is not None:
             x = x * self.in_scale
+        if self.kind is None:
+            return x
         if self.kind == "fp8":  # (the cast saturates on some builds, not on all: clamp)
             return x.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype)
         return x.round().clamp_(-128, 127)
 
 
 @dataclass(frozen=True)
-class QuantWeight:
-    """A merged activation-quantized linear ready to run: weight = s * dequantized W."""
+class Int4Weight:
+    """A merged weight-only int4 AWQ linear kept on its grid: W = ints * scale (per group of g inputs),
+    for torch's packed int4 CPU kernel (model.Int4Linear)."""
 
-    weight: torch.Tensor  # [O, I]
+    ints: torch.Tensor  # [O, I] int8 in [-8, 7]
+    scale: torch.Tensor  # [O, I/g] fp32
+
+    def scale_rows(self, start: int, c: torch.Tensor) -> Int4Weight:
+        """Output rows start: multiplied by c [O - start, 1] (or [1, 1]): through their group scales."""
+        return Int4Weight(self.ints, torch.cat([self.scale[:start], self.scale[start:] * c]))
+
+
+@dataclass(frozen=True)
+class QuantWeight:
+    """A merged linear ready to run behind an input transform: an activation-quantized one (weight =
+    s * dequantized W), or an `Int4Weight` with its pre-quant scale."""
+
+    weight: torch.Tensor | Int4Weight  # [O, I]
     act: ActQuant
 
 
@@ -168,11 +203,17 @@ Weight = torch.Tensor | QuantWeight  # a merged linear as `finish` returns it
 Pair = tuple[Weight, Weight]  # (fc, gate) when their input transforms differ
 
 
-def finish(s: Shard, dtype: torch.dtype, device: str) -> Weight:
-    """The runtime form of a merged linear, in `dtype` on `device` (see the module docstring)."""
+def finish(s: Shard, dtype: torch.dtype, device: str, int4: bool = False) -> Weight:
+    """The runtime form of a merged linear, in `dtype` on `device` (see the module docstring);
+    `int4`: a weight-only int4 AWQ linear stays on its grid (`Int4Weight`), pre-quant scale apart."""
     def put(x: torch.Tensor) -> torch.Tensor:
         return x.to(device=device, dtype=dtype).contiguous()
 
+    if int4 and int4_kernel_fits(s):  # (else dequantized)
+        g = s.weight.shape[1] // s.group_scale.shape[1]
+        ints = (s.weight / s.group_scale.repeat_interleave(g, dim=1)).round().to(torch.int8)  # exact: W = ints * s
+        w = Int4Weight(ints.to(device), s.group_scale.to(device))
+        return QuantWeight(w, ActQuant(None, None if s.prequant is None else put(s.prequant)))
     if s.act is None:
         return put(_weight_only(s).weight)
     scale = s.act_scale.float()
@@ -206,7 +247,7 @@ def fold_into_gate(fc_gate: Weight | Pair, proj: Weight) -> tuple[Weight | Pair,
 
     def scale_rows(w: Weight, start: int) -> Weight:
         full = w.weight if isinstance(w, QuantWeight) else w
-        out = torch.cat([full[:start], full[start:] * c])
+        out = full.scale_rows(start, c) if isinstance(full, Int4Weight) else torch.cat([full[:start], full[start:] * c])
         return QuantWeight(out, w.act) if isinstance(w, QuantWeight) else out
 
     if isinstance(fc_gate, tuple):
