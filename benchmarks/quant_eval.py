@@ -12,7 +12,9 @@
 - checkpoint size (rank files) against the bf16 checkpoint;
 - decode tokens/s in the reference runtime (batch 1, greedy, `--tokens` new tokens, prefill
   excluded by timing the generate call minus a 1-token generate), the builds alternating in each
-  of `--repeats` rounds; medians and the ratio to bf16 measured in the same round;
+  of `--repeats` rounds; medians and the ratio to bf16 (the runtime's CPU default, float32
+  compute) measured in the same round; also the bf16 checkpoint computed in bf16, and int4_awq /
+  int8_sq dequantized (`-dequantized`: fp32 numerics, no integer kernels);
 - Medusa: the demo heads on the fp8 base (heads unquantized) vs the bf16 base: acceptance length with
   the demo tree and mc_sim_7b_63 on held-out prompts, and lossless vs the same quantized model decoding plainly.
 Prints one JSON report (also WORK/report.json).
@@ -76,6 +78,7 @@ def main() -> None:
     ap.add_argument("--held", type=int, default=16, help="held-out sequences for the agreement")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-medusa", action="store_true")
     a = ap.parse_args()
 
     import torch
@@ -96,6 +99,10 @@ def main() -> None:
     prompts = held[:4]
     ref = Model.load(base, dtype="float32")
     models = {"bf16": ref, **{r: Model.load(c, dtype="float32") for r, c in ckpts.items()}}
+    # the same baseline computed in bf16, and the integer-kernel recipes dequantized (their fp32 numerics)
+    extra = {"bf16@bf16": Model.load(base, dtype="bfloat16"),
+             **{f"{r}-dequantized": Model.load(c, dtype="float32", int4=False, int8=False)
+                for r, c in ckpts.items() if r in ("int4_awq", "int8_sq")}}
     report: dict = {"recipes": {}}
     size = lambda d: sum(p.stat().st_size for p in d.glob("rank*.safetensors"))  # noqa: E731
     for r, c in ckpts.items():
@@ -105,16 +112,24 @@ def main() -> None:
                                 "bytes": size(c), "bytes_vs_bf16": round(size(c) / size(base), 3),
                                 "top1_agreement": round(agreement(models[r], ref, held), 4)}
     print(json.dumps({"recipes": report["recipes"]}), flush=True)  # the slow parts follow
+    models.update(extra)
     rounds: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(a.repeats):
         for k, m in models.items():
             rounds[k].append(decode_tps(m, prompts, a.tokens))
-    for r in recipes:
+    for r in [*recipes, *(k for k in extra if k != "bf16@bf16")]:
+        report["recipes"].setdefault(r, {})
         report["recipes"][r]["decode_tok_s"] = round(statistics.median(rounds[r]), 2)
         report["recipes"][r]["decode_vs_bf16"] = round(statistics.median(
             [x / y for x, y in zip(rounds[r], rounds["bf16"])]), 3)
     report["bf16"] = {"bytes": size(base), "decode_tok_s": round(statistics.median(rounds["bf16"]), 2)}
+    report["bf16@bf16"] = {"decode_tok_s": round(statistics.median(rounds["bf16@bf16"]), 2),
+                           "decode_vs_bf16": round(statistics.median(
+                               [x / y for x, y in zip(rounds["bf16@bf16"], rounds["bf16"])]), 3)}
     print(json.dumps({"decode": {k: [round(x, 2) for x in v] for k, v in rounds.items()}}), flush=True)
+    if a.skip_medusa:
+        print(json.dumps(report, indent=2))
+        return
 
     # Medusa: the demo heads on the fp8 base vs on the bf16 base
     med_bf16 = convert(a.hf, a.work / "medusa-bf16", dtype="bfloat16", medusa=a.heads, medusa_choices=DEMO_TREE,

@@ -224,9 +224,10 @@ def _load_rank(ckpt_dir: Path, rank: int,
 
 
 def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: str = "cpu",
-                 int4: bool = False) -> Weights:
+                 int4: bool = False, int8: bool = False) -> Weights:
     """Read all rank files of `ckpt_dir` and merge them into whole tensors of `dtype` on `device`;
-    `int4`: weight-only int4 AWQ linears stay on their grid (runtime.quant.Int4Weight)."""
+    `int4` / `int8`: weight-only int4 AWQ / int8 SmoothQuant linears stay on their grid
+    (runtime.quant.Int4Weight / Int8Weight)."""
     import torch
 
     from trtbuild.runtime.quant import Shard, finish, fold_into_gate, fold_into_norm, fuse, merge, read_shard
@@ -242,17 +243,19 @@ def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: s
     def linear(shards: list[dict], module: str, split: int | str) -> Shard:
         """Merge a linear over its tp shards; split: 0 column-parallel, 1 row-parallel, "qkv"."""
         parts = [read_shard(s, module, q) for s in shards]
-        grouped = parts[0].group_scale is not None
+        grouped, channel = parts[0].group_scale is not None, parts[0].channel_scale is not None
         if split == "qkv":
             group = torch.cat(merge_qkv([p.group_scale for p in parts], d), dim=0) if grouped else None
-            return merge(parts, torch.cat(merge_qkv([p.weight for p in parts], d), dim=0), 0, module, group)
+            ch = torch.cat(merge_qkv([p.channel_scale for p in parts], d), dim=0) if channel else None
+            return merge(parts, torch.cat(merge_qkv([p.weight for p in parts], d), dim=0), 0, module, group, ch)
         group = torch.cat([p.group_scale for p in parts], dim=split) if grouped else None
-        return merge(parts, torch.cat([p.weight for p in parts], dim=split), split, module, group)
+        ch = torch.cat([p.channel_scale for p in parts]) if channel and split == 0 else None  # 1: merge decides
+        return merge(parts, torch.cat([p.weight for p in parts], dim=split), split, module, group, ch)
 
     def lin(shard: Shard | tuple[Shard, Shard]) -> LinearWeight | tuple[LinearWeight, LinearWeight]:
         if isinstance(shard, tuple):
-            return tuple(finish(s, dtype, device, int4) for s in shard)
-        return finish(shard, dtype, device, int4)
+            return tuple(finish(s, dtype, device, int4, int8) for s in shard)
+        return finish(shard, dtype, device, int4, int8)
 
     def same(shards: list[dict], name: str) -> torch.Tensor:
         if any(not torch.equal(s[name], shards[0][name]) for s in shards[1:]):
@@ -281,7 +284,8 @@ def load_weights(ckpt_dir: Path, cfg: ModelConfig, dtype: torch.dtype, device: s
     def head(module: str):  # a column-parallel lm_head: merged, its padded rows trimmed
         s = linear(last, module, 0)
         group = None if s.group_scale is None else s.group_scale[: d.vocab_size]
-        return lin(replace(s, weight=s.weight[: d.vocab_size], group_scale=group))
+        ch = None if s.channel_scale is None else s.channel_scale[: d.vocab_size]
+        return lin(replace(s, weight=s.weight[: d.vocab_size], group_scale=group, channel_scale=ch))
 
     medusa = tuple(
         MedusaHeadWeights(

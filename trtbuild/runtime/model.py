@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from trtbuild.common.rope_scaling import scaling_kind
 from trtbuild.common.errors import ConfigError
 from trtbuild.runtime.checkpoint import ModelConfig, Weights, load_weights, read_config
-from trtbuild.runtime.quant import ConcatLinear, Int4Weight, QuantLinear, QuantWeight, fake_fp8
+from trtbuild.runtime.quant import ConcatLinear, Int4Weight, Int8Weight, QuantLinear, QuantWeight, fake_fp8
 from trtbuild.runtime.rope import cos_sin_table
 
 
@@ -154,11 +154,40 @@ class Int4Linear:
         return residual + self(x)
 
 
+def int8_kernel_available(device: str) -> bool:
+    """Whether torch's int8 weight kernel (int8 SmoothQuant as stored, bf16 activations) is here."""
+    return device == "cpu" and hasattr(torch, "_weight_int8pack_mm")
+
+
+class Int8Linear:
+    """y = x @ (ints * scale[:, None]).T (+ b) through torch's int8 weight kernel, for an int8
+    SmoothQuant linear whose input is already on the integer grid (ActQuant "int8"): those integers
+    are exact in bf16, the kernel sums their products in fp32 (exactly, below 2^24) and scales each
+    output channel once, rounding to bf16 (an SQ engine's fp16/bf16 output). Exact sums make a row's
+    result independent of how many rows run with it: no RowInvariant."""
+
+    __slots__ = ("w", "scale", "b")
+
+    def __init__(self, w: Int8Weight, b: torch.Tensor | None) -> None:
+        self.w, self.scale, self.b = w.ints.contiguous(), w.scale.to(torch.bfloat16), b  # [O, I] int8, [O]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)  # [M, I], integers in [-128, 127]
+        y = torch._weight_int8pack_mm(flat, self.w, self.scale).to(x.dtype)  # [M, O]
+        if self.b is not None:
+            y = y + self.b
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return residual + self(x)
+
+
 def row_invariant(lin):
-    """`lin` made row-invariant: itself when every matmul in it is an Int4Linear, else RowInvariant."""
+    """`lin` made row-invariant: itself when every matmul in it is an Int4Linear or Int8Linear (they
+    are), else RowInvariant."""
     inner = [p.inner if isinstance(p, QuantLinear) else p
              for p in (lin.parts if isinstance(lin, ConcatLinear) else [lin])]
-    return lin if all(isinstance(p, Int4Linear) for p in inner) else RowInvariant(lin)
+    return lin if all(isinstance(p, (Int4Linear, Int8Linear)) for p in inner) else RowInvariant(lin)
 
 
 def make_linear(w: torch.Tensor | QuantWeight | tuple, b: torch.Tensor | None,
@@ -167,7 +196,12 @@ def make_linear(w: torch.Tensor | QuantWeight | tuple, b: torch.Tensor | None,
     if isinstance(w, tuple):
         return ConcatLinear([make_linear(x, None, pack) for x in w])
     if isinstance(w, QuantWeight):
-        inner = Int4Linear(w.weight, b) if isinstance(w.weight, Int4Weight) else Linear(w.weight, b, pack)
+        if isinstance(w.weight, Int4Weight):
+            inner = Int4Linear(w.weight, b)
+        elif isinstance(w.weight, Int8Weight):
+            inner = Int8Linear(w.weight, b)
+        else:
+            inner = Linear(w.weight, b, pack)
         return inner if w.act.kind is None and w.act.in_scale is None else QuantLinear(inner, w.act)
     return Linear(w, b, pack)
 
@@ -244,13 +278,14 @@ class Model:
 
     @classmethod
     def load(cls, ckpt_dir: Path, dtype: str | None = None, device: str | None = None,
-             pack: bool | None = None, int4: bool | None = None) -> Model:
+             pack: bool | None = None, int4: bool | None = None, int8: bool | None = None) -> Model:
         """Load `ckpt_dir`; dtype defaults to float32 on CPU and the checkpoint's dtype on CUDA.
 
         `pack`: prepack weights for oneDNN (default: wherever that works, i.e. on CPU).
         `int4`: run weight-only int4 AWQ linears packed (Int4Linear: bf16 in and out, as a W4A16
         engine computes) rather than dequantized in `dtype` (ModelOpt's fake-quant numerics, which
-        the parity tests check); default: wherever the kernel is, i.e. on CPU.
+        the parity tests check); default: wherever the kernel is, i.e. on CPU. `int8` likewise for
+        int8 SmoothQuant linears (Int8Linear).
         """
         cfg = read_config(Path(ckpt_dir))
         device = resolve_device(device)
@@ -261,7 +296,10 @@ class Model:
         int4 = int4_kernel_available(device) if int4 is None else int4
         if int4 and not int4_kernel_available(device):
             raise ConfigError(f"no packed int4 kernel for {device} in this torch")
-        return cls(cfg, load_weights(Path(ckpt_dir), cfg, tdtype, device, int4), tdtype, device, pack)
+        int8 = int8_kernel_available(device) if int8 is None else int8
+        if int8 and not int8_kernel_available(device):
+            raise ConfigError(f"no int8 weight kernel for {device} in this torch")
+        return cls(cfg, load_weights(Path(ckpt_dir), cfg, tdtype, device, int4, int8), tdtype, device, pack)
 
     def new_cache(self, batch: int, slots: int) -> KVCache:
         shape = (len(self.layers), batch, self.nkv, slots, self.hd)

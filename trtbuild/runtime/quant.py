@@ -84,6 +84,7 @@ class Shard:
     act_scale: torch.Tensor | None = None  # [1] fp32
     prequant: torch.Tensor | None = None  # [I] fp32
     group_scale: torch.Tensor | None = None  # [O, I/g] fp32: weight-only int4 AWQ (weight = ints * scale)
+    channel_scale: torch.Tensor | None = None  # [O] fp32: int8 SmoothQuant (weight = ints * scale[:, None])
 
 
 def read_shard(t: dict[str, torch.Tensor], module: str, q: QuantConfig) -> Shard:
@@ -106,7 +107,9 @@ def read_shard(t: dict[str, torch.Tensor], module: str, q: QuantConfig) -> Shard
     pre = t.get(module + ".prequant_scaling_factor")
     act = t.get(module + ".activation_scaling_factor")
     group = s if r.grouped and r.activations is None else None
-    return Shard(W, r.activations, None if act is None else act.float(), None if pre is None else pre.float(), group)
+    channel = s if w.dtype == torch.int8 and not r.grouped else None
+    return Shard(W, r.activations, None if act is None else act.float(), None if pre is None else pre.float(),
+                 group, channel)
 
 
 def _same(shards: list[Shard], field: str, module: str) -> torch.Tensor | None:
@@ -119,17 +122,22 @@ def _same(shards: list[Shard], field: str, module: str) -> torch.Tensor | None:
 
 
 def merge(shards: list[Shard], weight: torch.Tensor, split_dim: int, module: str,
-          group_scale: torch.Tensor | None = None) -> Shard:
-    """The whole linear from its tp shards, `weight` (and `group_scale`) being their merged weights
-    (and int4 group scales, merged as the weights are). Activation scales are per tensor and the
-    same on every rank; pre-quant scales (over the input features) too for a column-parallel linear
-    (split_dim 0), concatenated for a row-parallel one (split_dim 1)."""
+          group_scale: torch.Tensor | None = None, channel_scale: torch.Tensor | None = None) -> Shard:
+    """The whole linear from its tp shards, `weight` (and `group_scale`, `channel_scale`) being their
+    merged weights (and int4 group scales, int8 channel scales of a column-parallel linear, merged as
+    the weights are). Activation scales are per tensor and the same on every rank; pre-quant scales
+    (over the input features) too for a column-parallel linear (split_dim 0), concatenated for a
+    row-parallel one (split_dim 1). A row-parallel int8 linear keeps one channel scale only where
+    every rank has the same (else it runs dequantized)."""
     act_scale = _same(shards, "act_scale", module)
     if split_dim == 1 and shards[0].prequant is not None:
         pre = torch.cat([s.prequant for s in shards])
     else:
         pre = _same(shards, "prequant", module)
-    return Shard(weight, shards[0].act, act_scale, pre, group_scale)
+    if split_dim == 1 and shards[0].channel_scale is not None:
+        first = shards[0].channel_scale
+        channel_scale = first if all(torch.equal(first, s.channel_scale) for s in shards) else None
+    return Shard(weight, shards[0].act, act_scale, pre, group_scale, channel_scale)
 
 
 def _weight_only(s: Shard) -> Shard:
@@ -155,7 +163,8 @@ def fuse(a: Shard, b: Shard, int4: bool = False) -> Shard | tuple[Shard, Shard]:
     if not same:
         return a, b
     group = None if a.group_scale is None else torch.cat([a.group_scale, b.group_scale])
-    return Shard(torch.cat([a.weight, b.weight]), a.act, a.act_scale, a.prequant, group)
+    channel = None if a.channel_scale is None or b.channel_scale is None else torch.cat([a.channel_scale, b.channel_scale])
+    return Shard(torch.cat([a.weight, b.weight]), a.act, a.act_scale, a.prequant, group, channel)
 
 
 @dataclass(frozen=True)
@@ -185,9 +194,30 @@ class Int4Weight:
     ints: torch.Tensor  # [O, I] int8 in [-8, 7]
     scale: torch.Tensor  # [O, I/g] fp32
 
+    @property
+    def shape(self) -> torch.Size:
+        return self.ints.shape
+
     def scale_rows(self, start: int, c: torch.Tensor) -> Int4Weight:
         """Output rows start: multiplied by c [O - start, 1] (or [1, 1]): through their group scales."""
         return Int4Weight(self.ints, torch.cat([self.scale[:start], self.scale[start:] * c]))
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """A merged int8 SmoothQuant linear kept on its grid, its activation scale folded into the
+    channel scales: s_a * W = ints * scale[:, None], for torch's int8 weight kernel (model.Int8Linear)."""
+
+    ints: torch.Tensor  # [O, I] int8
+    scale: torch.Tensor  # [O] fp32
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.ints.shape
+
+    def scale_rows(self, start: int, c: torch.Tensor) -> Int8Weight:
+        """Output rows start: multiplied by c [O - start, 1] (or [1, 1]): through their channel scales."""
+        return Int8Weight(self.ints, torch.cat([self.scale[:start], self.scale[start:] * c.reshape(-1)]))
 
 
 @dataclass(frozen=True)
@@ -195,7 +225,7 @@ class QuantWeight:
     """A merged linear ready to run behind an input transform: an activation-quantized one (weight =
     s * dequantized W), or an `Int4Weight` with its pre-quant scale."""
 
-    weight: torch.Tensor | Int4Weight  # [O, I]
+    weight: torch.Tensor | Int4Weight | Int8Weight  # [O, I]
     act: ActQuant
 
 
@@ -203,9 +233,10 @@ Weight = torch.Tensor | QuantWeight  # a merged linear as `finish` returns it
 Pair = tuple[Weight, Weight]  # (fc, gate) when their input transforms differ
 
 
-def finish(s: Shard, dtype: torch.dtype, device: str, int4: bool = False) -> Weight:
+def finish(s: Shard, dtype: torch.dtype, device: str, int4: bool = False, int8: bool = False) -> Weight:
     """The runtime form of a merged linear, in `dtype` on `device` (see the module docstring);
-    `int4`: a weight-only int4 AWQ linear stays on its grid (`Int4Weight`), pre-quant scale apart."""
+    `int4`: a weight-only int4 AWQ linear stays on its grid (`Int4Weight`), pre-quant scale apart;
+    `int8`: an int8 SmoothQuant one too (`Int8Weight`)."""
     def put(x: torch.Tensor) -> torch.Tensor:
         return x.to(device=device, dtype=dtype).contiguous()
 
@@ -214,6 +245,14 @@ def finish(s: Shard, dtype: torch.dtype, device: str, int4: bool = False) -> Wei
         ints = (s.weight / s.group_scale.repeat_interleave(g, dim=1)).round().to(torch.int8)  # exact: W = ints * s
         w = Int4Weight(ints.to(device), s.group_scale.to(device))
         return QuantWeight(w, ActQuant(None, None if s.prequant is None else put(s.prequant)))
+    # torch's int8 weight kernel reads past the row for input features not a multiple of 16 (measured:
+    # garbage or a crash at 24, 72, 5), so such linears stay dequantized
+    if int8 and s.channel_scale is not None and s.weight.shape[1] % 16 == 0:
+        ints = (s.weight / s.channel_scale[:, None]).round().to(torch.int8)  # exact: W = ints * s[:, None]
+        scale = s.act_scale.float()
+        in_scale = 1.0 / scale if s.prequant is None else s.prequant / scale
+        return QuantWeight(Int8Weight(ints.to(device), (s.channel_scale * scale).to(device)),
+                           ActQuant(s.act, put(in_scale)))
     if s.act is None:
         return put(_weight_only(s).weight)
     scale = s.act_scale.float()
@@ -247,7 +286,10 @@ def fold_into_gate(fc_gate: Weight | Pair, proj: Weight) -> tuple[Weight | Pair,
 
     def scale_rows(w: Weight, start: int) -> Weight:
         full = w.weight if isinstance(w, QuantWeight) else w
-        out = full.scale_rows(start, c) if isinstance(full, Int4Weight) else torch.cat([full[:start], full[start:] * c])
+        if isinstance(full, (Int4Weight, Int8Weight)):
+            out = full.scale_rows(start, c)
+        else:
+            out = torch.cat([full[:start], full[start:] * c])
         return QuantWeight(out, w.act) if isinstance(w, QuantWeight) else out
 
     if isinstance(fc_gate, tuple):
