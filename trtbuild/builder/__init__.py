@@ -146,14 +146,20 @@ def _inputs(rs, spec_file: Path | None) -> list:
 
 def build(spec: BuildSpec, out_dir: Path, *, force: bool = False, dry_run: bool = False, verify: bool = True,
           echo: Callable[[str], None] = print, spec_file: Path | None = None,
-          progress: Callable[[int, int], None] | None = None) -> BuildResult:
+          progress: Callable[[int, int], None] | None = None, allow_base_drift: bool = False) -> BuildResult:
     """Build `spec` into `out_dir` (see the module docstring); `spec_file`: the YAML it came from, an input;
-    `progress(done, total)`: calibration progress of a quantized build."""
+    `progress(done, total)`: calibration progress of a quantized build; `allow_base_drift`: build a
+    Medusa-2 model whose tuned base drifted from its original (common.medusa.quality)."""
+    from trtbuild.common.medusa.quality import check_base_drift
+
     resolved = resolve_spec(spec)
     rs = resolved.spec
     out = Path(out_dir)
     inputs = _inputs(rs, spec_file)
     check_inputs(out, inputs)
+    drift = check_base_drift(Path(rs.medusa), allow_base_drift) if rs.medusa else None
+    if drift:
+        echo(f"note: {drift}")
     sweep_stale(out)  # a killed run's leftovers first: it may have moved the previous output aside
     for note in resolved.notes:
         echo(f"note: {note}")

@@ -55,6 +55,11 @@ def inspect_dir(path: Path, verify: bool = False) -> dict:
     if pre.get("architecture") == "MedusaForCausalLM":
         out["decoding"] = {"mode": "medusa", "heads": pre.get("num_medusa_heads"),
                            "nodes": len(pre.get("medusa_choices") or []), "max_draft_len": pre.get("max_draft_len")}
+        ckpt = path.parent / "checkpoint" if engine else path
+        if (ckpt / MARKER).is_file():  # train-medusa's base-quality report, carried by convert
+            quality = (_json(ckpt / MARKER).get("options") or {}).get("medusa_base_quality")
+            if quality:
+                out["decoding"]["base_quality"] = quality
     elif pre.get("lookahead_config"):
         out["decoding"] = {"mode": "lookahead", **pre["lookahead_config"], "max_draft_len": pre.get("max_draft_len")}
     else:

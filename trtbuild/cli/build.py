@@ -92,8 +92,10 @@ def _quantize(hf_dir, out_dir, dtype, tp, pp, force, medusa, medusa_choices, max
 @click.option("--force", is_flag=True, help="Replace OUT even if it is not a previous build.")
 @click.option("--dry-run", is_flag=True, help="Validate and plan; print the equivalent commands; build nothing.")
 @click.option("--no-verify", is_flag=True, help="Skip the speculative-vs-plain greedy self-check.")
+@click.option("--allow-base-drift", is_flag=True,
+              help="Build a Medusa-2 model (train-medusa --joint) whose base drifted from its original.")
 def build(hf_dir: Path | None, out_dir: Path, spec_file: Path | None, force: bool, dry_run: bool, no_verify: bool,
-          **flags) -> None:
+          allow_base_drift: bool, **flags) -> None:
     """Build an engine directory from a HF model (+ Medusa heads | lookahead) for one backend and GPU."""
     from trtbuild.builder import build as run
     from trtbuild.common.spec import BuildSpec
@@ -103,7 +105,7 @@ def build(hf_dir: Path | None, out_dir: Path, spec_file: Path | None, force: boo
         flags["calib_prompts"] = str(flags["calib_prompts"])
     spec = spec.merged({**flags, "model": str(hf_dir) if hf_dir is not None else None})
     run(spec, out_dir, force=force, dry_run=dry_run, verify=not no_verify, echo=click.echo, spec_file=spec_file,
-        progress=_calibration_progress)
+        progress=_calibration_progress, allow_base_drift=allow_base_drift)
 
 
 def _calibration_progress(done: int, total: int) -> None:

@@ -42,10 +42,24 @@ def demo_model(out_dir: Path, gguf: Path | None, dtype: str, force: bool) -> Non
 @click.option("--sequences", type=click.IntRange(min=1), default=160, show_default=True)
 @click.option("--seq-tokens", type=click.IntRange(min=8), default=160, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from OUT/train/checkpoint.pt.")
+@click.option("--joint", is_flag=True,
+              help="Medusa-2: fine-tune the base with the heads (self-distilled, KL to the frozen original); "
+                   "OUT becomes a HF model + heads: build it with `trtbuild OUT --medusa OUT`.")
+@click.option("--base-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
+              help="--joint: the base's learning rate (--lr is the heads').")
+@click.option("--warmup", type=click.IntRange(min=0), default=50, show_default=True,
+              help="--joint: steps that train the heads alone first.")
+@click.option("--kl-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="--joint: weight of the base's self-distillation (KL) term.")
+@click.option("--head-decay", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
+              help="--joint: head k's loss weight is HEAD_DECAY ** k.")
+@click.option("--joint-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="--joint: sequences per step.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/train/ (checkpoint.pt, or joint.pt with --joint).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def train_medusa(hf_dir: Path, out_dir: Path, corpus: tuple[Path, ...], resume: bool, force: bool, **config) -> None:
-    """Train Medusa heads for a HF model on this machine (base model frozen, no network)."""
+    """Train Medusa heads for a HF model on this machine (no network): Medusa-1 (base frozen) or,
+    with --joint, Medusa-2 (base and heads together)."""
     from trtbuild.tuning.train_medusa import TrainConfig, train_medusa as run
 
     summary = run(hf_dir, out_dir, TrainConfig(**config), list(corpus) or None, resume=resume, force=force)

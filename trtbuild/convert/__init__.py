@@ -104,8 +104,13 @@ def prepare(hf_dir: Path, *, dtype: str = "auto", tp: int = 1, pp: int = 1, medu
     config = family.trt_config(ckpt.config, dims, dtype, mapping)
     options = {"dtype": dtype, "tp_size": tp, "pp_size": pp, "architecture": family.name}
     if heads is not None:
+        from trtbuild.common.medusa.quality import read_base_quality
+
         config, medusa_options = medusa_config(config, heads, medusa_choices, max_draft_len)
         options.update(medusa_options)
+        quality = read_base_quality(Path(medusa))  # train-medusa's record, shown by `inspect`
+        if quality is not None:
+            options["medusa_base_quality"] = quality
     if lookahead is not None:
         config = {**config, "lookahead_config": lookahead.to_dict(), "max_draft_len": lookahead.max_draft_len}
         options["lookahead"] = lookahead.to_dict()

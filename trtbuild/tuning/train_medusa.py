@@ -48,13 +48,24 @@ class TrainConfig:
     seq_tokens: int = 160  # tokens per sequence (self: prompt + greedy continuation)
     seed: int = 0
     checkpoint_every: int = 250
+    # Medusa-2 (`joint`, tuning/joint.py): the base trains too
+    joint: bool = False
+    base_lr: float = 1e-5
+    warmup: int = 50  # steps that train the heads alone first
+    kl_weight: float = 1.0  # the base's self-distillation term
+    head_decay: float = 0.8  # head k's loss weight: head_decay ** k
+    joint_batch: int = 4  # sequences per step
 
     def __post_init__(self) -> None:
-        for name in ("heads", "layers", "steps", "batch", "sequences", "checkpoint_every"):
+        for name in ("heads", "layers", "steps", "batch", "sequences", "checkpoint_every", "joint_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train-medusa: {name} must be >= 1")
         if self.seq_tokens <= self.prompt_tokens + self.heads + 1:
             raise ConfigError("train-medusa: seq_tokens must exceed prompt_tokens + heads + 1")
+        if self.joint and self.targets != "self":
+            raise ConfigError("train-medusa --joint trains on the model's own continuations: use --targets self")
+        if not (self.base_lr > 0 and self.kl_weight >= 0 and 0 < self.head_decay <= 1 and self.warmup >= 0):
+            raise ConfigError("train-medusa: base_lr > 0, kl_weight >= 0, 0 < head_decay <= 1, warmup >= 0")
 
 
 def build_dataset(model: Model, tok, files: list[Path], cfg: TrainConfig,
@@ -210,9 +221,19 @@ def save_heads(out_dir: Path, heads: Heads, cfg: TrainConfig, base: Path, vocab_
 HEADS_KIND = "medusa-heads"  # the marker kind of train-medusa's output
 
 
+HELD_OUT = dict(n=16, length=128, seed=321)  # base_quality's held-out text: the stdlib's held-out files
+
+
+def held_out_sequences(tok) -> list[list[int]]:
+    """The held-out text the base-quality report reads (plain text, no chat template)."""
+    return corpus_prompts(split_files(stdlib_files())[1], tok, HELD_OUT["n"], HELD_OUT["length"],
+                          HELD_OUT["seed"], chat=False)
+
+
 def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Path] | None = None,
                  resume: bool = False, force: bool = False, progress: bool = True) -> dict:
-    """Train heads for the HF model at `hf_dir` into `out_dir`; returns a summary (loss, accuracy)."""
+    """Train heads for the HF model at `hf_dir` into `out_dir` (with cfg.joint, fine-tune the base
+    too: a Medusa-2 model); returns a summary (loss, accuracy, base quality)."""
     import tempfile
 
     from safetensors.torch import load_file, save_file
@@ -220,6 +241,7 @@ def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Pat
     from trtbuild.convert import convert
     from trtbuild.common.fsutil import MARKER, check_inputs, check_output_dir, marker_kind
     from trtbuild.runtime.tokenizer import load_tokenizer
+    from trtbuild.tuning.joint import base_quality
 
     out_dir = Path(out_dir)
     work = out_dir / "train"
@@ -243,6 +265,11 @@ def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Pat
             shutil.rmtree(out_dir)
         work.mkdir(parents=True, exist_ok=True)
         (out_dir / MARKER).write_text(json.dumps({"kind": HEADS_KIND, "written_by": "train-medusa"}) + "\n")
+        held = held_out_sequences(tok)
+        if cfg.joint:
+            from trtbuild.tuning.joint import write_medusa2
+
+            return write_medusa2(Path(hf_dir), out_dir, cfg, model, tok, files, held, resume, progress)
         data = work / f"data-{cfg.targets}-{cfg.heads}-{cfg.sequences}-{cfg.seq_tokens}-{cfg.seed}.safetensors"
         if data.is_file():
             d = load_file(str(data))
@@ -258,6 +285,14 @@ def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Pat
         heads = train_heads(hidden, targets, lm_head, cfg, work, resume, progress)
         acc = head_accuracy(heads, hidden[-4096:], targets[-4096:], lm_head)
         summary = {"positions": int(len(hidden)), "train_top1": [round(float(a), 4) for a in acc[:, 0]],
-                   "train_top5": [round(float(a), 4) for a in acc[:, 4]]}
+                   "train_top5": [round(float(a), 4) for a in acc[:, 4]],
+                   "base_quality": base_quality(lambda ids: runtime_logits(model, ids), None, held)}
         save_heads(out_dir, heads, cfg, Path(hf_dir).resolve(), model.cfg.dims.vocab_size, summary)
     return summary
+
+
+def runtime_logits(model: Model, ids: torch.Tensor) -> torch.Tensor:
+    """ids [1, T] -> the runtime model's logits [1, T, V] (one prefill)."""
+    T = ids.shape[1]
+    mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None]
+    return model.forward(ids, torch.arange(T)[None], model.new_cache(1, T), 0, mask)
