@@ -126,7 +126,27 @@ def int4_kernel_available(device: str) -> bool:
     return device == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
 
-class Int4Linear:
+class IntegerLinear:
+    """A linear through one of torch's integer-weight CPU kernels (bf16 in, bf16 out): subclasses give
+    `_mm(x [M, I] bf16) -> [M, O] bf16`; the result is read back in x's dtype, the bias added after."""
+
+    __slots__ = ()
+    b: torch.Tensor | None
+
+    def _mm(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._mm(x.reshape(-1, x.shape[-1]).to(torch.bfloat16)).to(x.dtype)  # [M, O]
+        if self.b is not None:
+            y = y + self.b
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return residual + self(x)
+
+
+class Int4Linear(IntegerLinear):
     """y = x @ (ints * scale).T (+ b) through torch's packed int4 CPU kernel: the weight stays at half a
     byte per value (a weight-only int4 AWQ checkpoint's, exactly). The kernel takes bf16 inputs and
     gives bf16 outputs (accumulating in fp32), like TensorRT-LLM's W4A16 GEMM on fp16/bf16: so in a
@@ -143,15 +163,8 @@ class Int4Linear:
         self.sz = torch.stack([scale, torch.zeros_like(scale)], dim=-1).contiguous()  # [I/g, O, 2]
         self.b = b
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)  # [M, I]
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.w, self.group, self.sz).to(x.dtype)  # [M, O]
-        if self.b is not None:
-            y = y + self.b
-        return y.reshape(*x.shape[:-1], y.shape[-1])
-
-    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return residual + self(x)
+    def _mm(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.w, self.group, self.sz)
 
 
 def int8_kernel_available(device: str) -> bool:
@@ -159,7 +172,7 @@ def int8_kernel_available(device: str) -> bool:
     return device == "cpu" and hasattr(torch, "_weight_int8pack_mm")
 
 
-class Int8Linear:
+class Int8Linear(IntegerLinear):
     """y = x @ (ints * scale[:, None]).T (+ b) through torch's int8 weight kernel, for an int8
     SmoothQuant linear whose input is already on the integer grid (ActQuant "int8"): those integers
     are exact in bf16, the kernel sums their products in fp32 (exactly, below 2^24) and scales each
@@ -171,15 +184,8 @@ class Int8Linear:
     def __init__(self, w: Int8Weight, b: torch.Tensor | None) -> None:
         self.w, self.scale, self.b = w.ints.contiguous(), w.scale.to(torch.bfloat16), b  # [O, I] int8, [O]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)  # [M, I], integers in [-128, 127]
-        y = torch._weight_int8pack_mm(flat, self.w, self.scale).to(x.dtype)  # [M, O]
-        if self.b is not None:
-            y = y + self.b
-        return y.reshape(*x.shape[:-1], y.shape[-1])
-
-    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return residual + self(x)
+    def _mm(self, flat: torch.Tensor) -> torch.Tensor:  # flat: integers in [-128, 127]
+        return torch._weight_int8pack_mm(flat, self.w, self.scale)
 
 
 def row_invariant(lin):
@@ -187,11 +193,11 @@ def row_invariant(lin):
     are), else RowInvariant."""
     inner = [p.inner if isinstance(p, QuantLinear) else p
              for p in (lin.parts if isinstance(lin, ConcatLinear) else [lin])]
-    return lin if all(isinstance(p, (Int4Linear, Int8Linear)) for p in inner) else RowInvariant(lin)
+    return lin if all(isinstance(p, IntegerLinear) for p in inner) else RowInvariant(lin)
 
 
 def make_linear(w: torch.Tensor | QuantWeight | tuple, b: torch.Tensor | None,
-                pack: bool) -> Linear | Int4Linear | QuantLinear | ConcatLinear:
+                pack: bool) -> Linear | IntegerLinear | QuantLinear | ConcatLinear:
     """The linear of a loaded weight (checkpoint.LayerWeights' field types)."""
     if isinstance(w, tuple):
         return ConcatLinear([make_linear(x, None, pack) for x in w])

@@ -151,6 +151,13 @@ def int4_kernel_fits(s: Shard) -> bool:
     return s.weight.shape[1] // s.group_scale.shape[1] in INT4_KERNEL_GROUPS and s.weight.shape[0] % 16 == 0
 
 
+def int8_kernel_fits(s: Shard) -> bool:
+    """Whether a merged linear is int8 SmoothQuant of a shape torch's int8 weight kernel reads right:
+    it reads past the row for input features not a multiple of 16 (measured: garbage or a crash at 24,
+    72, 5)."""
+    return s.channel_scale is not None and s.weight.shape[1] % 16 == 0
+
+
 def fuse(a: Shard, b: Shard, int4: bool = False) -> Shard | tuple[Shard, Shard]:
     """Two linears of one input as one ([a; b] rows) when their input transforms are identical or
     fold away (weight-only, unless `int4` keeps the weights on their int4 grid for `Int4Weight`);
@@ -245,18 +252,14 @@ def finish(s: Shard, dtype: torch.dtype, device: str, int4: bool = False, int8: 
         ints = (s.weight / s.group_scale.repeat_interleave(g, dim=1)).round().to(torch.int8)  # exact: W = ints * s
         w = Int4Weight(ints.to(device), s.group_scale.to(device))
         return QuantWeight(w, ActQuant(None, None if s.prequant is None else put(s.prequant)))
-    # torch's int8 weight kernel reads past the row for input features not a multiple of 16 (measured:
-    # garbage or a crash at 24, 72, 5), so such linears stay dequantized
-    if int8 and s.channel_scale is not None and s.weight.shape[1] % 16 == 0:
-        ints = (s.weight / s.channel_scale[:, None]).round().to(torch.int8)  # exact: W = ints * s[:, None]
-        scale = s.act_scale.float()
-        in_scale = 1.0 / scale if s.prequant is None else s.prequant / scale
-        return QuantWeight(Int8Weight(ints.to(device), (s.channel_scale * scale).to(device)),
-                           ActQuant(s.act, put(in_scale)))
     if s.act is None:
         return put(_weight_only(s).weight)
     scale = s.act_scale.float()
     in_scale = 1.0 / scale if s.prequant is None else s.prequant / scale
+    if int8 and int8_kernel_fits(s):  # (else dequantized)
+        ints = (s.weight / s.channel_scale[:, None]).round().to(torch.int8)  # exact: W = ints * s[:, None]
+        return QuantWeight(Int8Weight(ints.to(device), (s.channel_scale * scale).to(device)),
+                           ActQuant(s.act, put(in_scale)))
     return QuantWeight(put(s.weight * scale), ActQuant(s.act, put(in_scale)))
 
 

@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trtbuild.tuning.train_medusa import Heads, TrainConfig
-
+from trtbuild.tuning.train_medusa import Heads, TrainConfig, load_training_state, save_training_state
 
 
 def head_targets(ids: torch.Tensor, first: torch.Tensor, length: torch.Tensor, heads: int) -> torch.Tensor:
@@ -94,13 +93,9 @@ def train_joint(student, teacher, seqs: list[list[int]], first: list[int], cfg: 
     step = 0
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "joint.pt"
+    parts = {"student": student, "heads": heads, "opt": opt, "sched": sched}
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        student.load_state_dict(state["student"])
-        heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        step = int(state["step"])
+        step = load_training_state(ckpt, parts)
     T = cfg.seq_tokens
     ids_all = torch.tensor([(s + [s[-1]] * T)[:T] for s in seqs])  # [S, T]: short ones padded (masked in the loss)
     lengths = torch.tensor([min(len(s), T) for s in seqs])
@@ -119,10 +114,7 @@ def train_joint(student, teacher, seqs: list[list[int]], first: list[int], cfg: 
         bar.update(1)
         bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
         if step % cfg.checkpoint_every == 0 or step in (cfg.steps, stop_at):
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"student": student.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "step": step}, tmp)
-            os.replace(tmp, ckpt)
+            save_training_state(ckpt, parts, step)
     bar.close()
     student.eval()
     return heads

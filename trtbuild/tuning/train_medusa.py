@@ -140,6 +140,22 @@ class Heads(torch.nn.Module):
         return out
 
 
+def load_training_state(ckpt: Path, parts: dict) -> int:
+    """Restore every object of `parts` (name -> module, optimizer or schedule) from the checkpoint
+    `ckpt` (weights only, never unpickled code); returns the step it was saved at."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for name, obj in parts.items():
+        obj.load_state_dict(state[name])
+    return int(state["step"])
+
+
+def save_training_state(ckpt: Path, parts: dict, step: int) -> None:
+    """Write `parts`' state dicts and `step` to `ckpt` atomically (a killed run leaves the previous one)."""
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save({**{name: obj.state_dict() for name, obj in parts.items()}, "step": step}, tmp)
+    os.replace(tmp, ckpt)
+
+
 def train_heads(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.Tensor, cfg: TrainConfig,
                 work: Path, resume: bool, progress: bool = True, stop_at: int | None = None) -> Heads:
     """Train on cached (hidden, targets); checkpoints in `work`. lm_head: [V, H] frozen.
@@ -155,12 +171,9 @@ def train_heads(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.Tens
     step = 0
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "checkpoint.pt"
+    parts = {"heads": heads, "opt": opt, "sched": sched}
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        step = int(state["step"])
+        step = load_training_state(ckpt, parts)
     bar = tqdm(total=cfg.steps, initial=step, desc="train-medusa", unit="step", disable=not progress)
     valid = (targets >= 0).any(1).nonzero()[:, 0]
     while step < min(cfg.steps, stop_at or cfg.steps):
@@ -178,10 +191,7 @@ def train_heads(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.Tens
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % cfg.checkpoint_every == 0 or step in (cfg.steps, stop_at):
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"heads": heads.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": step}, tmp)
-            os.replace(tmp, ckpt)
+            save_training_state(ckpt, parts, step)
     bar.close()
     return heads
 
