@@ -190,3 +190,29 @@ def test_medusa1_reports_an_unchanged_base(tiny, tmp_path):
 def test_joint_refuses_corpus_targets():
     with pytest.raises(Exception, match="--targets self"):
         TrainConfig(joint=True, targets="corpus")
+
+
+def test_joint_starts_from_trained_heads(tiny, tmp_path):
+    """--init-heads: the joint run's heads begin as a Medusa-1 run's (read back exactly); heads of another
+    shape, or --init-heads without --joint, are refused before anything is written."""
+    from safetensors.torch import load_file
+
+    from trtbuild.tuning.joint import init_heads
+    from trtbuild.tuning.train_medusa import Heads
+
+    hf = tiny[0]
+    m1 = tmp_path / "m1"
+    r = CliRunner().invoke(cli, ["train-medusa", str(hf), "-o", str(m1), "--steps", "5", "--sequences", "4",
+                                 "--seq-tokens", "40", "--heads", "2"])
+    assert r.exit_code == 0, r.output
+    saved = load_file(str(m1 / "medusa_lm_head.safetensors"))
+    heads = Heads(saved["0.0.linear.weight"].shape[0], 2, 1)
+    init_heads(heads, m1)
+    assert torch.equal(heads.w[1, 0], saved["1.0.linear.weight"]) and torch.equal(heads.b[0, 0], saved["0.0.linear.bias"])
+    config = _train(hf, tmp_path / "m2", "--init-heads", str(m1), "--warmup", "0")
+    assert config["trtbuild"]["train_config"]["init_heads"] == str(m1.resolve())
+    for args, msg in ((["--joint", "--heads", "3"], "2 heads x 1 layers"), ([], "add --joint")):
+        out = tmp_path / f"bad{len(args)}"
+        r = CliRunner().invoke(cli, ["train-medusa", str(hf), "-o", str(out), "--init-heads", str(m1), *args])
+        assert r.exit_code != 0 and msg in r.output.strip().splitlines()[-1], r.output
+        assert not out.exists()

@@ -55,6 +55,9 @@ def demo_model(out_dir: Path, gguf: Path | None, dtype: str, force: bool) -> Non
               help="--joint: head k's loss weight is HEAD_DECAY ** k.")
 @click.option("--joint-batch", type=click.IntRange(min=1), default=4, show_default=True,
               help="--joint: sequences per step.")
+@click.option("--init-heads", type=click.Path(path_type=Path), default=None,
+              help="--joint: start from these trained heads (e.g. a Medusa-1 train-medusa output; "
+                   "usually with --warmup 0).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/train/ (checkpoint.pt, or joint.pt with --joint).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def train_medusa(hf_dir: Path, out_dir: Path, corpus: tuple[Path, ...], resume: bool, force: bool, **config) -> None:
@@ -62,6 +65,8 @@ def train_medusa(hf_dir: Path, out_dir: Path, corpus: tuple[Path, ...], resume: 
     with --joint, Medusa-2 (base and heads together)."""
     from trtbuild.tuning.train_medusa import TrainConfig, train_medusa as run
 
+    if config["init_heads"] is not None:
+        config["init_heads"] = str(config["init_heads"].resolve())
     summary = run(hf_dir, out_dir, TrainConfig(**config), list(corpus) or None, resume=resume, force=force)
     click.echo(f"wrote {out_dir}: {json.dumps(summary)}")
 

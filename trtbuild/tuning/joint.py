@@ -75,6 +75,27 @@ def joint_loss(student, teacher, heads: Heads, ids: torch.Tensor, first: torch.T
     return cfg.kl_weight * kl + heads_loss, stats
 
 
+def init_heads(heads: Heads, path: Path) -> None:
+    """Copy trained version-2 heads (a train-medusa output, a head file or a Medusa-2 model) into
+    `heads`; their head count, layer count and hidden size must be `heads`'."""
+    from trtbuild.common.errors import ConfigError
+    from trtbuild.convert.medusa_heads import read_heads
+
+    src = read_heads(path)
+    K, L, H = heads.w.shape[:3]
+    if src.has_lm_head:
+        raise ConfigError(f"--init-heads {path}: these heads have their own lm_head (Medusa-1 legacy); "
+                          "--joint trains version-2 heads (logits through the base's lm_head)")
+    if (src.num_heads, src.num_layers, src.hidden_size) != (K, L, H):
+        raise ConfigError(f"--init-heads {path}: {src.num_heads} heads x {src.num_layers} layers of hidden "
+                          f"{src.hidden_size}, but this run trains {K} x {L} of hidden {H} (--heads/--layers)")
+    with torch.no_grad():
+        for k in range(K):
+            for j in range(L):
+                heads.w[k, j].copy_(src.tensors[f"medusa.{k}.{j}.linear.weight"])
+                heads.b[k, j].copy_(src.tensors[f"medusa.{k}.{j}.linear.bias"])
+
+
 def train_joint(student, teacher, seqs: list[list[int]], first: list[int], cfg: TrainConfig, work: Path,
                 resume: bool, progress: bool = True, stop_at: int | None = None) -> Heads:
     """Fine-tune `student` (in place) and train its heads on `seqs` (each cut to cfg.seq_tokens);
@@ -84,6 +105,8 @@ def train_joint(student, teacher, seqs: list[list[int]], first: list[int], cfg: 
     torch.manual_seed(cfg.seed)
     H = student.get_output_embeddings().weight.shape[1]
     heads = Heads(H, cfg.heads, cfg.layers)
+    if cfg.init_heads is not None:
+        init_heads(heads, Path(cfg.init_heads))
     teacher.eval().requires_grad_(False)
     student.train()  # (no dropout in the families trtbuild converts: train mode changes nothing else)
     opt = torch.optim.AdamW([{"params": list(student.parameters()), "lr": cfg.base_lr},

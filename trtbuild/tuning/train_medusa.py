@@ -55,6 +55,7 @@ class TrainConfig:
     kl_weight: float = 1.0  # the base's self-distillation term
     head_decay: float = 0.8  # head k's loss weight: head_decay ** k
     joint_batch: int = 4  # sequences per step
+    init_heads: str | None = None  # --joint: start from these trained (version-2) heads, e.g. Medusa-1's
 
     def __post_init__(self) -> None:
         for name in ("heads", "layers", "steps", "batch", "sequences", "checkpoint_every", "joint_batch"):
@@ -66,6 +67,8 @@ class TrainConfig:
             raise ConfigError("train-medusa --joint trains on the model's own continuations: use --targets self")
         if not (self.base_lr > 0 and self.kl_weight >= 0 and 0 < self.head_decay <= 1 and self.warmup >= 0):
             raise ConfigError("train-medusa: base_lr > 0, kl_weight >= 0, 0 < head_decay <= 1, warmup >= 0")
+        if self.init_heads is not None and not self.joint:
+            raise ConfigError("train-medusa: --init-heads starts a --joint run from trained heads; add --joint")
 
 
 def build_dataset(model: Model, tok, files: list[Path], cfg: TrainConfig,
@@ -255,7 +258,7 @@ def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Pat
 
     out_dir = Path(out_dir)
     work = out_dir / "train"
-    inputs = [hf_dir, *(corpus or ())]
+    inputs = [hf_dir, *(corpus or ()), *([Path(cfg.init_heads)] if cfg.init_heads else [])]
     check_inputs(out_dir, inputs)  # resuming too: the heads never overwrite the model or the corpus
     if not (resume and work.is_dir()):
         check_output_dir(out_dir, force, kind=HEADS_KIND, inputs=inputs)
@@ -269,6 +272,10 @@ def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Pat
         ckpt = convert(Path(hf_dir), Path(tmp) / "ckpt", dtype="float32")
         model = Model.load(ckpt, dtype="float32", device="cpu")
         tok = load_tokenizer(ckpt)
+        if cfg.init_heads is not None:  # fail before anything is written or computed
+            from trtbuild.tuning.joint import init_heads
+
+            init_heads(Heads(model.cfg.dims.hidden_size, cfg.heads, cfg.layers), Path(cfg.init_heads))
         if out_dir.exists() and not resume:
             import shutil
 
