@@ -341,7 +341,10 @@ def test_abandoned_streams_are_freed_and_the_server_stops_promptly(server):
     assert time.monotonic() - start < 10
     log = server.log_file.read_text()
     assert "Waiting for in-flight requests to complete" in log
-    assert not re.search(r"has [1-9]\d* in-flight inferences", log)  # nothing abandoned kept in flight
+    # An abandoned request kept in flight would hold the shutdown to Triton's exit timeout (30 s, so
+    # past the 10 s above) and be reported every second; one whose cancellation is still completing
+    # on a loaded machine may be reported for a second or two (seen in CI: once, "has 1").
+    assert len(re.findall(r"has [1-9]\d* in-flight inferences", log)) <= 3, log[-2000:]
     assert _left_behind(server.shm_prefix, snapshot) == []
 
 
