@@ -11,7 +11,7 @@ import pytest
 
 from conftest import speculative_checkpoints
 from trtbuild.common.errors import ConfigError
-from trtbuild.runtime.cost import CACHE, CostModel, calibrate, knots, load, machine_id, save
+from trtbuild.runtime.cost import CACHE, CostModel, calibrate, knots, linears_id, load, machine_id, save
 from trtbuild.runtime.governor import allocate
 
 
@@ -104,18 +104,21 @@ def test_calibration_is_measured_cached_and_refused_elsewhere(tmp_path):
     cost = calibrate(model, 24, engine="tiny", repeats=2)
     assert cost.tokens == (1, 2, 4, 8, 16, 24) and all(s > 0 for s in cost.seconds)
     assert list(cost.seconds) == sorted(cost.seconds)  # a step never gets cheaper with more tokens
-    assert cost.machine == machine_id("cpu")
+    here = machine_id("cpu", linears_id(model))
+    assert cost.machine == here and f"linears {model.backend}" in here
     save(cost, tmp_path)
-    assert load(tmp_path, machine_id("cpu"), "tiny") == cost
+    assert load(tmp_path, here, "tiny") == cost
+    with pytest.raises(ConfigError, match="measured on another machine"):  # same box, other linears
+        load(tmp_path, machine_id("cpu", "plain" if model.backend != "plain" else "onednn"), "tiny")
     with pytest.raises(ConfigError, match="measured on another machine"):
         load(tmp_path, "another box", "tiny")
     with pytest.raises(ConfigError, match="measured for another engine"):
-        load(tmp_path, machine_id("cpu"), "other")
+        load(tmp_path, here, "other")
     (tmp_path / CACHE).write_text(json.dumps({"tokens": [1]}))
     with pytest.raises(ConfigError, match="not a cost calibration"):
-        load(tmp_path, machine_id("cpu"), "tiny")
+        load(tmp_path, here, "tiny")
     with pytest.raises(ConfigError, match="no cost calibration"):
-        load(tmp_path / "none", machine_id("cpu"), "tiny")
+        load(tmp_path / "none", here, "tiny")
 
 
 PROMPTS = [(5, 9, 17, 5, 9, 17, 5, 9), (3, 1, 4, 1, 5, 9, 2, 6), (2, 7, 1, 8, 2, 8), (1, 1, 2, 3, 5, 8, 13)]

@@ -261,7 +261,7 @@ def trained(tmp_path_factory):
     seqs, first = self_distill_sequences(plain, prompts, 48, progress=False)
     hidden, targets = dataset_from_sequences(plain, seqs, first, heads=3)
     cfg = TrainConfig(heads=3, steps=300, lr=3e-3, batch=64, checkpoint_every=1000)
-    heads = train_heads(hidden, targets, plain.lm_head.w if not plain.packed else _plain_head(d / "plain"),
+    heads = train_heads(hidden, targets, plain.lm_head.w if plain.backend == "plain" else _plain_head(d / "plain"),
                         cfg, d, resume=False, progress=False)
     hd = d / "heads"
     hd.mkdir()

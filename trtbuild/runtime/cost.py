@@ -72,8 +72,17 @@ class CostModel:
                 "machine": self.machine, "engine": self.engine}
 
 
-def machine_id(device: str = "cpu") -> str:
-    """What a step time depends on besides the engine: processor, threads, torch, device."""
+def linears_id(model) -> str:
+    """How the model's linears run (Model.backend; the runtime's kernel with its source digest)."""
+    from trtbuild.runtime import kernels
+
+    backend = getattr(model, "backend", "")
+    return f"{backend} {kernels.digest()}" if backend == "kernel" else backend
+
+
+def machine_id(device: str = "cpu", linears: str = "") -> str:
+    """What a step time depends on besides the engine: processor, threads, torch, device, and how
+    the linears run (`linears_id`: a new kernel is a new machine as far as the curve goes)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -84,7 +93,7 @@ def machine_id(device: str = "cpu") -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if str(device).startswith("cuda") and torch.cuda.is_available() else ""
     return f"{cpu} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__} | {device}" \
-        + (f" | {gpu}" if gpu else "")
+        + (f" | {gpu}" if gpu else "") + (f" | linears {linears}" if linears else "")
 
 
 def save(cost: CostModel, engine_dir: Path) -> Path:
@@ -170,7 +179,7 @@ def calibrate(model, max_tokens: int, engine: str, repeats: int = 3, context: in
 
         heads_pass()
         heads = statistics.median(heads_pass() for _ in range(repeats))
-    return CostModel(totals, tuple(mono), machine_id(str(dev)), engine, heads)
+    return CostModel(totals, tuple(mono), machine_id(str(dev), linears_id(model)), engine, heads)
 
 
 def engine_digest(engine_dir: Path) -> str:
@@ -194,7 +203,7 @@ def engine_digest(engine_dir: Path) -> str:
 def for_engine(model, engine_dir: Path, max_tokens: int, log=print) -> CostModel:
     """The engine's cached calibration when it was measured on this machine for this engine, else a
     new one, measured now and cached (a read-only engine directory keeps it in memory only)."""
-    machine, digest = machine_id(str(model.device)), engine_digest(engine_dir)
+    machine, digest = machine_id(str(model.device), linears_id(model)), engine_digest(engine_dir)
     try:
         return load(engine_dir, machine, digest)
     except ConfigError as e:

@@ -5,9 +5,10 @@ RoPE applied to q and k together, GQA by folding the query groups into the seque
 repeat). Semantics are TensorRT-LLM's: `fc` is the SiLU-activated branch, `gate` the linear one.
 
 Decoding one token is a chain of matrix-vector products bound by memory bandwidth, so on CPU the
-weights are prepacked once for oneDNN (`Linear`), which streams them about twice as fast as
-`F.linear`'s default kernel on these machines; elsewhere (CUDA, or a CPU/dtype oneDNN cannot pack)
-`F.linear` is used.
+float32 and bfloat16 weights go through the runtime's own kernel where it builds (x86-64 with
+AVX-512: kernels.KernelLinear, row-invariant); otherwise they are prepacked once for oneDNN
+(`Linear`), which streams them about twice as fast as `F.linear`'s default kernel on these
+machines; elsewhere (CUDA, or a CPU/dtype oneDNN cannot pack) `F.linear` is used.
 
 Quantized checkpoints (ModelOpt's export) run on dequantized weights; an activation-quantized
 linear is a `quant.QuantLinear` (input fake-quantized first, same interface), and with an FP8 KV
@@ -29,7 +30,9 @@ import torch.nn.functional as F
 
 from trtbuild.common.rope_scaling import scaling_kind
 from trtbuild.common.errors import ConfigError
+from trtbuild.runtime import kernels
 from trtbuild.runtime.checkpoint import ModelConfig, Weights, load_weights, read_config
+from trtbuild.runtime.kernels import KernelLinear
 from trtbuild.runtime.quant import ConcatLinear, Int4Weight, Int8Weight, QuantLinear, QuantWeight, fake_fp8
 from trtbuild.runtime.rope import cos_sin_table
 
@@ -48,6 +51,19 @@ class KVCache:
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x, w.shape, w, eps)
+
+
+def normed_linear(lin, x: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
+    """lin(rms_norm(x, g, eps)), the norm inside the kernel's call when lin is a KernelLinear."""
+    return lin.normed(x, g, eps) if isinstance(lin, KernelLinear) else lin(rms_norm(x, g, eps))
+
+
+def swiglu_add_to(lin, residual: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+    """residual + lin(silu(fc) * gate), fc, gate = fg.chunk(2, -1) (fused into a KernelLinear's call)."""
+    if isinstance(lin, KernelLinear):
+        return lin.swiglu_add_to(residual, fg)
+    fc, gate = fg.chunk(2, dim=-1)
+    return lin.add_to(residual, F.silu(fc) * gate)
 
 
 _PACKABLE: dict[torch.dtype, bool] = {}
@@ -189,27 +205,37 @@ class Int8Linear(IntegerLinear):
 
 
 def row_invariant(lin):
-    """`lin` made row-invariant: itself when every matmul in it is an Int4Linear or Int8Linear (they
-    are), else RowInvariant."""
+    """`lin` made row-invariant: itself when every matmul in it is a KernelLinear, Int4Linear or
+    Int8Linear (they are), else RowInvariant."""
     inner = [p.inner if isinstance(p, QuantLinear) else p
              for p in (lin.parts if isinstance(lin, ConcatLinear) else [lin])]
-    return lin if all(isinstance(p, IntegerLinear) for p in inner) else RowInvariant(lin)
+    return lin if all(isinstance(p, (KernelLinear, IntegerLinear)) for p in inner) else RowInvariant(lin)
+
+
+# How a float weight runs: the runtime's kernel, oneDNN prepacked, or F.linear.
+KERNEL, ONEDNN, PLAIN = "kernel", "onednn", "plain"
+
+
+def dense_linear(w: torch.Tensor, b: torch.Tensor | None, backend: str) -> KernelLinear | Linear:
+    if backend == KERNEL:
+        return KernelLinear(w, b)
+    return Linear(w, b, backend == ONEDNN)
 
 
 def make_linear(w: torch.Tensor | QuantWeight | tuple, b: torch.Tensor | None,
-                pack: bool) -> Linear | IntegerLinear | QuantLinear | ConcatLinear:
+                backend: str) -> KernelLinear | Linear | IntegerLinear | QuantLinear | ConcatLinear:
     """The linear of a loaded weight (checkpoint.LayerWeights' field types)."""
     if isinstance(w, tuple):
-        return ConcatLinear([make_linear(x, None, pack) for x in w])
+        return ConcatLinear([make_linear(x, None, backend) for x in w])
     if isinstance(w, QuantWeight):
         if isinstance(w.weight, Int4Weight):
             inner = Int4Linear(w.weight, b)
         elif isinstance(w.weight, Int8Weight):
             inner = Int8Linear(w.weight, b)
         else:
-            inner = Linear(w.weight, b, pack)
+            inner = dense_linear(w.weight, b, backend)
         return inner if w.act.kind is None and w.act.in_scale is None else QuantLinear(inner, w.act)
-    return Linear(w, b, pack)
+    return dense_linear(w, b, backend)
 
 
 @dataclass(frozen=True)
@@ -242,14 +268,20 @@ class Model:
     """A loaded checkpoint ready to run: `forward` over new tokens with a KV cache."""
 
     def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, device: str,
-                 pack: bool | None = None) -> None:
+                 pack: bool | None = None, kernel: bool | None = None) -> None:
         self.cfg, self.dtype, self.device = cfg, dtype, device
-        self.packed = can_pack(dtype, device) if pack is None else pack
+        if kernel and not kernels.usable(dtype, device):
+            raise ConfigError(f"the runtime's CPU kernel cannot run {dtype} on {device} here "
+                              f"({kernels.unavailable() or 'float32 and bfloat16 on cpu only'})")
+        if kernel is None:
+            kernel = pack is None and kernels.usable(dtype, device)
+        oned = can_pack(dtype, device) if pack is None else pack
+        self.backend = KERNEL if kernel else ONEDNN if oned else PLAIN
+        be = self.backend
         self.embedding, self.final_norm = weights.embedding, weights.final_norm
-        self.lm_head = make_linear(weights.lm_head, None, self.packed)
-        self.layers = [Layer(lw.attn_norm, make_linear(lw.qkv, lw.qkv_bias, self.packed),
-                             make_linear(lw.dense, None, self.packed), lw.mlp_norm,
-                             make_linear(lw.fc_gate, None, self.packed), make_linear(lw.proj, None, self.packed),
+        self.lm_head = make_linear(weights.lm_head, None, be)
+        self.layers = [Layer(lw.attn_norm, make_linear(lw.qkv, lw.qkv_bias, be), make_linear(lw.dense, None, be),
+                             lw.mlp_norm, make_linear(lw.fc_gate, None, be), make_linear(lw.proj, None, be),
                              lw.kv_scale)
                        for lw in weights.layers]
         # Medusa heads: ResBlocks x + silu(W x + b), then an lm_head. Version-2 heads carry copies
@@ -257,21 +289,25 @@ class Model:
         self.medusa_shared_lm_head = all(
             isinstance(m.lm_head, torch.Tensor) and isinstance(weights.lm_head, torch.Tensor)
             and torch.equal(m.lm_head, weights.lm_head) for m in weights.medusa)
-        self.medusa = [([make_linear(w, b, self.packed) for w, b in m.layers],
-                        None if self.medusa_shared_lm_head else make_linear(m.lm_head, None, self.packed))
+        self.medusa = [([make_linear(w, b, be) for w, b in m.layers],
+                        None if self.medusa_shared_lm_head else make_linear(m.lm_head, None, be))
                        for m in weights.medusa]
         # Heads only propose: their top-k need not be exact (verification decides), so on CPU the
-        # shared lm_head runs for them in bf16 when oneDNN can pack it (half the bytes to stream).
+        # shared lm_head runs for them in bf16 when a kernel takes it (half the bytes to stream).
         self._proposal_head = None
-        if self.medusa and self.medusa_shared_lm_head and dtype == torch.float32 and can_pack(torch.bfloat16, device):
-            self._proposal_head = Linear(weights.lm_head.to(torch.bfloat16), None, True)
+        if self.medusa and self.medusa_shared_lm_head and dtype == torch.float32 and isinstance(weights.lm_head, torch.Tensor):
+            head = weights.lm_head.to(torch.bfloat16)
+            if be == KERNEL:
+                self._proposal_head = KernelLinear(head, None)
+            elif can_pack(torch.bfloat16, device):
+                self._proposal_head = Linear(head, None, True)
         d = cfg.dims
         self.nh, self.nkv, self.hd = d.num_heads, d.num_kv_heads, d.head_size
         # Quantized activations or KV round every value to a coarse grid, which turns the last-bit
         # differences between attention over 1 and over T query tokens (or over a padded cache) into
         # whole grid steps: a speculative step would then disagree with plain decoding. Attention in
-        # fp64 keeps those differences below float32's last bit (the linears are row-invariant:
-        # oneDNN's packed GEMM gives every row the same result whatever the number of rows).
+        # fp64 keeps those differences below float32's last bit (and the linears are made
+        # row-invariant: the kernel's are, oneDNN's go through RowInvariant).
         q = cfg.quant
         self.exact_attention = bool(q.kv_cache or (q.recipe is not None and q.recipe.activations))
         if self.exact_attention:  # and every linear of the base model row-invariant
@@ -284,10 +320,13 @@ class Model:
 
     @classmethod
     def load(cls, ckpt_dir: Path, dtype: str | None = None, device: str | None = None,
-             pack: bool | None = None, int4: bool | None = None, int8: bool | None = None) -> Model:
+             pack: bool | None = None, int4: bool | None = None, int8: bool | None = None,
+             kernel: bool | None = None) -> Model:
         """Load `ckpt_dir`; dtype defaults to float32 on CPU and the checkpoint's dtype on CUDA.
 
-        `pack`: prepack weights for oneDNN (default: wherever that works, i.e. on CPU).
+        `kernel`: run float32/bfloat16 linears through the runtime's CPU kernel (kernels.py; default:
+        wherever it builds, unless `pack` is given). `pack`: otherwise prepack weights for oneDNN
+        (default: wherever that works, i.e. on CPU); False: plain F.linear.
         `int4`: run weight-only int4 AWQ linears packed (Int4Linear: bf16 in and out, as a W4A16
         engine computes) rather than dequantized in `dtype` (ModelOpt's fake-quant numerics, which
         the parity tests check); default: wherever the kernel is, i.e. on CPU. `int8` likewise for
@@ -305,7 +344,10 @@ class Model:
         int8 = int8_kernel_available(device) if int8 is None else int8
         if int8 and not int8_kernel_available(device):
             raise ConfigError(f"no int8 weight kernel for {device} in this torch")
-        return cls(cfg, load_weights(Path(ckpt_dir), cfg, tdtype, device, int4, int8), tdtype, device, pack)
+        if kernel and not kernels.usable(tdtype, device):  # before the weights are read
+            raise ConfigError(f"the runtime's CPU kernel cannot run {name} on {device} here "
+                              f"({kernels.unavailable() or 'float32 and bfloat16 on cpu only'})")
+        return cls(cfg, load_weights(Path(ckpt_dir), cfg, tdtype, device, int4, int8), tdtype, device, pack, kernel)
 
     def new_cache(self, batch: int, slots: int) -> KVCache:
         shape = (len(self.layers), batch, self.nkv, slots, self.hd)
@@ -393,7 +435,7 @@ class Model:
                cache: KVCache, slots: int | tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         nh, nkv, hd = self.nh, self.nkv, self.hd
-        qkv = lw.qkv(rms_norm(x, lw.attn_norm, self.cfg.norm_epsilon))
+        qkv = normed_linear(lw.qkv, x, lw.attn_norm, self.cfg.norm_epsilon)
         qk = qkv[..., : (nh + nkv) * hd].view(B, T, nh + nkv, hd)
         # rotate-half: x*cos + cat(-x2, x1)*sin == x*cos + roll(x, d/2)*sin_signed, sin_signed = cat(-s1, s2)
         qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin  # [B, T, nh + nkv, d]
@@ -421,5 +463,4 @@ class Model:
             o = F.scaled_dot_product_attention(q, k_cache[:, :, :S], v_cache[:, :, :S], attn_mask=mask)
         o = o.view(B, nkv, g, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, nh * hd)
         x = lw.dense.add_to(x, o)
-        fc, gate = lw.fc_gate(rms_norm(x, lw.mlp_norm, self.cfg.norm_epsilon)).chunk(2, dim=-1)
-        return lw.proj.add_to(x, F.silu(fc) * gate)
+        return swiglu_add_to(lw.proj, x, normed_linear(lw.fc_gate, x, lw.mlp_norm, self.cfg.norm_epsilon))

@@ -294,8 +294,8 @@ def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Pat
         else:
             hidden, targets = build_dataset(model, tok, files, cfg)
             save_file({"hidden": hidden.contiguous(), "targets": targets.contiguous()}, str(data))
-        lm_head = model.lm_head.w if not model.packed else None
-        if lm_head is None:  # packed for oneDNN: take the plain weight from the checkpoint again
+        lm_head = model.lm_head.w if model.backend == "plain" else None
+        if lm_head is None:  # packed (the kernel's or oneDNN's layout): take the plain weight from the checkpoint again
             from trtbuild.runtime.checkpoint import load_weights
 
             lm_head = load_weights(ckpt, model.cfg, torch.float32).lm_head
