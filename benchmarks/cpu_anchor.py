@@ -3,15 +3,16 @@ prompt ids, same weight formats, alternating rounds, medians and ratios. llama.c
 only: trtbuild never depends on it, and this script installs nothing.
 
 Set-up, once (llama-cpp-python builds llama.cpp from its source distribution, ~5 minutes on 2
-cores; its sdist carries the GGUF converter):
+cores; its sdist carries the GGUF converter, which runs in the project's venv with the sdist's
+gguf-py and sentencepiece on PYTHONPATH):
 
     python3 -m venv /tmp/llama && /tmp/llama/bin/pip install llama-cpp-python==0.3.36 numpy \
       && /tmp/llama/bin/pip download llama-cpp-python==0.3.36 --no-deps --no-binary :all: -d /tmp/llama/sdist \
       && tar xzf /tmp/llama/sdist/*.tar.gz -C /tmp/llama/sdist \
-      && /tmp/llama/bin/pip install /tmp/llama/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp/gguf-py
-    for t in f32 bf16 q8_0; do /tmp/llama/bin/python \
-      /tmp/llama/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py demo/hf \
-      --outtype $t --outfile /tmp/llama/smollm2-$t.gguf; done
+      && .venv/bin/pip install --target /tmp/llama/convdeps sentencepiece
+    V=/tmp/llama/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp
+    for t in f32 bf16 q8_0; do PYTHONPATH=$V/gguf-py:/tmp/llama/convdeps .venv/bin/python \
+      $V/convert_hf_to_gguf.py demo/hf --outtype $t --outfile /tmp/llama/smollm2-$t.gguf; done
 
 Run:
 
@@ -24,9 +25,7 @@ converted here (float32 / bfloat16 runtime); any other format needs `--ckpt FORM
 int8 SmoothQuant checkpoint from `trtbuild quantize`, run in bfloat16). Decode tokens/s excludes
 the prefill the way benchmarks/decode_speed.py does: (N - 1) / (time for N tokens - time for 1),
 for every side. llama.cpp runs in its own process (its venv), with the same thread count as torch.
-
-Status: written for issue 20 and not yet run (no llama-cpp-python environment was built in that
-session); the runtime and transformers halves are decode_speed.py's.
+The runtime and transformers halves are decode_speed.py's.
 """
 
 from __future__ import annotations

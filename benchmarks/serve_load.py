@@ -4,6 +4,7 @@
 
 - output tokens/s through the ensemble (gRPC streaming) with C concurrent clients, each sending
   `--requests` requests back to back (prompts from the standard library, 64 new tokens);
+- start-up: seconds from launching tritonserver to ready (every model of the repository loaded);
 - end-to-end latency of one request through the ensemble vs the same request on the reference
   runtime's scheduler in this process (same engine, same prompt), alternating, medians.
 Prints one JSON report.
@@ -40,8 +41,10 @@ def main() -> None:
     texts = [f.read_text(errors="replace")[2000:2600] for f in stdlib_files()[:64]]
     prompts = [tok.decode(tok(t)["input_ids"][:48]) for t in texts if len(t) > 500]
     report: dict = {"engine": str(engine), "tokens": a.tokens}
+    t0 = time.perf_counter()
     with TritonServer(a.build / "triton_repo", http_port=free_port(), grpc_port=free_port(),
                       metrics_port=free_port()) as s:
+        report["startup_s"] = round(time.perf_counter() - t0, 2)  # launch to ready (every model loaded)
         list(stream_grpc(s.grpc_url, prompts[0], 8))  # warm-up
         load = {}
         for c in (int(x) for x in a.concurrency.split(",")):
