@@ -38,7 +38,7 @@ def main() -> None:
     from trtbuild.runtime.decoding import draft_attention_mask, step_tokens
 
     m = Model.load(a.ckpt, dtype=a.dtype, device="cpu")
-    medusa = MedusaSpec(parse_choices(a.medusa_choices))
+    medusa = MedusaSpec(parse_choices(a.medusa_choices).choices)
     lookahead = LookaheadSpec(*(int(v) for v in a.lookahead.split(",")))
     shapes = {"plain": (1, False), f"medusa-{step_tokens(medusa)}": (step_tokens(medusa), bool(m.medusa)),
               f"lookahead-{a.lookahead}": (step_tokens(lookahead), False)}

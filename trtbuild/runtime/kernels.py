@@ -128,7 +128,7 @@ def pack(w: torch.Tensor, rows: int) -> torch.Tensor:
 class KernelLinear:
     """y = x @ w.T (+ b) through gemv.c; w [O, I] float32 or bfloat16 on CPU."""
 
-    __slots__ = ("w", "b", "out", "inp", "fn", "bf16")
+    __slots__ = ("w", "b", "wp", "bias", "out", "inp", "fn", "bf16")
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
         lib = library()
@@ -137,31 +137,35 @@ class KernelLinear:
         self.out, self.inp = w.shape
         self.w = pack(w, lib.trtbuild_block_rows())  # [O/32, I, 32]
         self.b = None if b is None else b.to(w.dtype).contiguous()
+        self.wp, self.bias = self.w.data_ptr(), None if self.b is None else self.b.data_ptr()  # kept alive by w, b
         self.bf16 = w.dtype == torch.bfloat16
         self.fn = lib.trtbuild_linear_bf16 if self.bf16 else lib.trtbuild_linear_f32
 
     def _run(self, x: torch.Tensor, residual: torch.Tensor | None, pro: int = PRO_NONE,
              g: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
-        lead = x.shape[:-1]
+        dtype, out = self.w.dtype, self.out
         width = 2 * self.inp if pro == PRO_SWIGLU else self.inp
         if x.shape[-1] != width:
             raise ValueError(f"input has {x.shape[-1]} features, the kernel takes {width}")
-        flat = x.reshape(-1, width).to(self.w.dtype).contiguous()  # [M, width]
+        lead = x.shape[:-1]
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        flat = x.reshape(-1, width).contiguous()  # [M, width]
         M = flat.shape[0]
-        y = torch.empty(M, self.out, dtype=self.w.dtype)  # [M, O]
+        y = torch.empty(M, out, dtype=dtype)  # [M, O]
         add = None
         if residual is not None:
-            residual = residual.reshape(M, self.out).to(self.w.dtype).contiguous()
+            residual = residual.to(dtype).reshape(M, out).contiguous()
             add = residual.data_ptr()
-        scratch = None
+        scratch = None  # [M, I] x in float32, made by the kernel
         if self.bf16 or pro != PRO_NONE:
-            scratch = torch.empty(M * self.inp, dtype=torch.float32)  # [M, I] x in float32
+            scratch = torch.empty(M * self.inp, dtype=torch.float32)
         if g is not None:
-            g = g.to(self.w.dtype).contiguous()
-        self.fn(self.w.data_ptr(), flat.data_ptr(), y.data_ptr(), None if self.b is None else self.b.data_ptr(),
-                add, M, self.inp, self.out, torch.get_num_threads(), None if scratch is None else scratch.data_ptr(),
-                pro, None if g is None else g.data_ptr(), eps)
-        return y.view(*lead, self.out)
+            g = g.to(dtype).contiguous()
+        self.fn(self.wp, flat.data_ptr(), y.data_ptr(), self.bias, add, M, self.inp, out,
+                torch.get_num_threads(), None if scratch is None else scratch.data_ptr(), pro,
+                None if g is None else g.data_ptr(), eps)
+        return y.view(*lead, out)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, None)
