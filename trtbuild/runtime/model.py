@@ -427,6 +427,8 @@ class Model:
         if not isinstance(slots, int):
             rows = torch.arange(B, device=tokens.device)[:, None].expand(B, T)
             slots = (rows, slots)
+        if not self.exact_attention:  # SDPA's own bool -> additive conversion, once rather than per layer
+            mask = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
         for i, layer in enumerate(self.layers):
             x = self._layer(i, layer, x, cos, sin, cache, slots, mask)
         return rms_norm(x, self.final_norm, self.cfg.norm_epsilon)
