@@ -147,25 +147,25 @@ class KernelLinear:
         width = 2 * self.inp if pro == PRO_SWIGLU else self.inp
         if x.shape[-1] != width:
             raise ValueError(f"input has {x.shape[-1]} features, the kernel takes {width}")
-        lead = x.shape[:-1]
-        if x.dtype != dtype:
-            x = x.to(dtype)
-        flat = x.reshape(-1, width).contiguous()  # [M, width]
-        M = flat.shape[0]
-        y = torch.empty(M, out, dtype=dtype)  # [M, O]
+        if x.dtype != dtype or not x.is_contiguous():  # the kernel reads x as [M, width]
+            x = x.to(dtype).contiguous()
+        M = x.numel() // width
+        y = torch.empty((*x.shape[:-1], out), dtype=dtype)  # [..., O]
         add = None
         if residual is not None:
-            residual = residual.to(dtype).reshape(M, out).contiguous()
+            if residual.dtype != dtype or not residual.is_contiguous():
+                residual = residual.to(dtype).contiguous()
+            if residual.numel() != y.numel():
+                raise ValueError(f"residual of {residual.numel()} values for an output of {y.numel()}")
             add = residual.data_ptr()
         scratch = None  # [M, I] x in float32, made by the kernel
         if self.bf16 or pro != PRO_NONE:
             scratch = torch.empty(M * self.inp, dtype=torch.float32)
-        if g is not None:
+        if g is not None and (g.dtype != dtype or not g.is_contiguous()):
             g = g.to(dtype).contiguous()
-        self.fn(self.wp, flat.data_ptr(), y.data_ptr(), self.bias, add, M, self.inp, out,
-                torch.get_num_threads(), None if scratch is None else scratch.data_ptr(), pro,
-                None if g is None else g.data_ptr(), eps)
-        return y.view(*lead, out)
+        self.fn(self.wp, x.data_ptr(), y.data_ptr(), self.bias, add, M, self.inp, out, torch.get_num_threads(),
+                None if scratch is None else scratch.data_ptr(), pro, None if g is None else g.data_ptr(), eps)
+        return y
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, None)
