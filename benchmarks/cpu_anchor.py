@@ -24,7 +24,9 @@ Each format pairs a GGUF with a trtbuild checkpoint and runtime dtype: F32 and B
 converted here (float32 / bfloat16 runtime); any other format needs `--ckpt FORMAT=DIR` (e.g. an
 int8 SmoothQuant checkpoint from `trtbuild quantize`, run in bfloat16). Decode tokens/s excludes
 the prefill the way benchmarks/decode_speed.py does: (N - 1) / (time for N tokens - time for 1),
-for every side. llama.cpp runs in its own process (its venv), with the same thread count as torch.
+for every side; each round runs every side back to back, and `paired_ratios_median` is the median
+over rounds of each round's ratio (steadier than the ratio of medians on a noisy machine).
+llama.cpp runs in its own process (its venv), with the same thread count as torch.
 The runtime and transformers halves are decode_speed.py's.
 """
 
@@ -153,10 +155,15 @@ def main() -> None:
         ratios[f"{fmt}: runtime / llama.cpp"] = round(med[f"{fmt}/runtime"] / med[f"{fmt}/llama.cpp"], 3)
         if f"{fmt}/transformers" in med:
             ratios[f"{fmt}: runtime / transformers"] = round(med[f"{fmt}/runtime"] / med[f"{fmt}/transformers"], 3)
+    paired = {}  # per round (the sides of one round run back to back), then the median over rounds
+    for key in ratios:
+        fmt, other = key.split(": runtime / ")
+        paired[key] = round(statistics.median(r / o for r, o in zip(rates[f"{fmt}/runtime"], rates[f"{fmt}/{other}"])), 3)
     print(json.dumps({
         "new_tokens": a.tokens, "repeats": a.repeats, "threads": threads, "prompt_tokens": len(prompt),
         "decode_tokens_per_s_median": {k: round(v, 2) for k, v in med.items()},
         "ratios": ratios,
+        "paired_ratios_median": paired,
         "all_runs": {k: [round(x, 2) for x in v] for k, v in rates.items()},
         "same_greedy_tokens_as_runtime": {k: outputs[k] == outputs[f"{k.split('/')[0]}/runtime"]
                                           for k in outputs if not k.endswith("/runtime")},
