@@ -114,7 +114,12 @@ def test_bench_against_a_real_server(demo_hf, tmp_path):
             ours.append((rec.ttft, rec.latency))
             if not i % 2:
                 theirs.append(minimal(p))
-        assert statistics.median(x[1] for x in ours) == pytest.approx(statistics.median(x[1] for x in theirs), rel=0.10)
+        # latencies (~0.6-0.7 s here since issue 20's kernel) swung request by request by up to 0.18 s
+        # either way, and one CI run's medians came out 11 % apart (0.670 vs 0.604 s) with no bias
+        # in either direction over reruns: 10 % + 50 ms; a record ending at the wrong event is off by
+        # far more (the first response comes at ~0.1 s)
+        assert statistics.median(x[1] for x in ours) == pytest.approx(statistics.median(x[1] for x in theirs),
+                                                                      rel=0.10, abs=0.05)
         # TTFT (~0.25 s here) swung by 10-17 % between the two clients in either direction from run to
         # run on this 2-core machine (CI runs of this change): 15 % + 20 ms still catches a record that
         # starts or stops at the wrong event (TTFT taken at the last response would be ~4x); the
