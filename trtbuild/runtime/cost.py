@@ -76,21 +76,15 @@ def linears_id(model) -> str:
     """How the model's linears run (Model.backend; the runtime's kernel with its source digest)."""
     from trtbuild.runtime import kernels
 
-    backend = getattr(model, "backend", "")
-    return f"{backend} {kernels.digest()}" if backend == "kernel" else backend
+    return f"{model.backend} {kernels.digest()}" if model.backend == "kernel" else model.backend
 
 
 def machine_id(device: str = "cpu", linears: str = "") -> str:
     """What a step time depends on besides the engine: processor, threads, torch, device, and how
     the linears run (`linears_id`: a new kernel is a new machine as far as the curve goes)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from trtbuild.runtime.kernels import cpuinfo
+
+    cpu = cpuinfo("model name") or platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if str(device).startswith("cuda") and torch.cuda.is_available() else ""
     return f"{cpu} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__} | {device}" \
         + (f" | {gpu}" if gpu else "") + (f" | linears {linears}" if linears else "")

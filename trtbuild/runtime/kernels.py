@@ -42,14 +42,15 @@ PRO_NONE, PRO_RMSNORM, PRO_SWIGLU = 0, 1, 2  # gemv.c's prologues
 _state: dict[str, object] = {}
 
 
-def _cpu_flags() -> set[str]:
+def cpuinfo(key: str) -> str | None:
+    """The first `key : value` of /proc/cpuinfo (e.g. "model name", "flags"), or None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
 
 
 def cache_dir() -> Path:
@@ -68,7 +69,7 @@ def _build() -> ctypes.CDLL:
         raise OSError("disabled by TRTBUILD_KERNELS=0")
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise OSError(f"no kernel for {platform.system()} {platform.machine()}")
-    missing = {"avx512f", "avx512bw", "avx512vl", "fma"} - _cpu_flags()
+    missing = {"avx512f", "avx512bw", "avx512vl", "fma"} - set((cpuinfo("flags") or "").split())
     if missing:
         raise OSError(f"this CPU lacks {', '.join(sorted(missing))}")
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")

@@ -216,6 +216,13 @@ def row_invariant(lin):
 KERNEL, ONEDNN, PLAIN = "kernel", "onednn", "plain"
 
 
+def require_kernel(dtype: torch.dtype, device: str) -> None:
+    """ConfigError unless the runtime's CPU kernel can run `dtype` on `device` here."""
+    if not kernels.usable(dtype, device):
+        raise ConfigError(f"the runtime's CPU kernel cannot run {str(dtype).removeprefix('torch.')} on {device} "
+                          f"here ({kernels.unavailable() or 'float32 and bfloat16 on cpu only'})")
+
+
 def dense_linear(w: torch.Tensor, b: torch.Tensor | None, backend: str) -> KernelLinear | Linear:
     if backend == KERNEL:
         return KernelLinear(w, b)
@@ -270,13 +277,14 @@ class Model:
     def __init__(self, cfg: ModelConfig, weights: Weights, dtype: torch.dtype, device: str,
                  pack: bool | None = None, kernel: bool | None = None) -> None:
         self.cfg, self.dtype, self.device = cfg, dtype, device
-        if kernel and not kernels.usable(dtype, device):
-            raise ConfigError(f"the runtime's CPU kernel cannot run {dtype} on {device} here "
-                              f"({kernels.unavailable() or 'float32 and bfloat16 on cpu only'})")
-        if kernel is None:
+        if kernel:
+            require_kernel(dtype, device)
+        elif kernel is None:
             kernel = pack is None and kernels.usable(dtype, device)
-        oned = can_pack(dtype, device) if pack is None else pack
-        self.backend = KERNEL if kernel else ONEDNN if oned else PLAIN
+        if kernel:
+            self.backend = KERNEL
+        else:
+            self.backend = ONEDNN if (can_pack(dtype, device) if pack is None else pack) else PLAIN
         be = self.backend
         self.embedding, self.final_norm = weights.embedding, weights.final_norm
         self.lm_head = make_linear(weights.lm_head, None, be)
@@ -344,9 +352,8 @@ class Model:
         int8 = int8_kernel_available(device) if int8 is None else int8
         if int8 and not int8_kernel_available(device):
             raise ConfigError(f"no int8 weight kernel for {device} in this torch")
-        if kernel and not kernels.usable(tdtype, device):  # before the weights are read
-            raise ConfigError(f"the runtime's CPU kernel cannot run {name} on {device} here "
-                              f"({kernels.unavailable() or 'float32 and bfloat16 on cpu only'})")
+        if kernel:  # before the weights are read
+            require_kernel(tdtype, device)
         return cls(cfg, load_weights(Path(ckpt_dir), cfg, tdtype, device, int4, int8), tdtype, device, pack, kernel)
 
     def new_cache(self, batch: int, slots: int) -> KVCache:

@@ -31,6 +31,7 @@ from trtbuild.common.corpus import corpus_prompts, split_files, stdlib_files
 from trtbuild.common.errors import ConfigError
 from trtbuild.runtime import Model, Request, generate
 from trtbuild.runtime.generate import hidden_states
+from trtbuild.runtime.model import PLAIN
 
 HEAD_FILE = "medusa_lm_head.safetensors"
 
@@ -294,7 +295,7 @@ def train_medusa(hf_dir: Path, out_dir: Path, cfg: TrainConfig, corpus: list[Pat
         else:
             hidden, targets = build_dataset(model, tok, files, cfg)
             save_file({"hidden": hidden.contiguous(), "targets": targets.contiguous()}, str(data))
-        lm_head = model.lm_head.w if model.backend == "plain" else None
+        lm_head = model.lm_head.w if model.backend == PLAIN else None
         if lm_head is None:  # packed (the kernel's or oneDNN's layout): take the plain weight from the checkpoint again
             from trtbuild.runtime.checkpoint import load_weights
 
