@@ -74,10 +74,15 @@ def test_cancel_frees_the_row_and_stops_output(ckpts):
     for _ in range(3):
         sched.step()
     assert sched.stats.active == 1 and len(got) == 4  # the first step prefills (1 token) and decodes (1)
+    before = sched.stats_now()
     assert sched.cancel(jid) and not sched.cancel(12345)
     sched.step()
     assert sched.stats.active == 0 and sched.stats.cancelled == 1 and sched.free_rows == [0, 1]
     assert len(got) == 4
+    # a snapshot is its moment's: the cancellation and the freed row came after it
+    assert (before.active, before.cancelled) == (1, 0)
+    now = sched.stats_now()
+    assert (now.active, now.cancelled, now.steps) == (0, 1, sched.stats.steps) and now is not sched.stats
 
 
 def test_stops_sampling_and_validation(ckpts):

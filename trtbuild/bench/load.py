@@ -506,4 +506,4 @@ def inprocess_target(engine_dir: Path) -> tuple[Callable[[Prompt, RequestRecord]
             if not thread.is_alive():
                 raise GenerationError(f"the scheduler stopped: {sched.error or 'shut down'}")
 
-    return send, stop, stats_counters(lambda: sched.stats)
+    return send, stop, stats_counters(sched.stats_now)

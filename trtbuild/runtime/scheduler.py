@@ -36,6 +36,7 @@ RequestPerfMetrics and the KV cache blocks of the job's row (`JobInfo`).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import threading
@@ -143,6 +144,11 @@ class Stats:
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "history"} | {"recent_steps": list(self.history)[-20:]}
+
+
+    def copy(self) -> "Stats":
+        """These figures as of one moment (the history is shared, not copied)."""
+        return copy.copy(self)
 
 
 class Scheduler:
@@ -291,6 +297,12 @@ class Scheduler:
                     self._cv.notify_all()
                     return True
         return False
+
+    def stats_now(self) -> Stats:
+        """`stats` as of one moment, between two of the scheduler's updates (the live object read field by
+        field can pair a newer `active` with an older `finished`)."""
+        with self._cv:
+            return self.stats.copy()
 
     def progress(self, job_id: int) -> tuple[int, int, int]:
         """(decode steps, accepted draft tokens, draft tokens verified) of a job so far."""

@@ -134,10 +134,13 @@ class TritonPythonModel:
                                            kind=pb_utils.MetricFamily.GAUGE)
             self._families.append(family)
             gauges[key] = family.Metric(labels={"model": "tensorrt_llm"})
+        # the totals first, the rows now last: a scrape between two of these sets that sees a row gone
+        # from `active` also sees it counted in `finished` or `cancelled`
+        order = [k for k in gauges if k not in ("active", "waiting")] + ["active", "waiting"]
         while not self._metrics_stop.wait(0.2):
-            stats = self.scheduler.stats
-            for key, metric in gauges.items():
-                metric.set(float(getattr(stats, key)))
+            stats = self.scheduler.stats_now()
+            for key in order:
+                gauges[key].set(float(getattr(stats, key)))
 
     def _request(self, request):
         llm = parse_request(_inputs(request), default_exclude_input=self.exclude_input, end_ids=self.end_ids,
