@@ -145,8 +145,7 @@ class Stats:
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "history"} | {"recent_steps": list(self.history)[-20:]}
 
-
-    def copy(self) -> "Stats":
+    def copy(self) -> Stats:
         """These figures as of one moment (the history is shared, not copied)."""
         return copy.copy(self)
 
